@@ -1,0 +1,35 @@
+"""One exception hierarchy for turnout.
+
+The CLI maps every `TurnoutError` to one line on stderr and exit code 2; the HTTP layer maps them to 4xx codes.
+Anything else escaping is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TurnoutError(Exception):
+    """Base class: a problem the user can fix (bad name, missing file, broken artifact)."""
+
+    http_status: int = 400
+
+
+class ConfigError(TurnoutError):
+    """Unknown router/benchmark name, invalid option value."""
+
+
+class DataNotFoundError(TurnoutError):
+    """A data file or directory that a step needs is missing."""
+
+    http_status = 503
+
+
+class ArtifactError(TurnoutError):
+    """An artifact is missing, empty, corrupted or was built with a different embedder/data."""
+
+    http_status = 503
+
+
+class InputError(TurnoutError):
+    """A request's content is unusable (empty prompt list, non-string content)."""
+
+    http_status = 422
