@@ -1,0 +1,214 @@
+"""`turnout` command line: data build, train, eval, calibrate.
+
+Every user-fixable problem (unknown name, missing file, broken artifact) is a `TurnoutError`: one line on
+stderr, exit code 2, no traceback. Heavy modules are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from models.errors import ArtifactError, ConfigError, TurnoutError
+
+log = logging.getLogger("turnout")
+
+TRAINABLE = ("sw_ranking", "mf")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="shared data folder (default: $TURNOUT_DATA_DIR, else ../shared/data)")
+    p.add_argument("--home", help="artifact folder (default: $TURNOUT_HOME, else <repo>/artifacts)")
+    p.add_argument("--embedder", default="minilm", help="embedding model: minilm (packaged), hash-<dim>, or a sentence-transformers id/path")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="turnout", description="LLM router: strong/weak routing learned from preference data")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = sub.add_parser("data", help="training data")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    build = data_sub.add_parser("build", help="turn ../shared/data into the battles table, tiers and decontamination report")
+    _common(build)
+    build.add_argument("--arena", help="extra battles in the Hugging Face Arena schema: a local file or a hub dataset id")
+    build.add_argument("--tiers", type=int, default=10, help="number of strength tiers")
+
+    train = sub.add_parser("train", help="train a router")
+    train.add_argument("router", choices=TRAINABLE)
+    _common(train)
+    train.add_argument("--factory", default="Flat", help="FAISS index factory string for sw_ranking (Flat, IVF256,Flat, HNSW32)")
+    train.add_argument("--epochs", type=int, help="mf: training epochs")
+    train.add_argument("--seed", type=int, default=0)
+
+    ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation on MT-Bench, MMLU, GSM8K")
+    _common(ev)
+    ev.add_argument("--router", default="mf,sw_ranking,length,random", help="comma list of routers")
+    ev.add_argument("--bench", default="mt-bench,mmlu,gsm8k", help="comma list of benchmarks")
+    ev.add_argument("--out", help="folder for results.json and one PNG per benchmark (default: <home>/eval)")
+
+    cal = sub.add_parser("calibrate", help="threshold for a target strong-call share")
+    _common(cal)
+    cal.add_argument("--router", required=True)
+    cal.add_argument("--strong-ratio", type=float, required=True, help="target share of calls sent to the strong model, in [0, 1]")
+    cal.add_argument("--reference", default="training", help="reference prompts: training (train prompts), a benchmark name, or a .txt/.jsonl file")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _context(args: argparse.Namespace):
+    from index.embedder import load_embedder
+    from models.paths import artifacts_dir, data_dir
+
+    home = artifacts_dir(args.home)
+    return home, lambda: data_dir(args.data_dir), load_embedder(args.embedder, cache_dir=home / "embeddings")
+
+
+def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 10, rebuild: bool = False):
+    from models import data as training
+    from models.benchmarks import evaluation_prompts
+
+    folder = home / "data"
+    if not rebuild and (folder / "models.json").exists():
+        return training.load(folder)
+    data_path = data()
+    embed = lambda texts: embedder.embed(texts, progress=True)  # noqa: E731
+    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers)
+    td.report["data_hash"] = training.save(td, folder)
+    return td
+
+
+def _train(name: str, home: Path, data, embedder, **options) -> Path:
+    from models import matrix_factorization, sw_ranking
+
+    td = _training_data(home, data, embedder)
+    if name == "sw_ranking":
+        return sw_ranking.train(td, embedder, home / "routers", factory=options.get("factory", "Flat"))
+    config = matrix_factorization.MFConfig(seed=options.get("seed", 0))
+    if options.get("epochs"):
+        config.epochs = options["epochs"]
+    return matrix_factorization.train(td, embedder, home / "routers", config)
+
+
+def load_router(name: str, home: Path, data, embedder, build_missing: bool = True):
+    """A router by registry name; trained routers come from <home>/routers, built first if absent."""
+    from models.registry import router_class
+
+    cls = router_class(name)
+    if name not in TRAINABLE:
+        return cls()
+    root = home / "routers"
+    if not (root / name).exists():
+        if not build_missing:
+            raise ArtifactError(f"no {name} artifact under {root}; run `turnout train {name}`")
+        log.info("%s artifact missing: training it first", name)
+        _train(name, home, data, embedder)
+    return cls.from_artifacts(root, embedder=embedder)
+
+
+def _print_report(td) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="battles per source (after decontamination)")
+    for col in ("source", "battles", "prompts", "contaminated battles", "contaminated prompts"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for source, row in sorted(td.report["sources"].items()):
+        table.add_row(source, *(str(row[k]) for k in ("battles", "prompts", "contaminated_battles", "contaminated_prompts")))
+    console.print(table)
+    tiers = Table(title=f"strength tiers (global Bradley–Terry, Elo scale; {td.n_tiers} tiers)")
+    for col in ("tier", "models (rating)"):
+        tiers.add_column(col)
+    for t in range(td.n_tiers):
+        members = [f"{m} ({td.ratings[m]:.0f})" for m in td.ratings.index if td.tiers[m] == t]
+        tiers.add_row(str(t), ", ".join(members))
+    console.print(tiers)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    home, data, embedder = _context(args)
+    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True)
+    _print_report(td)
+    print(f"wrote {home / 'data'} ({len(td.battles)} battles, data hash {td.report['data_hash']})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    home, data, embedder = _context(args)
+    folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed)
+    print(f"wrote {folder}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from models.benchmarks import BENCHMARKS
+    from models.evaluation import evaluate, format_table, plot_curves, write_results
+    from models.registry import ROUTERS, parse_names
+
+    names = parse_names(args.router, ROUTERS, "router")
+    benches = parse_names(args.bench, list(BENCHMARKS), "benchmark")
+    home, data, embedder = _context(args)
+    data_path = data()
+    routers = {name: load_router(name, home, data, embedder) for name in names}
+    results = evaluate(routers, benches, data_path, None)
+    out = Path(args.out) if args.out else home / "eval"
+    write_results(results, out / "results.json")
+    for bench in benches:
+        plot_curves(results[bench], out / f"{bench}.png")
+    print(format_table(results))
+    print(f"wrote {out / 'results.json'} and {len(benches)} plots")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from models.calibration import calibrate, reference_prompts
+    from models.paths import atomic_path
+    from models.registry import ROUTERS, parse_names
+
+    if not 0.0 <= args.strong_ratio <= 1.0:
+        raise ConfigError(f"--strong-ratio must be in [0, 1], got {args.strong_ratio}")
+    (name,) = parse_names(args.router, ROUTERS, "router")
+    home, data, embedder = _context(args)
+    router = load_router(name, home, data, embedder)
+    prompts = reference_prompts(args.reference, home, data, embedder)
+    result = calibrate(router, prompts, args.strong_ratio)
+    result.update(router=name, reference=args.reference)
+    out = home / "calibration" / f"{name}.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(f"{name}: threshold {result['threshold']:.6f} gives strong share {result['realised_strong_ratio']:.3f} "
+          f"on {result['n']} reference prompts (target {args.strong_ratio}); wrote {out}")
+
+
+COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        command = args.data_command if args.command == "data" else args.command
+        COMMANDS[command](args)
+    except TurnoutError as exc:
+        print(f"turnout: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("turnout: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from index.embedder import HashEmbedder
+from models import sw_ranking
+from models.data import TrainingData
+from models.errors import ArtifactError, ConfigError
+from tests.models.test_bradley_terry import _reference
+
+TIERS = {"strong-1": 0, "strong-2": 0, "mid": 1, "weak-1": 2, "weak-2": 2, "tiny": 3}
+MODELS = list(TIERS)
+
+
+def _training_data(seed=0, n_prompts=64, n_battles=1500):
+    """Two topics: on 'math' prompts strong models win, on 'chat' prompts weak ones hold their own."""
+    rng = np.random.default_rng(seed)
+    prompts = [f"{'math equation algebra' if i % 2 else 'chat greeting hello'} item {i} variant {i * 7 % 13}" for i in range(n_prompts)]
+    rows = []
+    for _ in range(n_battles):
+        p = int(rng.integers(n_prompts))
+        a, b = rng.choice(len(MODELS), 2, replace=False)
+        gap = TIERS[MODELS[b]] - TIERS[MODELS[a]]  # > 0: a is in the stronger tier
+        edge = (1.2 if p % 2 else 0.1) * gap
+        u = rng.random()
+        winner = "tie" if u < 0.1 else ("model_a" if u < 0.1 + 0.9 / (1 + np.exp(-edge)) else "model_b")
+        rows.append((prompts[p], MODELS[a], MODELS[b], winner, "synthetic"))
+    battles = pd.DataFrame(rows, columns=["prompt", "model_a", "model_b", "winner", "source"])
+    return TrainingData(battles, pd.DataFrame(), pd.Series(dtype=float), dict(TIERS), {"data_hash": "test"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("routers")
+    td = _training_data()
+    embedder = HashEmbedder(32)
+    sw_ranking.train(td, embedder, root)
+    return td, embedder, root
+
+
+def _router(trained, **options):
+    td, embedder, root = trained
+    return sw_ranking.SWRankingRouter.from_artifacts(root, embedder=embedder, strong="strong-1", weak="weak-1", **options)
+
+
+def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
+    """RouteLLM's computation: weight every battle by its prompt's similarity, refit BT over tiers."""
+    b = td.battles
+    ta, tb = b["model_a"].map(TIERS).to_numpy(), b["model_b"].map(TIERS).to_numpy()
+    keep = ta != tb
+    b, ta, tb = b[keep], ta[keep], tb[keep]
+    sims = embedder.embed(b["prompt"].tolist()) @ embedder.embed([query])[0]
+    w = gamma ** (1 + sims / sims.max())
+    o = b["winner"].map(sw_ranking.OUTCOME).to_numpy()
+    xi = _reference(ta, tb, o, 4, w, l2)
+    return 1 / (1 + np.exp(-(xi[0] - xi[2])))
+
+
+def test_k_all_equals_brute_force(trained):
+    td, embedder, _ = trained
+    router = _router(trained, k=10_000)
+    queries = ["math equation algebra item 5", "chat greeting hello item 8", "something else entirely"]
+    got = router.score(queries)
+    want = [_brute_force(td, embedder, q) for q in queries]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_top_k_approximates_exact_and_keeps_the_signal(trained):
+    exact, approx, coarse = _router(trained, k=10_000), _router(trained, k=32), _router(trained, k=8)
+    queries = ["math equation algebra item 3 variant 8", "chat greeting hello item 4 variant 2"]
+    p_exact, p_approx, p_coarse = exact.score(queries), approx.score(queries), coarse.score(queries)
+    # half the prompts as neighbours: the mean-similarity stand-in for the rest is close to exact
+    np.testing.assert_allclose(p_approx, p_exact, atol=0.005)
+    assert np.all(np.abs(p_coarse - p_exact) < np.abs(0.5 - p_exact))  # far coarser, still on the right side
+    # on math prompts the strong tier wins more, so p_strong must be higher there
+    assert p_exact[0] > p_exact[1] and p_approx[0] > p_approx[1] and p_coarse[0] > p_coarse[1]
+    assert np.all((p_exact > 0) & (p_exact < 1))
+
+
+def test_batching_does_not_change_scores(trained):
+    prompts = [f"math equation item {i}" if i % 3 else f"hello chat {i}" for i in range(20)]
+    np.testing.assert_allclose(_router(trained, batch_size=3).score(prompts), _router(trained, batch_size=64).score(prompts))
+
+
+def test_same_tier_pair_and_unknown_model_are_config_errors(trained):
+    with pytest.raises(ConfigError, match="share tier"):
+        _router(trained).__class__.from_artifacts(trained[2], embedder=trained[1], strong="strong-1", weak="strong-2")
+    with pytest.raises(ConfigError, match="not in the tier table"):
+        sw_ranking.SWRankingRouter.from_artifacts(trained[2], embedder=trained[1], strong="gpt-9", weak="weak-1")
+
+
+def test_mismatched_embedder_and_corrupted_artifact_are_refused(trained, tmp_path):
+    td, embedder, root = trained
+    with pytest.raises(ArtifactError):
+        sw_ranking.SWRankingRouter.from_artifacts(root, embedder=HashEmbedder(16), strong="strong-1", weak="weak-1")
+    sw_ranking.train(td, embedder, tmp_path)
+    (tmp_path / "sw_ranking" / "counts.npy").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="rebuild"):
+        sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1", weak="weak-1")
+
+
+def test_failed_retrain_keeps_previous_artifact(trained, tmp_path, monkeypatch):
+    td, embedder, _ = trained
+    sw_ranking.train(td, embedder, tmp_path)
+    before = (tmp_path / "sw_ranking" / "counts.npy").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", boom)
+    with pytest.raises(OSError):
+        sw_ranking.train(td, embedder, tmp_path)
+    assert (tmp_path / "sw_ranking" / "counts.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sw_ranking"]  # no temp folders left behind
