@@ -1,0 +1,145 @@
+"""RouteLLM's three evaluation benchmarks (Ong et al., arXiv 2406.18665, §5.1), loaded from the shared data dir.
+
+Each benchmark is a list of prompts (what a router scores) with the per-item quality of the strong model
+(gpt-4-1106-preview) and the weak one (Mixtral-8x7B-Instruct), after RouteLLM's decontamination:
+- mmlu: 57 domain CSVs (14,042 rows) minus 5 contaminated prompts -> 14,037; quality = answer correct;
+- gsm8k: 1,319 rows minus 12 contaminated -> 1,307; quality = answer correct;
+- mt-bench: 80 two-turn questions minus 8 contaminated -> 72. The router scores turn 1 only and its decision
+  covers both turns; quality = GPT-4 judge score (1-10) averaged over the two turns. RouteLLM averages over the
+  2·N (question, turn) rows of the chosen model, the same number since every question has both turns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+from models.errors import ConfigError, DataNotFoundError
+from models.paths import require_file
+
+logger = logging.getLogger(__name__)
+
+BENCHMARKS = ("mt-bench", "mmlu", "gsm8k")
+EVALS_DIR = Path("routellm-evals/routellm/evals")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: dataclass equality on arrays would be ambiguous
+class Benchmark:
+    name: str
+    prompts: list[str]
+    strong: np.ndarray
+    weak: np.ndarray
+    strong_model: str = DEFAULT_STRONG
+    weak_model: str = DEFAULT_WEAK
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _evals(data: Path) -> Path:
+    return Path(data) / EVALS_DIR
+
+
+def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a CSV or JSON-lines file and check that it has the columns used below."""
+    require_file(path)
+    frame = pd.read_json(path, lines=True) if path.suffix == ".jsonl" else pd.read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataNotFoundError(f"{path} lacks column(s) {', '.join(missing)}")
+    return frame
+
+
+def _contaminated(data: Path, name: str) -> pd.DataFrame:
+    return _read(_evals(data) / name / "contaminated_prompts.jsonl", ("eval_prompt", "eval_idx"))
+
+
+def _mmlu_rows(data: Path) -> pd.DataFrame:
+    folder = _evals(data) / "mmlu" / "responses"
+    files = sorted(folder.glob("mmlu_*.csv"))
+    if not files:
+        raise DataNotFoundError(f"missing data files: no mmlu_*.csv in {folder}")
+    columns = ("prompt", DEFAULT_STRONG, DEFAULT_WEAK)
+    return pd.concat([_read(f, columns) for f in files], ignore_index=True)
+
+
+def _gsm8k_rows(data: Path) -> pd.DataFrame:
+    return _read(_evals(data) / "gsm8k" / "gsm8k_responses.csv", ("prompt", DEFAULT_STRONG, DEFAULT_WEAK))
+
+
+def _mt_bench_questions(data: Path) -> pd.DataFrame:
+    return _read(_evals(data) / "mt_bench" / "question.jsonl", ("question_id", "turns"))
+
+
+def _correctness(name: str, rows: pd.DataFrame, data: Path) -> Benchmark:
+    rows = rows[~rows["prompt"].isin(_contaminated(data, name)["eval_prompt"])]
+    return Benchmark(
+        name=name,
+        prompts=rows["prompt"].tolist(),
+        strong=rows[DEFAULT_STRONG].to_numpy(dtype=np.float64),
+        weak=rows[DEFAULT_WEAK].to_numpy(dtype=np.float64),
+    )
+
+
+def mt_bench_contaminated_ids(data: Path) -> list[int]:
+    """Question ids excluded from MT-Bench: eval_idx indexes [all turn-1 prompts, then all turn-2 prompts]."""
+    questions = _mt_bench_questions(data)
+    positions = _contaminated(data, "mt_bench")["eval_idx"].to_numpy() % len(questions)
+    return sorted(int(q) for q in questions["question_id"].iloc[positions].unique())
+
+
+def _mt_bench(data: Path) -> Benchmark:
+    questions = _mt_bench_questions(data)
+    questions = questions[~questions["question_id"].isin(mt_bench_contaminated_ids(data))]
+    path = _evals(data) / "mt_bench" / "judgements.jsonl"
+    judgements = _read(path, ("question_id", "model", "turn", "score"))
+    judgements = judgements[judgements["model"].isin([DEFAULT_STRONG, DEFAULT_WEAK])]
+    turns = judgements.pivot_table(index="question_id", columns="model", values="turn", aggfunc="nunique")
+    turns = turns.reindex(index=questions["question_id"], columns=[DEFAULT_STRONG, DEFAULT_WEAK])
+    incomplete = turns.index[(turns != 2).any(axis=1)].tolist()
+    if incomplete:
+        # The per-question mean equals RouteLLM's mean over (question, turn) rows only when both turns exist.
+        raise DataNotFoundError(f"{path} lacks a turn-1 or turn-2 judgement for question ids {incomplete}")
+    scores = judgements.pivot_table(index="question_id", columns="model", values="score", aggfunc="mean")
+    scores = scores.loc[questions["question_id"]]
+    return Benchmark(
+        name="mt-bench",
+        prompts=[pair[0] for pair in questions["turns"]],
+        strong=scores[DEFAULT_STRONG].to_numpy(dtype=np.float64),
+        weak=scores[DEFAULT_WEAK].to_numpy(dtype=np.float64),
+    )
+
+
+def load_benchmark(name: str, data: Path) -> Benchmark:
+    """Load one of BENCHMARKS from the shared data dir (…/shared/data), decontaminated as RouteLLM does."""
+    if name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    if name == "mt-bench":
+        bench = _mt_bench(data)
+    elif name == "mmlu":
+        bench = _correctness("mmlu", _mmlu_rows(data), data)
+    else:
+        bench = _correctness("gsm8k", _gsm8k_rows(data), data)
+    logger.info(
+        "%s: %d items, strong %.4f, weak %.4f", name, len(bench), bench.strong.mean(), bench.weak.mean()
+    )
+    return bench
+
+
+def evaluation_prompts(data: Path) -> set[str]:
+    """Every evaluation prompt text a training set must not contain.
+
+    All rows, contaminated ones included, and both MT-Bench turns of all 80 questions: evaluation data never
+    feeds training, whatever RouteLLM's exclusion lists say.
+    """
+    questions = _mt_bench_questions(data)
+    return (
+        set(_mmlu_rows(data)["prompt"])
+        | set(_gsm8k_rows(data)["prompt"])
+        | {turn for turns in questions["turns"] for turn in turns}
+    )
