@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,7 +68,7 @@ class MFRouter(Router):
             meta = json.loads((folder / "meta.json").read_text())
             weights = np.load(folder / "weights.npz")
             arrays = weights["proj"], weights["model_vectors"], weights["head"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"MF artifact at {folder} is missing or corrupted ({type(exc).__name__}); run `turnout train mf`") from exc
         if embedder is not None and meta.get("embedder") != embedder.name:
             raise ArtifactError(f"MF was trained on {meta.get('embedder')!r} embeddings, refusing embedder {embedder.name!r}; retrain with `turnout train mf`")
@@ -89,8 +90,8 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
     model_index = {n: i for i, n in enumerate(names)}
     prompts, prompt_ids = np.unique(battles["prompt"].to_numpy(dtype=object), return_inverse=True)
     embeddings = torch.from_numpy(embedder.embed(list(prompts), progress=progress))
-    a = torch.from_numpy(battles["model_a"].map(model_index).to_numpy())
-    b = torch.from_numpy(battles["model_b"].map(model_index).to_numpy())
+    a = torch.from_numpy(battles["model_a"].map(model_index).to_numpy(dtype=np.int64, copy=True))
+    b = torch.from_numpy(battles["model_b"].map(model_index).to_numpy(dtype=np.int64, copy=True))
     target = torch.from_numpy(battles["winner"].map(TARGET).to_numpy(dtype=np.float32))
     weight = torch.where(target == 0.5, config.tie_weight, 1.0)
     q = torch.from_numpy(prompt_ids)
