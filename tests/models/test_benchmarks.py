@@ -15,9 +15,10 @@ import pytest
 
 from models.base import DEFAULT_STRONG as S
 from models.base import DEFAULT_WEAK as W
+
 from models.benchmarks import (
-    BENCHMARKS,
     EVALS_DIR,
+    BENCHMARKS,
     evaluation_prompts,
     load_benchmark,
     mt_bench_contaminated_ids,
@@ -133,17 +134,6 @@ def test_write_results_turns_nan_into_null(tmp_path: Path):
 
 
 # --- real data: RouteLLM's evaluation files in ../shared/data ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_data() -> Path:
-    try:
-        path = data_dir()
-    except DataNotFoundError as exc:
-        pytest.skip(str(exc))
-    if not (path / EVALS_DIR).is_dir():
-        pytest.skip(f"no {EVALS_DIR} in {path}")
-    return path
 
 
 @pytest.fixture(scope="module")
