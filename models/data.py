@@ -239,8 +239,8 @@ def fit_ratings(battles: pd.DataFrame, l2: float = 1e-2) -> pd.Series:
     return pd.Series(elo, index=names).sort_values(ascending=False)
 
 
-def assign_tiers(ratings: pd.Series, n_tiers: int = 10) -> dict[str, int]:
-    """Equal-count tiers by rating; tier 0 is the strongest. RouteLLM groups Arena models into 10 tiers likewise."""
+def assign_tiers(ratings: pd.Series, n_tiers: int = 20) -> dict[str, int]:
+    """Equal-count tiers by rating; tier 0 is the strongest. RouteLLM groups Arena models into tiers likewise."""
     order = ratings.sort_values(ascending=False).index
     n_tiers = max(1, min(n_tiers, len(order)))
     return {name: int(i * n_tiers // len(order)) for i, name in enumerate(order)}
@@ -265,7 +265,7 @@ class TrainingData:
 
 
 def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
-          arena: str | Path | None = None, n_tiers: int = 10) -> TrainingData:
+          arena: str | Path | None = None, n_tiers: int = 20) -> TrainingData:
     """Assemble, decontaminate and rate every training source."""
     battles, scores, report = [], [], {"sources": {}}
     ae = load_alpaca_eval(data)

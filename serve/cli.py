@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     build = data_sub.add_parser("build", help="turn ../shared/data into the battles table, tiers and decontamination report")
     _common(build)
     build.add_argument("--arena", help="extra battles in the Hugging Face Arena schema: a local file or a hub dataset id")
-    build.add_argument("--tiers", type=int, default=10, help="number of strength tiers")
+    build.add_argument("--tiers", type=int, default=20, help="number of equal-count strength tiers (RouteLLM uses 10 over Arena models; our ~100 models from mixed sources need finer tiers to keep GPT-4 and Mixtral apart)")
 
     train = sub.add_parser("train", help="train a router")
     train.add_argument("router", choices=TRAINABLE)
@@ -74,7 +74,7 @@ def _context(args: argparse.Namespace):
     return home, lambda: data_dir(args.data_dir), load_embedder(args.embedder, cache_dir=home / "embeddings")
 
 
-def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 10, rebuild: bool = False):
+def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 20, rebuild: bool = False):
     from models import data as training
     from models.benchmarks import evaluation_prompts
 
@@ -121,6 +121,8 @@ def _print_report(td) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: never truncate model or source names to 80 columns
+        console = Console(width=200)
     table = Table(title="battles per source (after decontamination)")
     for col in ("source", "battles", "prompts", "contaminated battles", "contaminated prompts"):
         table.add_column(col, justify="left" if col == "source" else "right")
