@@ -77,6 +77,20 @@ def evaluate(
     return results
 
 
+def quality_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The compact form committed as benchmarks/quality.json: APGR and CPTs per router, plus both references."""
+    keys = ("apgr", "cpt50", "cpt80", "apgr_dense")
+    return {
+        bench: {
+            "routers": {name: {k: s[k] for k in keys} for name, s in [*e["routers"].items(), ("random", e["random"]), ("oracle", e["oracle"])]},
+            "strong": e["strong"],
+            "weak": e["weak"],
+            "n": e["n"],
+        }
+        for bench, e in results.items()
+    }
+
+
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None or not math.isfinite(value) else fmt.format(value)
 

@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from models.benchmarks import BENCHMARKS
-    from models.evaluation import evaluate, format_table, plot_curves, write_results
+    from models.evaluation import evaluate, format_table, quality_summary, write_results
     from models.registry import ROUTERS, parse_names
 
     names = parse_names(args.router, ROUTERS, "router")
@@ -164,13 +164,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     home, data, embedder = _context(args)
     data_path = data()
     routers = {name: load_router(name, home, data, embedder) for name in names}
-    results = evaluate(routers, benches, data_path, None)
     out = Path(args.out) if args.out else home / "eval"
-    write_results(results, out / "results.json")
-    for bench in benches:
-        plot_curves(results[bench], out / f"{bench}.png")
+    results = evaluate(routers, benches, data_path, out)
+    write_results(quality_summary(results), out / "quality.json")
     print(format_table(results))
-    print(f"wrote {out / 'results.json'} and {len(benches)} plots")
+    print(f"wrote {out / 'results.json'}, {out / 'quality.json'} and {len(benches)} plots")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
