@@ -1,0 +1,172 @@
+"""Live strong-ratio controller: hold a target share of strong calls on live traffic.
+
+Offline calibration (`models.calibration.threshold_for_ratio`) picks the threshold that sends a share r of
+*reference* prompts to the strong model. Live traffic drifts away from any reference set (a new client, a new
+kind of question), and a fixed threshold then sends far more or far fewer calls to the strong model than
+budgeted. The controller keeps the last `window` p_strong values sorted and sets the threshold to their
+(1 − r) quantile with exactly the offline rule, so the share realised over the window follows the target; a
+shift in the score distribution is absorbed after about one window.
+
+Start-up: the window is seeded with the reference scores (evenly spaced order statistics when there are more
+than fit), so the first threshold *is* the offline calibration, and live scores push the reference out FIFO.
+Without reference scores the controller holds the given starting threshold until `min_live` live scores arrived.
+
+Pure Python + numpy: an insertion into or deletion from a sorted list of 10⁴ floats is a memmove of
+microseconds, so every decision sees an exact sliding-window quantile. Each replica of the router deployment
+holds its own controller over the traffic it sees; with load balancing that is a random sample of all traffic,
+so every replica, and therefore the whole service, holds the target.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+
+from models.errors import ConfigError
+
+
+def _check_ratio(value: float, what: str = "strong_ratio") -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ConfigError(f"{what} must be in [0, 1], got {value}")
+    return value
+
+
+class ScoreWindow:
+    """The last `size` p_strong values, kept both in arrival order and sorted (exact sliding quantiles)."""
+
+    def __init__(self, size: int, seed: Sequence[float] | np.ndarray | None = None):
+        if size < 1:
+            raise ConfigError(f"window size must be >= 1, got {size}")
+        self.size = size
+        self._fifo: deque[float] = deque()
+        self._sorted: list[float] = []
+        self.n_seed = 0  # reference values still in the window
+        if seed is not None and len(seed):
+            values = np.sort(np.asarray(seed, dtype=np.float64))
+            if len(values) > size:  # evenly spaced order statistics keep the reference distribution's shape
+                values = values[np.round(np.linspace(0, len(values) - 1, size)).astype(int)]
+            # FIFO order of the seed is shuffled so that live values displace a random slice, not the low tail.
+            order = np.random.default_rng(0).permutation(len(values))
+            self._fifo.extend(values[order].tolist())
+            self._sorted = values.tolist()
+            self.n_seed = len(values)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def add(self, value: float) -> None:
+        value = float(value)
+        if len(self._fifo) == self.size:
+            old = self._fifo.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+            if self.n_seed:
+                self.n_seed -= 1
+        self._fifo.append(value)
+        bisect.insort(self._sorted, value)
+
+    def threshold_for(self, strong_ratio: float) -> float:
+        """Smallest-share threshold t with share(p >= t) >= strong_ratio: `threshold_for_ratio` on the window."""
+        strong_ratio = _check_ratio(strong_ratio)
+        n = len(self._sorted)
+        if n == 0:
+            raise ConfigError("cannot take a quantile of an empty window")
+        n_strong = int(math.ceil(strong_ratio * n - 1e-9))
+        if n_strong == 0:
+            return float(np.nextafter(self._sorted[-1], np.inf))
+        return self._sorted[n - n_strong]
+
+
+class StrongRatioController:
+    """Threshold source for one router: a fixed threshold, or a target strong ratio held over a sliding window.
+
+    Either way it records every decision, so `realised_ratio` (share of strong decisions over the last
+    `window` decisions) and `threshold_for(r)` (the threshold that would send share r of recent traffic to the
+    strong model, for requests that ask for their own ratio) are always available.
+    """
+
+    def __init__(self, *, strong_ratio: float | None = None, threshold: float | None = None, window: int = 2000,
+                 reference: Sequence[float] | np.ndarray | None = None, initial_threshold: float | None = None,
+                 min_live: int = 100):
+        if (strong_ratio is None) == (threshold is None):
+            raise ConfigError("give exactly one of strong_ratio (a target to hold) or threshold (a fixed value)")
+        self.strong_ratio = None if strong_ratio is None else _check_ratio(strong_ratio)
+        self.fixed_threshold = None if threshold is None else _check_ratio(threshold, "threshold")
+        self.window = ScoreWindow(window, reference)
+        self.min_live = min_live
+        self._decisions: deque[bool] = deque(maxlen=window)
+        self._n_strong = 0
+        self.n_live = 0
+        if self.strong_ratio is not None and not len(self.window):
+            if initial_threshold is None:
+                raise ConfigError("a strong_ratio target needs reference scores or an initial threshold to start from")
+            self._start = float(initial_threshold)
+        else:
+            self._start = None
+        self._threshold = self._compute()
+
+    @property
+    def mode(self) -> str:
+        return "fixed" if self.fixed_threshold is not None else "controller"
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @property
+    def realised_ratio(self) -> float | None:
+        """Share of strong decisions over the last `window` decisions (None before the first)."""
+        return self._n_strong / len(self._decisions) if self._decisions else None
+
+    def _compute(self) -> float:
+        if self.fixed_threshold is not None:
+            return self.fixed_threshold
+        if self._start is not None and self.n_live < self.min_live:
+            return self._start
+        return self.window.threshold_for(self.strong_ratio)
+
+    def threshold_for(self, strong_ratio: float) -> float:
+        """The threshold that sends `strong_ratio` of the windowed traffic to the strong model."""
+        if not len(self.window):
+            raise ConfigError("no scores seen yet: a per-request strong_ratio needs reference scores or live traffic")
+        return self.window.threshold_for(strong_ratio)
+
+    def observe(self, p_strong: float, strong: bool) -> None:
+        """Record one routed call: its score joins the window, its decision the realised ratio."""
+        self.window.add(p_strong)
+        self.n_live += 1
+        if len(self._decisions) == self._decisions.maxlen:
+            self._n_strong -= self._decisions[0]
+        self._decisions.append(bool(strong))
+        self._n_strong += bool(strong)
+        self._threshold = self._compute()
+
+    def decide(self, p_strong: Sequence[float] | np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decide a batch in arrival order: (strong mask, threshold used per call), recording every call.
+
+        `threshold` overrides the controller for this batch (a request's own threshold); the calls still feed
+        the window and the realised ratio, because they are part of the traffic the service sees.
+        """
+        p = np.asarray(p_strong, dtype=np.float64).ravel()
+        strong = np.empty(len(p), dtype=bool)
+        used = np.empty(len(p))
+        for i, value in enumerate(p):
+            used[i] = self._threshold if threshold is None else threshold
+            strong[i] = value >= used[i]
+            self.observe(value, strong[i])
+        return strong, used
+
+    def state(self) -> dict:
+        return {
+            "mode": self.mode,
+            "threshold": self.threshold,
+            "strong_ratio_target": self.strong_ratio,
+            "realised_strong_ratio": self.realised_ratio,
+            "window": self.window.size,
+            "live_decisions": self.n_live,
+            "reference_in_window": self.window.n_seed,
+        }
