@@ -1,0 +1,171 @@
+"""What the service reads from the artifact folder, and the step that prepares it before Ray starts.
+
+`prepare` runs in `turnout serve` (one process, before any replica): it trains missing router artifacts
+(`turnout train` does the same), loads every router once so a broken artifact fails here with one line, and
+scores the reference prompts with every router held by the controller. Those reference scores are the offline
+calibration: they map `strong_ratio` to the starting threshold and seed the controller window. Replicas only
+read (`load_routers`, `load_reference`); they never train, so many replicas can start at once.
+
+Layout: `<home>/serve/reference/<router>.npz` holds `p_strong` and `key`, a JSON string of everything the scores
+depend on (router, model pair, embedder, reference set, artifact version); a replica ignores a file whose key
+does not match and starts from `<home>/calibration/<router>.json` or 1 − strong_ratio instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import ArtifactError
+from serve.config import RETRIEVAL_ROUTERS, TurnoutConfig
+
+log = logging.getLogger(__name__)
+
+
+def home_dir(config: TurnoutConfig) -> Path:
+    from models.paths import artifacts_dir
+
+    return artifacts_dir(config.artifacts.home)
+
+
+def data_getter(config: TurnoutConfig) -> Callable[[], Path]:
+    from models.paths import data_dir
+
+    return lambda: data_dir(config.artifacts.data_dir)
+
+
+def resolved(config: TurnoutConfig) -> TurnoutConfig:
+    """The config with an absolute artifact folder, so every replica reads the folder the driver prepared."""
+    artifacts = config.artifacts.model_copy(update={"home": str(home_dir(config).resolve())})
+    return config.model_copy(update={"artifacts": artifacts})
+
+
+def load_routers(config: TurnoutConfig, names: list[str], embedder: Any = None) -> dict[str, Any]:
+    """Routers by name, for the configured strong/weak pair; trained ones from <home>/routers, never built here."""
+    from models.registry import router_class
+
+    root = home_dir(config) / "routers"
+    routers = {}
+    for name in names:
+        cls = router_class(name)
+        if name in RETRIEVAL_ROUTERS:
+            if not (root / name).exists():
+                raise ArtifactError(f"no {name} artifact under {root}; run `turnout serve` (builds it) or `turnout train {name}`")
+            routers[name] = cls.from_artifacts(root, embedder=embedder, strong=config.routers.strong_model,
+                                               weak=config.routers.weak_model)
+        else:
+            routers[name] = cls()
+    return routers
+
+
+def _reference_key(config: TurnoutConfig, name: str) -> str:
+    folder = home_dir(config) / "routers" / name
+    key = {
+        "router": name,
+        "strong": config.routers.strong_model,
+        "weak": config.routers.weak_model,
+        "embedder": config.artifacts.embedder if name in RETRIEVAL_ROUTERS else None,
+        "reference": config.calibration.reference,
+        "max_prompts": config.calibration.max_prompts,
+        "artifact": _artifact_version(folder),
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def _artifact_version(folder: Path) -> str | None:
+    """Digest of an artifact's small JSON files (manifest, meta, tiers): changes whenever it is retrained."""
+    import hashlib
+
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def reference_path(config: TurnoutConfig, name: str) -> Path:
+    return home_dir(config) / "serve" / "reference" / f"{name}.npz"
+
+
+def load_reference(config: TurnoutConfig, name: str) -> np.ndarray | None:
+    """Reference p_strong for `name` if prepared for exactly this config, else None (with a log line why)."""
+    path = reference_path(config, name)
+    if not path.is_file():
+        log.warning("no reference scores for %s at %s: the controller starts without offline calibration", name, path)
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            scores, key = data["p_strong"], str(data["key"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable reference scores %s: %s", path, exc)
+        return None
+    if key != _reference_key(config, name):
+        log.warning("ignoring reference scores %s: prepared for another config or artifact version", path)
+        return None
+    return scores
+
+
+def calibrated_threshold(config: TurnoutConfig, name: str, strong_ratio: float) -> float | None:
+    """The threshold `turnout calibrate` wrote for this router, if it was calibrated for the same ratio."""
+    path = home_dir(config) / "calibration" / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(saved, dict) and saved.get("strong_ratio") == strong_ratio and isinstance(saved.get("threshold"), float):
+        return saved["threshold"]
+    return None
+
+
+def controlled_routers(config: TurnoutConfig) -> list[str]:
+    """Routers whose threshold the live controller holds (no fixed threshold configured)."""
+    if config.routing.strong_ratio is None:
+        return []
+    return [r for r in config.routers.enabled if r not in config.routing.thresholds]
+
+
+def prepare(config: TurnoutConfig, progress: bool = True) -> TurnoutConfig:
+    """Build what is missing, check what exists, write reference scores; returns the resolved config."""
+    from index.embedder import load_embedder
+    from models.calibration import reference_prompts
+    from models.paths import atomic_path
+
+    config = resolved(config)
+    home, data = home_dir(config), data_getter(config)
+    embedder = load_embedder(config.artifacts.embedder, cache_dir=home / "embeddings")
+    for name in config.retrieval_routers:
+        if (home / "routers" / name).exists():
+            continue
+        if not config.artifacts.build_missing:
+            raise ArtifactError(f"no {name} artifact under {home / 'routers'} and artifacts.build_missing is false")
+        from serve.cli import _train  # the same steps as `turnout train`, with their progress bars
+
+        log.info("%s artifact missing: training it first", name)
+        _train(name, home, data, embedder)
+    routers = load_routers(config, config.routers.enabled, embedder)  # a broken artifact fails here, before Ray
+
+    todo = [n for n in controlled_routers(config) if load_reference(config, n) is None]
+    if not todo:
+        return config
+    prompts = _reference_sample(reference_prompts(config.calibration.reference, home, data, embedder),
+                                config.calibration.max_prompts)
+    for name in todo:
+        p_strong = routers[name].score(prompts)
+        with atomic_path(reference_path(config, name)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, p_strong=p_strong, key=np.array(_reference_key(config, name)))
+        log.info("%s: %d reference scores written", name, len(p_strong))
+    return config
+
+
+def _reference_sample(prompts: list[str], limit: int) -> list[str]:
+    if len(prompts) <= limit:
+        return prompts
+    rng = np.random.default_rng(0)
+    return [prompts[i] for i in sorted(rng.choice(len(prompts), size=limit, replace=False))]

@@ -1,0 +1,146 @@
+"""HTTP request and response models, and the small pure functions between them and the routers.
+
+`RouteRequest`/`RouteResponse` are turnout's own API (`POST /v1/route`). `ChatCompletionRequest` validates only
+what routing needs from the OpenAI schema (model, messages, stream) and keeps every other field, so that the
+body forwarded upstream is the client's, with only `model` replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models.errors import ConfigError, InputError
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+SERVICE_MODEL = "turnout"  # chat model name meaning "the configured default router and threshold"
+_ROUTER_MODEL = re.compile(r"^router-([A-Za-z0-9_]+)(?:-(.+))?$")
+
+
+class ChatMessage(BaseModel):
+    """One OpenAI chat message. Content is a string, a list of content parts, or null (assistant tool calls)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str = Field(description=f"one of {', '.join(ROLES)}")
+    content: str | list[dict[str, Any]] | None = Field(None, description="text, or OpenAI content parts")
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        return role
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, content: Any) -> Any:
+        if content is None or isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            for i, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise ValueError(f"content part {i} must be an object with a 'type'")
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {i} is of type 'text' but its 'text' is not a string")
+            return content
+        raise ValueError(f"content must be a string or a list of content parts, got {type(content).__name__}")
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        if isinstance(self.content, list):
+            return "\n".join(part["text"] for part in self.content if part.get("type") == "text")
+        return ""
+
+
+def _unit(value: float | None, name: str) -> float | None:
+    if value is not None and (math.isnan(value) or not 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+class RouteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessage] | None = Field(None, description="an OpenAI chat conversation; its recent user turns are scored")
+    prompt: str | None = Field(None, description="a single prompt (instead of messages)")
+    router: str | None = Field(None, description="router name; the configured default when absent")
+    threshold: float | None = Field(None, description="decide with this threshold in [0, 1] instead of the controller's")
+    strong_ratio: float | None = Field(
+        None, description="decide with the threshold that sends this share of recent traffic to the strong model")
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: float | None) -> float | None:
+        return _unit(value, "threshold")
+
+    @field_validator("strong_ratio")
+    @classmethod
+    def _strong_ratio(cls, value: float | None) -> float | None:
+        return _unit(value, "strong_ratio")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RouteRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'messages' or 'prompt'")
+        if self.threshold is not None and self.strong_ratio is not None:
+            raise ValueError("give at most one of 'threshold' or 'strong_ratio'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages must not be empty")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt must not be empty")
+        return self
+
+
+class RouteResponse(BaseModel):
+    model: Literal["strong", "weak"] = Field(description="where the call should go")
+    p_strong: float = Field(description="P(strong model's answer beats the weak model's)")
+    threshold: float = Field(description="threshold applied: p_strong >= threshold -> strong")
+    threshold_source: Literal["request", "request_strong_ratio", "controller", "fixed"] = Field(
+        description="where the threshold came from")
+    router: str
+    latency_ms: float = Field(description="time spent in the service for this request")
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields routing reads; everything else is kept and forwarded as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="'turnout', 'router-<name>' or 'router-<name>-<threshold>'")
+    messages: list[ChatMessage] = Field(description="the conversation", min_length=1)
+    stream: bool = False
+
+
+def scoring_text(messages: list[ChatMessage], user_turns: int, max_chars: int) -> str:
+    """The text a router scores: the last `user_turns` user messages, oldest first, tail-clipped to max_chars."""
+    turns = [m.text() for m in messages if m.role == "user"]
+    turns = [t for t in turns if t.strip()][-user_turns:]
+    if not turns:
+        raise InputError("no user message with text content to route on")
+    text = "\n\n".join(turns)
+    return text[-max_chars:]
+
+
+def parse_model(model: str, default_router: str) -> tuple[str, float | None]:
+    """Chat `model` -> (router, threshold or None): 'turnout', 'router-mf', 'router-mf-0.116' (RouteLLM's form)."""
+    if model == SERVICE_MODEL:
+        return default_router, None
+    match = _ROUTER_MODEL.match(model)
+    if not match:
+        raise ConfigError(
+            f"model must be '{SERVICE_MODEL}', 'router-<name>' or 'router-<name>-<threshold>', got {model!r}")
+    router, threshold = match.group(1), match.group(2)
+    if threshold is None:
+        return router, None
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise ConfigError(f"model {model!r}: threshold {threshold!r} is not a number") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"model {model!r}: threshold must be in [0, 1], got {value}")
+    return router, value

@@ -1,0 +1,85 @@
+"""Fixtures for serve tests: tiny artifacts (hash-64 embedder, synthetic battles), one local Ray per session.
+
+Ray is kept small for a shared 2-core machine (num_cpus=2, no dashboard) and shut down at the end; metrics are
+exported every second on a free port so that tests can scrape them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import yaml
+
+from tests.serve.fakes import FakeUpstream, free_port
+
+EMBEDDER = "hash-64"
+REFERENCE_PROMPTS = [
+    f"{'math equation algebra' if i % 2 else 'chat greeting hello'} question {i} about topic {i * 5 % 11}"
+    for i in range(200)
+]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """A home with sw_ranking and mf trained on synthetic battles, and a reference prompt file."""
+    from index.embedder import HashEmbedder
+    from models import matrix_factorization as mf
+    from models import sw_ranking
+    from tests.models.test_sw_ranking import _training_data
+
+    home = tmp_path_factory.mktemp("serve-home")
+    embedder = HashEmbedder(64)
+    sw_ranking.train(_training_data(), embedder, home / "routers")
+    tiny = mf.MFConfig(dim=8, epochs=20, batch_size=128, lr=3e-2, weight_decay=0.0, seed=0)
+    mf.train(_training_data(n_battles=2000), embedder, home / "routers", tiny, progress=False)
+    reference = home / "reference.txt"
+    reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")
+    return home, reference
+
+
+def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:
+    """The embedded default's args, pointed at the tiny artifacts and the given upstreams."""
+    from serve.config import DEFAULT_CONFIG_YAML
+
+    args = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_YAML)["applications"][0]["args"])
+    args["routers"].update(strong_model="strong-1", weak_model="weak-1")
+    args["artifacts"].update(home=str(home), embedder=EMBEDDER, build_missing=False)
+    args["calibration"].update(reference=str(reference), max_prompts=100)
+    args["routing"]["controller"].update(window=50, min_live=10)
+    args["upstreams"]["strong"].update(base_url=strong_url, api_key_env="TURNOUT_TEST_STRONG_KEY")
+    args["upstreams"]["weak"].update(base_url=weak_url, api_key_env=None)
+    for deployment in ("ingress", "router", "retrieval"):
+        args["deployments"][deployment]["ray_actor_options"] = {"num_cpus": 0.1}
+        args["deployments"][deployment]["max_ongoing_requests"] = 32
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        args[section][field] = value
+    return args
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray per test module (torn down before the next, which may start its own): 2 CPUs, no dashboard, metrics on a free port every second."""
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray import serve
+
+    os.environ["TURNOUT_TEST_STRONG_KEY"] = "sk-test-strong"  # replicas inherit the driver's environment
+    metrics_port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
+             _system_config={"metrics_report_interval_ms": 1000})
+    http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+    try:
+        yield {"http": f"http://127.0.0.1:{http_port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,75 @@
+"""A tiny OpenAI-compatible upstream for serve tests: uvicorn in a thread on a free loopback port.
+
+It answers `/v1/chat/completions` with the model name it was sent, streams three SSE chunks when asked, and
+records each request's model and Authorization header. A model named `fail-503` answers 503.
+"""
+
+import json
+import socket
+import threading
+import time
+
+CHUNKS = ["Hel", "lo", "!"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_upstream(seen: list[dict]):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append({"model": body.get("model"), "authorization": request.headers.get("authorization"), "body": body})
+        model = body.get("model")
+        if model == "fail-503":
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if body.get("temperature") == -1:
+            return JSONResponse({"error": {"message": "temperature must be >= 0"}}, status_code=400)
+        if body.get("stream"):
+            def events():
+                for i, piece in enumerate(CHUNKS):
+                    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": model,
+                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                    time.sleep(0.05)
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return {"id": "c1", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"answer from {model}"},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
+
+    return app
+
+
+class FakeUpstream:
+    def __init__(self):
+        import uvicorn
+
+        self.seen: list[dict] = []
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        config = uvicorn.Config(build_upstream(self.seen), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "FakeUpstream":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("fake upstream did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,269 @@
+"""The application on a real local Ray: route, errors, proxy with streaming, fallbacks, health, metrics.
+
+Two applications share one Serve instance: `turnout` (all four routers, upstreams on the fake server) and
+`broken` (local routers only, a routing budget nobody can meet and an unreachable strong upstream) for the
+fallback paths.
+"""
+
+import inspect
+import json
+import time
+
+import httpx
+import pytest
+
+from serve.config import TurnoutConfig, parse_app_args
+from serve.metrics import DECISIONS, ERRORS, FALLBACKS, STAGE_LATENCY, STRONG_RATIO, THRESHOLD, exported, parse_prometheus
+from tests.serve.conftest import app_args
+from tests.serve.fakes import CHUNKS, free_port
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+MATH = "math equation algebra item 3 variant 8"
+CHAT = "chat greeting hello item 4 variant 2"
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, artifacts, upstream):
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.artifacts import prepare
+
+    home, reference = artifacts
+    config = prepare(parse_app_args(app_args(home, reference, upstream.base_url, upstream.base_url)))
+    start = time.perf_counter()
+    serve.run(build_app(config), name="turnout", route_prefix="/")
+    deploy_s = time.perf_counter() - start
+
+    broken = app_args(home, reference, f"http://127.0.0.1:{free_port()}/v1", upstream.base_url)
+    broken["routers"].update(enabled=["length", "random"], default="length")
+    broken["routing"].update(timeout_s=1e-6)
+    serve.run(build_app(prepare(parse_app_args(broken))), name="broken", route_prefix="/broken")
+    with httpx.Client(base_url=ray_cluster["http"], timeout=30) as client:
+        yield {"client": client, "config": config, "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
+               "upstream": upstream}
+
+
+def _error(response, status, fragment):
+    assert response.status_code == status, response.text
+    message = response.json()["error"]["message"]
+    assert fragment in message, message
+    assert "Traceback" not in response.text
+
+
+def test_builder_annotation_is_the_config_model():
+    """Ray validates `args` against the builder's annotation, so `serve run FILE` checks the same model."""
+    from serve.app import build_app
+
+    assert inspect.signature(build_app).parameters["config"].annotation is TurnoutConfig
+
+
+def test_health_ready_and_docs(service):
+    client = service["client"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["routers"] == ["length", "mf", "random", "sw_ranking"]
+    assert "/v1/route" in client.get("/openapi.json").json()["paths"]
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]][:2] == ["turnout", "router-sw_ranking"]
+
+
+@pytest.mark.parametrize("router", ["sw_ranking", "mf", "length", "random"])
+def test_route_every_router(service, router):
+    response = service["client"].post("/v1/route", json={"prompt": MATH, "router": router})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["router"] == router and body["model"] in ("strong", "weak")
+    assert 0.0 <= body["p_strong"] <= 1.0 and body["threshold_source"] == "controller"
+    assert body["model"] == ("strong" if body["p_strong"] >= body["threshold"] else "weak")
+    assert body["latency_ms"] > 0
+
+
+def test_route_learned_signal_and_request_thresholds(service):
+    client = service["client"]
+    math = client.post("/v1/route", json={"prompt": MATH, "router": "sw_ranking"}).json()
+    chat = client.post("/v1/route", json={"messages": [{"role": "user", "content": CHAT}], "router": "sw_ranking"}).json()
+    assert math["p_strong"] > chat["p_strong"]  # strong tiers win on the math topic of the synthetic battles
+    fixed = client.post("/v1/route", json={"prompt": CHAT, "threshold": 0.0}).json()
+    assert fixed["model"] == "strong" and fixed["threshold"] == 0.0 and fixed["threshold_source"] == "request"
+    assert fixed["router"] == "mf"  # the configured default
+    none = client.post("/v1/route", json={"prompt": MATH, "strong_ratio": 0.0}).json()
+    assert none["model"] == "weak" and none["threshold_source"] == "request_strong_ratio"
+    every = client.post("/v1/route", json={"prompt": CHAT, "strong_ratio": 1.0}).json()
+    assert every["model"] == "strong"
+
+
+def test_multi_turn_scores_recent_user_turns(service):
+    client = service["client"]
+    alone = client.post("/v1/route", json={"prompt": "and then?", "router": "length", "threshold": 0.5}).json()
+    conversation = [{"role": "user", "content": "x" * 600}, {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": "and then?"}]
+    with_context = client.post("/v1/route", json={"messages": conversation, "router": "length", "threshold": 0.5}).json()
+    assert with_context["p_strong"] > alone["p_strong"]  # the earlier user turn is scored too (user_turns: 3)
+
+
+def test_controller_state_is_exposed(service):
+    client = service["client"]
+    for i in range(30):
+        client.post("/v1/route", json={"prompt": f"{MATH} {i}", "router": "random"})
+    state = client.get("/v1/routers").json()
+    assert state["default"] == "mf"
+    random = state["routers"]["random"]
+    assert random["mode"] == "controller" and random["strong_ratio_target"] == 0.5
+    assert random["live_decisions"] >= 30 and 0.0 < random["realised_strong_ratio"] < 1.0
+    assert 0.0 < random["threshold"] < 1.0
+    # sw_ranking started from reference scores written by `prepare`
+    assert state["routers"]["sw_ranking"]["window"] == 50
+
+
+@pytest.mark.parametrize("kwargs, status, fragment", [
+    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "malformed JSON body"),
+    ({"content": b"{not json"}, 400, "malformed JSON body"),
+    ({"json": {}}, 422, "exactly one of 'messages' or 'prompt'"),
+    ({"json": {"messages": []}}, 422, "messages must not be empty"),
+    ({"json": {"messages": [{"role": "assistant", "content": "hi"}]}}, 422, "no user message"),
+    ({"json": {"prompt": ""}}, 422, "prompt must not be empty"),
+    ({"json": {"prompt": "a", "router": "bert"}}, 400, "unknown router 'bert'"),
+    ({"json": {"prompt": "a", "threshold": 1.5}}, 422, "threshold must be in [0, 1]"),
+    ({"json": {"prompt": "a", "threshold": -0.5}}, 422, "threshold must be in [0, 1]"),
+    ({"json": {"prompt": "a", "strong_ratio": 2}}, 422, "strong_ratio must be in [0, 1]"),
+    ({"json": {"messages": [{"role": "user", "content": 42}]}}, 422, "content must be a string or a list of content parts"),
+    ({"json": {"messages": [{"role": "user", "content": {"text": "hi"}}]}}, 422, "got dict"),
+    ({"json": {"prompt": 5}}, 422, "prompt: Input should be a valid string"),
+    ({"json": ["a list"]}, 422, "valid dictionary"),
+])
+def test_bad_route_requests_are_4xx_with_a_message(service, kwargs, status, fragment):
+    _error(service["client"].post("/v1/route", **kwargs), status, fragment)
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 400, "model must be 'turnout'"),
+    ({"model": "router-bert-0.5", "messages": [{"role": "user", "content": "hi"}]}, 400, "unknown router 'bert'"),
+    ({"model": "router-mf-7", "messages": [{"role": "user", "content": "hi"}]}, 400, "threshold must be in [0, 1]"),
+    ({"model": "turnout", "messages": []}, 422, "messages: List should have at least 1 item"),
+    ({"model": "turnout"}, 422, "messages: Field required"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model: Field required"),
+    ({"model": "turnout", "messages": [{"role": "user", "content": None}]}, 422, "no user message"),
+    ({"model": "turnout", "messages": [{"role": "user", "content": 1.5}]}, 422, "got float"),
+])
+def test_bad_chat_requests_are_4xx_with_a_message(service, body, status, fragment):
+    _error(service["client"].post("/v1/chat/completions", json=body), status, fragment)
+
+
+def test_chat_completion_is_routed_and_forwarded(service):
+    client, seen = service["client"], service["upstream"].seen
+    body = {"model": "router-mf-0.0", "messages": [{"role": "user", "content": CHAT}], "temperature": 0.2,
+            "max_tokens": 5, "user": "u1"}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-turnout-model"] == "strong" and response.headers["x-turnout-router"] == "mf"
+    assert float(response.headers["x-turnout-threshold"]) == 0.0
+    assert 0.0 <= float(response.headers["x-turnout-p-strong"]) <= 1.0
+    assert response.json()["choices"][0]["message"]["content"] == "answer from strong"
+    forwarded = seen[-1]
+    # the client's body, untouched but for the model; the strong side's key from its environment variable
+    assert forwarded["body"] == {**body, "model": "strong"}
+    assert forwarded["authorization"] == "Bearer sk-test-strong"
+
+    weak = client.post("/v1/chat/completions", json={**body, "model": "router-mf-1.0"})
+    assert weak.headers["x-turnout-model"] == "weak" and weak.json()["model"] == "weak"
+    assert seen[-1]["authorization"] is None  # the weak side has no api_key_env
+
+
+def test_turnout_model_uses_configured_defaults(service):
+    response = service["client"].post("/v1/chat/completions", json={"model": "turnout", "messages": [{"role": "user", "content": MATH}]})
+    assert response.status_code == 200 and response.headers["x-turnout-router"] == "mf"
+    assert response.json()["model"] == response.headers["x-turnout-model"]
+
+
+def test_streaming_is_passed_through_incrementally(service):
+    body = {"model": "router-length-0.0", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    arrivals, raw = [], b""
+    with service["client"].stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-turnout-model"] == "strong"
+        for chunk in response.iter_raw():
+            arrivals.append(time.perf_counter())
+            raw += chunk
+    events = [line.removeprefix("data: ") for line in raw.decode().split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]) == "".join(CHUNKS)
+    assert len(arrivals) >= 2 and arrivals[-1] - arrivals[0] > 0.08  # chunks arrived as the upstream sent them
+
+
+def test_upstream_errors_pass_through_with_their_status(service):
+    body = {"model": "router-mf-1.0", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}
+    response = service["client"].post("/v1/chat/completions", json=body)
+    assert response.status_code == 400 and "temperature" in response.json()["error"]["message"]
+    assert response.headers["x-turnout-model"] == "weak"
+
+
+def test_routing_and_upstream_fallbacks(service):
+    client = service["client"]
+    # /v1/route has nothing to fall back to: routing that misses its budget is a 503, not a 500
+    _error(client.post("/broken/v1/route", json={"prompt": "hi"}), 503, "routing took longer")
+    # a chat call still gets an answer: fallback_model (strong) is unreachable, so the weak side answers
+    response = client.post("/broken/v1/chat/completions", json={"model": "turnout", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-turnout-model"] == "weak"
+    assert response.headers["x-turnout-fallback"] == "router_timeout,upstream_unreachable"
+    assert "x-turnout-p-strong" not in response.headers
+    assert client.get("/broken/healthz").status_code == 200
+
+
+def test_remote_turnout_errors_keep_their_type(service):
+    """What a router replica raises reaches the ingress as the same TurnoutError (its message, its status)."""
+    from ray import serve
+
+    from models.errors import ConfigError
+    from serve.ingress import _cause
+
+    handle = serve.get_deployment_handle("RouterDeployment", app_name="turnout")
+    with pytest.raises(Exception) as info:
+        handle.route.remote("hi", "nope").result()
+    cause = _cause(info.value)
+    assert isinstance(cause, ConfigError) and str(cause).startswith("unknown router 'nope'")
+
+
+def _scrape(url, wanted, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = parse_prometheus(httpx.get(url, timeout=10).text)
+        if all(name in samples for name in wanted) or time.monotonic() > deadline:
+            return samples
+        time.sleep(1.0)
+
+
+def test_metrics_reach_the_export_port(service):
+    client = service["client"]
+    for router in ("mf", "sw_ranking", "random"):
+        for threshold in (0.0, 1.0):
+            client.post("/v1/route", json={"prompt": MATH, "router": router, "threshold": threshold})
+    client.post("/v1/chat/completions", json={"model": "router-mf", "messages": [{"role": "user", "content": "hi"}]})
+    client.post("/v1/route", content=b"{", headers={"content-type": "application/json"})
+    client.post("/v1/route", json={"prompt": "a", "router": "bert"})
+    client.post("/v1/route", json={"prompt": "a", "threshold": 3})
+    client.post("/broken/v1/route", json={"prompt": "hi"})
+    client.post("/broken/v1/chat/completions", json={"model": "turnout", "messages": [{"role": "user", "content": "hi"}]})
+    wanted = [exported(DECISIONS), exported(STAGE_LATENCY, "_count"), exported(STRONG_RATIO), exported(THRESHOLD),
+              exported(ERRORS), exported(FALLBACKS)]
+    samples = _scrape(service["metrics"], wanted)
+    missing = [n for n in wanted if n not in samples]
+    assert not missing, missing
+
+    decisions = {(s["router"], s["model"]) for s, v in samples[exported(DECISIONS)] if v > 0 and s.get("application") == "turnout"}
+    assert {("mf", "strong"), ("mf", "weak"), ("sw_ranking", "strong"), ("random", "weak")} <= decisions
+    stages = {(s["stage"], s["router"]) for s, v in samples[exported(STAGE_LATENCY, "_count")] if v > 0}
+    assert {("embed", "sw_ranking"), ("search", "mf"), ("decide", "random"), ("upstream", "mf")} <= stages
+    ratios = {s["router"]: v for s, v in samples[exported(STRONG_RATIO)] if s.get("application") == "turnout"}
+    assert set(ratios) >= {"mf", "random"} and all(0.0 <= v <= 1.0 for v in ratios.values())
+    assert {s["router"] for s, _ in samples[exported(THRESHOLD)]} >= {"sw_ranking", "mf", "length", "random"}
+    reasons = {s["reason"] for s, v in samples[exported(ERRORS)] if v > 0}
+    assert {"malformed_json", "invalid_request", "ConfigError", "RoutingUnavailable"} <= reasons
+    fallbacks = {(s["reason"], s["model"]) for s, v in samples[exported(FALLBACKS)] if v > 0}
+    assert {("router_timeout", "strong"), ("upstream_unreachable", "weak")} <= fallbacks
+
+
+def test_deploy_time(service):
+    assert service["deploy_s"] < 60  # tiny artifacts: Ray Serve overhead only
