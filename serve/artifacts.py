@@ -94,21 +94,24 @@ def reference_path(config: TurnoutConfig, name: str) -> Path:
     return home_dir(config) / "serve" / "reference" / f"{name}.npz"
 
 
-def load_reference(config: TurnoutConfig, name: str) -> np.ndarray | None:
+def load_reference(config: TurnoutConfig, name: str, quiet: bool = False) -> np.ndarray | None:
     """Reference p_strong for `name` if prepared for exactly this config, else None (with a log line why)."""
     path = reference_path(config, name)
+    why = None
+    scores = None
     if not path.is_file():
-        log.warning("no reference scores for %s at %s: the controller starts without offline calibration", name, path)
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            scores, key = data["p_strong"], str(data["key"])
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("ignoring unreadable reference scores %s: %s", path, exc)
-        return None
-    if key != _reference_key(config, name):
-        log.warning("ignoring reference scores %s: prepared for another config or artifact version", path)
-        return None
+        why = "missing"
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                scores, key = data["p_strong"], str(data["key"])
+        except (OSError, ValueError, KeyError) as exc:
+            why = f"unreadable ({exc})"
+        else:
+            if key != _reference_key(config, name):
+                scores, why = None, "prepared for another config or artifact version"
+    if why and not quiet:
+        log.warning("reference scores %s %s: the %s controller starts without offline calibration", path, why, name)
     return scores
 
 
@@ -151,7 +154,7 @@ def prepare(config: TurnoutConfig, progress: bool = True) -> TurnoutConfig:
         _train(name, home, data, embedder)
     routers = load_routers(config, config.routers.enabled, embedder)  # a broken artifact fails here, before Ray
 
-    todo = [n for n in controlled_routers(config) if load_reference(config, n) is None]
+    todo = [n for n in controlled_routers(config) if load_reference(config, n, quiet=True) is None]
     if not todo:
         return config
     prompts = _reference_sample(reference_prompts(config.calibration.reference, home, data, embedder),

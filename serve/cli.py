@@ -1,4 +1,4 @@
-"""`turnout` command line: data build, train, eval, calibrate.
+"""`turnout` command line: data build, train, eval, calibrate, serve.
 
 Every user-fixable problem (unknown name, missing file, broken artifact) is a `TurnoutError`: one line on
 stderr, exit code 2, no traceback. Heavy modules are imported inside the commands that need them.
@@ -60,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--router", required=True)
     cal.add_argument("--strong-ratio", type=float, required=True, help="target share of calls sent to the strong model, in [0, 1]")
     cal.add_argument("--reference", default="training", help="reference prompts: training (train prompts), a benchmark name, or a .txt/.jsonl file")
+
+    srv = sub.add_parser("serve", help="run the HTTP service (Ray Serve) locally until Ctrl-C")
+    srv.add_argument("--config", help="Ray Serve config file with the turnout application (default: the embedded CPU, offline config; see --print-config)")
+    srv.add_argument("--host", help="HTTP host (default: the config's http_options.host, 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="HTTP port (default: the config's http_options.port, 8000)")
+    srv.add_argument("--metrics-port", type=int, default=8080, help="Prometheus export port of Ray's metrics (default 8080)")
+    srv.add_argument("--data-dir", help="overrides the config's artifacts.data_dir")
+    srv.add_argument("--home", help="overrides the config's artifacts.home")
+    srv.add_argument("--embedder", help="overrides the config's artifacts.embedder (minilm, hash-<dim>, or a sentence-transformers id/path)")
+    srv.add_argument("--check", action="store_true", help="validate the config and exit")
+    srv.add_argument("--print-config", action="store_true", help="print the embedded default config and exit")
     return parser
 
 
@@ -191,7 +202,24 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
           f"on {result['n']} reference prompts (target {args.strong_ratio}); wrote {out}")
 
 
-COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate}
+def cmd_serve(args: argparse.Namespace) -> None:
+    from serve.config import DEFAULT_CONFIG_YAML
+    from serve.launch import configure, serve_forever
+
+    if args.print_config:
+        print(DEFAULT_CONFIG_YAML, end="")
+        return
+    served = configure(args.config, home=args.home, data_dir=args.data_dir, embedder=args.embedder,
+                       host=args.host, port=args.port)
+    if args.check:
+        config = served.config
+        print(f"{args.config or 'default config'}: valid; routers {', '.join(config.routers.enabled)} "
+              f"(default {config.routers.default}); http://{served.host}:{served.port}{served.route_prefix}")
+        return
+    serve_forever(served, metrics_port=args.metrics_port, on_status=lambda line: print(line, flush=True))
+
+
+COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,7 +239,12 @@ def build_api(ingress: IngressDeployment):
             log.warning("routing failed (%s): sending to %s", exc, side)
         payload = await request.json()  # the client's body, every field as sent
         t_up = time.perf_counter()
-        upstream, side = await _send(ingress, side, payload, headers)
+        try:
+            upstream, side = await _send(ingress, side, payload, headers)
+        except UpstreamError as exc:
+            metrics.error("/v1/chat/completions", "UpstreamError")
+            return JSONResponse(_error_body(str(exc), "service_unavailable", "UpstreamError"),
+                                status_code=exc.http_status, headers=headers)
         headers["x-turnout-model"] = side
         metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
         media_type = upstream.headers.get("content-type", "application/json")
@@ -274,12 +279,12 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
     sides = [side]
     if ingress.config.upstreams.fallback_on_error:
         sides.append("weak" if side == "strong" else "strong")
-    failure = ""
+    failures = []
     for i, current in enumerate(sides):
         try:
             upstream = await ingress.forward(current, payload)
         except httpx.TransportError as exc:  # refused, DNS, connect timeout
-            failure = f"{current} upstream unreachable: {type(exc).__name__}"
+            failures.append(f"{current} upstream unreachable ({type(exc).__name__})")
             reason = "upstream_unreachable"
         else:
             if upstream.status_code not in UNAVAILABLE_STATUS or i == len(sides) - 1:
@@ -288,7 +293,7 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
                     ingress.metrics.fallback(reason, current)
                 return upstream, current
             await upstream.aclose()
-            failure = f"{current} upstream answered {upstream.status_code}"
+            failures.append(f"{current} upstream answered {upstream.status_code}")
             reason = f"upstream_{upstream.status_code}"
-        log.warning("%s", failure)
-    raise UpstreamError(failure)
+        log.warning("%s", failures[-1])
+    raise UpstreamError("; ".join(failures))

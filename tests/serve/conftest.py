@@ -32,7 +32,7 @@ def artifacts(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve-home")
     embedder = HashEmbedder(64)
     sw_ranking.train(_training_data(), embedder, home / "routers")
-    tiny = mf.MFConfig(dim=8, epochs=20, batch_size=128, lr=3e-2, weight_decay=0.0, seed=0)
+    tiny = mf.MFConfig(dim=8, epochs=10, batch_size=256, lr=3e-2, weight_decay=0.0, seed=0)
     mf.train(_training_data(n_battles=2000), embedder, home / "routers", tiny, progress=False)
     reference = home / "reference.txt"
     reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")

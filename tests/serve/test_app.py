@@ -1,8 +1,8 @@
 """The application on a real local Ray: route, errors, proxy with streaming, fallbacks, health, metrics.
 
-Two applications share one Serve instance: `turnout` (all four routers, upstreams on the fake server) and
-`broken` (local routers only, a routing budget nobody can meet and an unreachable strong upstream) for the
-fallback paths.
+Three applications share one Serve instance: `turnout` (all four routers, upstreams on the fake server), and
+for the fallback paths `broken` (local routers only, a routing budget nobody can meet, an unreachable strong
+upstream) and `down` (a strong upstream that answers 503, an unreachable weak one).
 """
 
 import inspect
@@ -40,6 +40,11 @@ def service(ray_cluster, artifacts, upstream):
     broken["routers"].update(enabled=["length", "random"], default="length")
     broken["routing"].update(timeout_s=1e-6)
     serve.run(build_app(prepare(parse_app_args(broken))), name="broken", route_prefix="/broken")
+
+    down = app_args(home, reference, upstream.base_url, f"http://127.0.0.1:{free_port()}/v1")
+    down["routers"].update(enabled=["length"], default="length")
+    down["upstreams"]["strong"]["model"] = "fail-503"  # the fake upstream answers 503 for this model
+    serve.run(build_app(prepare(parse_app_args(down))), name="down", route_prefix="/down")
     with httpx.Client(base_url=ray_cluster["http"], timeout=30) as client:
         yield {"client": client, "config": config, "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
                "upstream": upstream}
@@ -210,6 +215,19 @@ def test_routing_and_upstream_fallbacks(service):
     assert response.headers["x-turnout-fallback"] == "router_timeout,upstream_unreachable"
     assert "x-turnout-p-strong" not in response.headers
     assert client.get("/broken/healthz").status_code == 200
+
+
+def test_no_upstream_available_is_502_with_the_decision(service):
+    client = service["client"]
+    body = {"model": "router-length-0.0", "messages": [{"role": "user", "content": "hi"}]}
+    response = client.post("/down/v1/chat/completions", json=body)
+    _error(response, 502, "strong upstream answered 503; weak upstream unreachable (ConnectError)")
+    assert response.headers["x-turnout-router"] == "length" and "x-turnout-p-strong" in response.headers
+    # weak first: unreachable, so the strong side's own 503 answer is passed through, marked as a fallback
+    response = client.post("/down/v1/chat/completions", json={**body, "model": "router-length-1.0"})
+    assert response.status_code == 503 and response.json()["error"]["message"] == "overloaded"
+    assert response.headers["x-turnout-model"] == "strong"
+    assert response.headers["x-turnout-fallback"] == "upstream_unreachable"
 
 
 def test_remote_turnout_errors_keep_their_type(service):

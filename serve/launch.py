@@ -1,0 +1,107 @@
+"""`turnout serve`: validate the config, prepare artifacts, start a local Ray with Serve, run until stopped.
+
+The same file and the same builder as `serve run FILE`; what this adds is the order of things on a fresh
+machine: every check and every artifact build happens in this process before Ray starts, so a mistake is one
+line and no replica ever trains or crashes on a missing file.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+from models.errors import ConfigError, TurnoutError
+from serve.config import ServeFile, load_serve_file, parse_app_args
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT = 8080  # what KubeRay and the Prometheus scrape config expect on every Ray pod
+
+
+class DeployError(TurnoutError):
+    """Ray Serve could not bring the application up."""
+
+    http_status = 503
+
+
+def configure(path: str | None = None, *, home: str | None = None, data_dir: str | None = None,
+              embedder: str | None = None, host: str | None = None, port: int | None = None) -> ServeFile:
+    """Load and validate the config file (or the embedded default) and apply command-line overrides."""
+    served = load_serve_file(path=path)
+    overrides = {k: v for k, v in {"home": home, "data_dir": data_dir, "embedder": embedder}.items() if v is not None}
+    config = served.config
+    if overrides:
+        dumped = config.model_dump()
+        dumped["artifacts"].update(overrides)
+        config = parse_app_args(dumped, "command line")
+    document = dict(served.document)
+    http = dict(document.get("http_options") or {})
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        if not 0 < port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {port}")
+        http["port"] = port
+    document["http_options"] = http
+    return ServeFile(document, served.app_index, config)
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"{what} port {port} on {host} is not available ({exc.strerror})") from None
+
+
+def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
+                  on_status: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> None:
+    """Prepare, start Ray + Serve, report the URL through `on_status`, block until SIGINT/SIGTERM or `stop`."""
+    from serve.artifacts import prepare
+
+    _check_port(served.host, served.port, "HTTP")
+    _check_port("127.0.0.1", metrics_port, "metrics")
+    on_status(f"preparing artifacts ({served.config.artifacts.embedder} embedder) ...")
+    config = prepare(served.config)
+    on_status(f"artifacts ready in {config.artifacts.home}; starting Ray Serve ...")
+
+    import ray
+    from ray import serve
+
+    from serve.app import build_app
+
+    stop = stop or threading.Event()
+    previous = {}
+    # address="local": always a fresh local cluster, never whatever RAY_ADDRESS or a running `ray start` points to.
+    ray.init(address="local", include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False)
+    try:
+        if threading.current_thread() is threading.main_thread():  # after ray.init, which sets its own handlers
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        http_options = {**served.document.get("http_options", {}), "host": served.host, "port": served.port}
+        serve.start(http_options=http_options, proxy_location=served.document.get("proxy_location", "HeadOnly"))
+        app = served.app
+        try:
+            serve.run(build_app(config), name=app.get("name", "turnout"), route_prefix=served.route_prefix)
+        except Exception as exc:  # Ray's message is a multi-line traceback of the replica; the log keeps it
+            log.error("deploying failed: %s", exc)
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise DeployError(f"the application did not start: {first.strip()} (run with -v for details)") from None
+        prefix = served.route_prefix.rstrip("/")
+        url = f"http://{served.host}:{served.port}{prefix}"
+        on_status(f"turnout is serving at {url} (docs {url}/docs, metrics http://127.0.0.1:{metrics_port}/metrics); "
+                  f"Ctrl-C stops it")
+        while not stop.wait(0.5):
+            pass
+        on_status("stopping ...")
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,138 @@
+"""`turnout serve`: config checks as one-line errors, artifact preparation, and a real start/stop in a subprocess."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from models.errors import ArtifactError
+from serve.cli import main
+from serve.config import DEFAULT_CONFIG_YAML, parse_app_args
+from tests.serve.conftest import app_args
+from tests.serve.fakes import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _config_file(path, args, port=8000):
+    doc = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    doc["applications"][0]["args"] = args
+    doc["http_options"]["port"] = port
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_print_config_is_the_embedded_default(capsys):
+    code, out, _ = _run(capsys, "serve", "--print-config")
+    assert code == 0 and out == DEFAULT_CONFIG_YAML
+
+
+def test_check_validates_and_applies_overrides(capsys, tmp_path):
+    code, out, err = _run(capsys, "serve", "--check", "--port", "9001", "--embedder", "hash-64")
+    assert code == 0, err
+    assert "default config: valid" in out and "http://127.0.0.1:9001/" in out
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda doc: doc["applications"][0]["args"]["routing"].update(strong_ratio=2), "applications[0].args.routing.strong_ratio"),
+    (lambda doc: doc["applications"][0]["args"].update(extra_section={}), "extra_section: Extra inputs are not permitted"),
+    (lambda doc: doc.update(http_options={"port": "x"}), "http_options.port"),
+])
+def test_bad_config_file_is_one_line_error(capsys, tmp_path, edit, fragment):
+    doc = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    edit(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    code, _, err = _run(capsys, "serve", "--config", str(path), "--check")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("turnout: error:"), err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_missing_config_and_busy_port_are_one_line_errors(capsys, tmp_path):
+    code, _, err = _run(capsys, "serve", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "config file not found" in err
+    with __import__("socket").socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = _run(capsys, "serve", "--port", str(busy.getsockname()[1]), "--embedder", "hash-64")
+    assert code == 2 and err.count("\n") == 1 and "HTTP port" in err and "not available" in err
+
+
+def test_prepare_builds_only_missing_artifacts(artifacts, tmp_path, monkeypatch):
+    import shutil
+
+    from serve import artifacts as serve_artifacts
+    from serve import cli
+
+    home, reference = artifacts
+    copy = tmp_path / "home"
+    shutil.copytree(home / "routers", copy / "routers")
+    shutil.rmtree(copy / "routers" / "mf")
+    args = app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
+    with pytest.raises(ArtifactError, match="build_missing is false"):
+        serve_artifacts.prepare(parse_app_args(args))
+
+    trained = []
+
+    def fake_train(name, home_dir, data, embedder):
+        trained.append(name)
+        shutil.copytree(home / "routers" / name, home_dir / "routers" / name)
+
+    monkeypatch.setattr(cli, "_train", fake_train)
+    args["artifacts"]["build_missing"] = True
+    config = serve_artifacts.prepare(parse_app_args(args))
+    assert trained == ["mf"]
+    assert Path(config.artifacts.home).is_absolute()
+    for router in ("sw_ranking", "mf", "length", "random"):  # reference scores for every controlled router
+        assert serve_artifacts.load_reference(config, router) is not None
+    serve_artifacts.prepare(parse_app_args(args))
+    assert trained == ["mf"]  # nothing missing the second time
+
+
+def test_serve_starts_prints_url_answers_and_stops(artifacts, upstream, tmp_path):
+    """The real command in a subprocess: ready line with the URL, a routed request, clean exit on SIGINT."""
+    pytest.importorskip("ray.serve")
+    home, reference = artifacts
+    port, metrics_port = free_port(), free_port()
+    config = _config_file(tmp_path / "serve.yaml", app_args(home, reference, upstream.base_url, upstream.base_url), port)
+    command = [sys.executable, "-m", "serve.cli", "serve", "--config", str(config), "--metrics-port", str(metrics_port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            lines.append(line)
+            if "turnout is serving at" in line:
+                break
+        ready_s = time.perf_counter() - start
+        assert any(f"turnout is serving at http://127.0.0.1:{port}" in line for line in lines), "".join(lines)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/route", json={"prompt": "math equation"}, timeout=30)
+        assert response.status_code == 200 and response.json()["router"] == "mf"
+        assert ready_s < 120, ready_s
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    rest = process.stdout.read()
+    assert code == 0, "".join(lines) + rest
+    assert "stopping" in rest
