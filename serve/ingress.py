@@ -45,6 +45,10 @@ class RoutingUnavailable(TurnoutError):
     http_status = 503
 
 
+class RoutingTimeout(RoutingUnavailable):
+    """The router deployment did not answer within routing.timeout_s."""
+
+
 class UpstreamError(TurnoutError):
     """No upstream could answer."""
 
@@ -85,10 +89,8 @@ class IngressDeployment:
             return await asyncio.wait_for(result(), self.config.routing.timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
-            raise RoutingUnavailable(f"routing took longer than {self.config.routing.timeout_s}s") from None
-        except TurnoutError:
-            raise
-        except Exception as exc:
+            raise RoutingTimeout(f"routing took longer than {self.config.routing.timeout_s}s") from None
+        except Exception as exc:  # Ray re-raises a replica's exception wrapped, with the remote traceback as text
             cause = _cause(exc)
             if isinstance(cause, TurnoutError):
                 raise cause from None
@@ -201,7 +203,8 @@ def build_api(ingress: IngressDeployment):
 
     @app.get("/v1/routers", summary="thresholds and realised strong ratios (one router replica's window)")
     async def routers():
-        return {"default": config.routers.default, "routers": await ingress.router.state.remote()}
+        state = await asyncio.wait_for(_await(ingress.router.state.remote()), 5.0)
+        return {"default": config.routers.default, "routers": state}
 
     @app.get("/v1/models", summary="model names accepted by /v1/chat/completions")
     async def models():
@@ -233,7 +236,7 @@ def build_api(ingress: IngressDeployment):
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
         except RoutingUnavailable as exc:
             side = config.routing.fallback_model
-            reason = "router_timeout" if "longer than" in str(exc) else "router_error"
+            reason = "router_timeout" if isinstance(exc, RoutingTimeout) else "router_error"
             metrics.fallback(reason, side)
             _add_fallback(headers, reason)
             log.warning("routing failed (%s): sending to %s", exc, side)
