@@ -136,3 +136,22 @@ def test_serve_starts_prints_url_answers_and_stops(artifacts, upstream, tmp_path
     rest = process.stdout.read()
     assert code == 0, "".join(lines) + rest
     assert "stopping" in rest
+
+
+def test_reference_scores_follow_the_artifact_version(artifacts, tmp_path):
+    """Retraining a router (new manifest/meta) or changing the model pair invalidates its reference scores."""
+    import shutil
+
+    from serve import artifacts as serve_artifacts
+
+    home, reference = artifacts
+    copy = tmp_path / "home"
+    shutil.copytree(home / "routers", copy / "routers")
+    config = serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")))
+    assert serve_artifacts.load_reference(config, "mf") is not None
+    meta = copy / "routers" / "mf" / "meta.json"
+    meta.write_text(meta.read_text().replace('"router": "mf"', '"router": "mf", "retrained": true'))
+    assert serve_artifacts.load_reference(config, "mf") is None
+    assert serve_artifacts.load_reference(config, "sw_ranking") is not None
+    other_pair = config.model_copy(update={"routers": config.routers.model_copy(update={"weak_model": "tiny"})})
+    assert serve_artifacts.load_reference(other_pair, "sw_ranking") is None
