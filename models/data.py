@@ -2,9 +2,14 @@
 
 A battle is (prompt, model_a, model_b, winner ∈ {model_a, model_b, tie}, source). Sources (train splits only):
 
-- AlpacaEval pairwise GPT-4 annotations (chat prompts). AlpacaEval 2.0's `preference` is 1 + P(generator_2
-  preferred) from GPT-4-turbo logprobs: P ≥ 0.6 -> model_b, P ≤ 0.4 -> model_a, else tie. AlpacaEval 1.0:
-  1 -> model_a, 2 -> model_b, 0 (their draw) or 1.5 -> tie, empty -> dropped.
+- AlpacaEval pairwise GPT-4 annotations (chat prompts), as two sources.
+  `alpaca-eval-1`: GPT-4 judges 52 models against text-davinci-003; 1 -> model_a, 2 -> model_b, 0 (their draw)
+  or 1.5 -> tie, empty -> dropped.
+  `alpaca-eval-2`: GPT-4-turbo judges 58 models against gpt-4-1106-preview's own outputs; `preference` is
+  1 + P(generator_2 preferred): P ≥ 0.6 -> model_b, P ≤ 0.4 -> model_a, else tie. The judge *is* our strong
+  model judging its own answers, so every one of these labels carries self-preference (and AlpacaEval's known
+  length) bias about exactly the comparison we route on. It is left out by default (`DEFAULT_SOURCES`);
+  BENCHMARKS.md shows what including it does.
 - RouterDC per-query scores of 7 open models (train files only). A model is correct when its score > 0 for
   multiple choice, ≥ 0.5 for sampled-fraction scores (GSM8K, HumanEval); every model pair on a question is a
   battle (correct beats wrong, equal is a tie).
@@ -34,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from models import bradley_terry
-from models.errors import ArtifactError, DataNotFoundError
+from models.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.model_names import canonical
 from models.paths import atomic_path, require_file
 
@@ -46,6 +51,8 @@ ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_
 FRACTION_SCORED = {"gsm8k-train", "humaneval_train"}  # scores are the share of correct samples, not 0/prob
 ROUTERBENCH_TRAIN = ["arc_challenge_train", "mbpp_train", "winograde_train"]
 DECONTAM_COSINE = 0.95
+SOURCES = ("alpaca-eval-1", "alpaca-eval-2", "routerdc", "routerbench")
+DEFAULT_SOURCES = ("alpaca-eval-1", "routerdc", "routerbench")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -87,7 +94,8 @@ def load_alpaca_eval(data: Path) -> pd.DataFrame:
         "model_a": ann["generator_1"].map(canonical).to_numpy(),
         "model_b": ann["generator_2"].map(canonical).to_numpy(),
         "winner": winner[keep.to_numpy()],
-        "source": "alpaca-eval",
+        # Two annotators, two sources: they differ in judge, baseline and label type (see the module docstring).
+        "source": np.where(weighted[keep].to_numpy(), "alpaca-eval-2", "alpaca-eval-1"),
     })
 
 
@@ -239,7 +247,7 @@ def fit_ratings(battles: pd.DataFrame, l2: float = 1e-2) -> pd.Series:
     return pd.Series(elo, index=names).sort_values(ascending=False)
 
 
-def assign_tiers(ratings: pd.Series, n_tiers: int = 20) -> dict[str, int]:
+def assign_tiers(ratings: pd.Series, n_tiers: int = 10) -> dict[str, int]:
     """Equal-count tiers by rating; tier 0 is the strongest. RouteLLM groups Arena models into tiers likewise."""
     order = ratings.sort_values(ascending=False).index
     n_tiers = max(1, min(n_tiers, len(order)))
@@ -265,20 +273,25 @@ class TrainingData:
 
 
 def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
-          arena: str | Path | None = None, n_tiers: int = 20) -> TrainingData:
-    """Assemble, decontaminate and rate every training source."""
-    battles, scores, report = [], [], {"sources": {}}
-    ae = load_alpaca_eval(data)
-    battles.append(ae)
-    for loader in (load_routerdc, load_routerbench):
-        b, s = loader(data)
-        battles.append(b)
-        scores.append(s)
+          arena: str | Path | None = None, n_tiers: int = 10, sources: tuple[str, ...] = DEFAULT_SOURCES) -> TrainingData:
+    """Assemble, decontaminate and rate the chosen training sources (plus Arena battles when given)."""
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown or not sources:
+        raise ConfigError(f"unknown or no sources {unknown}; known: {', '.join(SOURCES)}")
+    battles, scores, report = [], [], {"sources": {}, "included": list(sources)}
+    if any(s.startswith("alpaca-eval") for s in sources):
+        ae = load_alpaca_eval(data)
+        battles.append(ae[ae["source"].isin(sources)])
+    for name, loader in (("routerdc", load_routerdc), ("routerbench", load_routerbench)):
+        if name in sources:
+            b, s = loader(data)
+            battles.append(b)
+            scores.append(s)
     if arena is not None:
         battles.append(load_arena(arena))
     table = pd.concat(battles, ignore_index=True)
     table = table[table["model_a"] != table["model_b"]]  # aliasing can fold both sides into one model
-    score_table = pd.concat(scores, ignore_index=True)
+    score_table = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=["prompt", "model", "score", "source"])
 
     unique = table["prompt"].unique().tolist()
     bad = set(np.asarray(unique, dtype=object)[contaminated(unique, eval_prompts, embed)])

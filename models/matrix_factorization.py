@@ -115,7 +115,7 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
 
     best, best_state, history = float("inf"), None, []
     steps = config.epochs * ((len(train_rows) + config.batch_size - 1) // config.batch_size)
-    bar = tqdm(total=steps, desc="train mf", disable=not progress)
+    bar = tqdm(total=steps, desc="train mf", disable=not progress, mininterval=1.0)
     for epoch in range(config.epochs):
         order = train_rows[torch.randperm(len(train_rows))]
         for start in range(0, len(order), config.batch_size):

@@ -11,6 +11,8 @@ RouteLLM refits sklearn per query over every battle (2.9 req/s on 8 CPUs). Two o
    similarity, which is exact to compute: Σ_all S_i = q·Σ_all e_i. So
        W = w_rest·C_total + Σ_{i∈top-k} (w_i − w_rest)·C_i,
    and with k = all prompts this is exactly RouteLLM's fit (a test checks it against a brute-force refit).
+   k = None (the default) is that exact fit; it costs one (B × P)·(P × T²) matmul per batch, cheap for the
+   ~10k prompts here. Set k for indexes of millions of prompts, where top-k keeps the cost per query flat.
 The small T×T fits for a whole batch are a few vectorised Newton steps (`models.bradley_terry`).
 """
 
@@ -30,6 +32,8 @@ from models.paths import atomic_dir
 log = logging.getLogger(__name__)
 
 OUTCOME = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}
+# Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
+DENSE_FRACTION = 8
 
 
 def prompt_tier_counts(prompt_ids: np.ndarray, tier_a: np.ndarray, tier_b: np.ndarray, outcome: np.ndarray,
@@ -45,7 +49,7 @@ class SWRankingRouter(Router):
     name = "sw_ranking"
 
     def __init__(self, store, counts: np.ndarray, embedding_sum: np.ndarray, tiers: dict[str, int], embedder=None, *,
-                 strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK, gamma: float = 10.0, k: int = 256,
+                 strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK, gamma: float = 10.0, k: int | None = None,
                  l2: float = 1e-2, n_steps: int = 8, batch_size: int = 64) -> None:
         self.store = store
         self.embedder = embedder
@@ -71,8 +75,8 @@ class SWRankingRouter(Router):
 
     def win_matrices(self, queries: np.ndarray) -> np.ndarray:
         """Weighted tier win matrices (B, T, T) for unit-norm query embeddings (B, d)."""
-        n_prompts = len(self.counts)
-        k = min(self.k, n_prompts)
+        n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
+        k = n_prompts if self.k is None else min(self.k, n_prompts)
         sims, ids = self.store.search(queries, k)
         sims = sims.astype(np.float64)
         s_max = np.maximum(sims[:, :1], 1e-6)  # a query orthogonal to everything: all weights γ
@@ -82,9 +86,14 @@ class SWRankingRouter(Router):
             w_rest = self.gamma ** (1.0 + rest_mean[:, None] / s_max)
         else:
             w_rest = np.zeros((len(queries), 1))
-        wins = w_rest[:, :, None] * self.total[None]
-        wins += np.einsum("bk,bkij->bij", (weights - w_rest).astype(np.float32), self.counts[ids], dtype=np.float64)
-        return wins
+        delta = (weights - w_rest).astype(np.float32)
+        if DENSE_FRACTION * k >= n_prompts:
+            dense = np.zeros((len(queries), n_prompts), dtype=np.float32)
+            np.put_along_axis(dense, ids, delta, axis=1)
+            local = dense @ self.counts.reshape(n_prompts, -1)
+        else:
+            local = np.einsum("bk,bkn->bn", delta, self.counts.reshape(n_prompts, -1)[ids])
+        return w_rest[:, :, None] * self.total[None] + local.reshape(-1, n_tiers, n_tiers)
 
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     build = data_sub.add_parser("build", help="turn ../shared/data into the battles table, tiers and decontamination report")
     _common(build)
     build.add_argument("--arena", help="extra battles in the Hugging Face Arena schema: a local file or a hub dataset id")
-    build.add_argument("--tiers", type=int, default=20, help="number of equal-count strength tiers (RouteLLM uses 10 over Arena models; our ~100 models from mixed sources need finer tiers to keep GPT-4 and Mixtral apart)")
+    build.add_argument("--sources", default="alpaca-eval-1,routerdc,routerbench",
+                       help="comma list of training sources: alpaca-eval-1, alpaca-eval-2 (self-judged by the strong model; off by default), routerdc, routerbench")
+    build.add_argument("--tiers", type=int, default=10, help="number of equal-count strength tiers (RouteLLM uses 10)")
 
     train = sub.add_parser("train", help="train a router")
     train.add_argument("router", choices=TRAINABLE)
@@ -85,16 +87,19 @@ def _context(args: argparse.Namespace):
     return home, lambda: data_dir(args.data_dir), load_embedder(args.embedder, cache_dir=home / "embeddings")
 
 
-def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 20, rebuild: bool = False):
+def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 10, rebuild: bool = False,
+                   sources: str | None = None):
     from models import data as training
     from models.benchmarks import evaluation_prompts
+    from models.registry import parse_names
 
     folder = home / "data"
     if not rebuild and (folder / "models.json").exists():
         return training.load(folder)
     data_path = data()
     embed = lambda texts: embedder.embed(texts, progress=True)  # noqa: E731
-    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers)
+    chosen = tuple(parse_names(sources, list(training.SOURCES), "source")) if sources else training.DEFAULT_SOURCES
+    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers, sources=chosen)
     td.report["data_hash"] = training.save(td, folder)
     return td
 
@@ -154,7 +159,7 @@ def _print_report(td) -> None:
 
 def cmd_data_build(args: argparse.Namespace) -> None:
     home, data, embedder = _context(args)
-    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True)
+    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True, sources=args.sources)
     _print_report(td)
     print(f"wrote {home / 'data'} ({len(td.battles)} battles, data hash {td.report['data_hash']})")
 

@@ -44,6 +44,7 @@ def test_alpaca_eval_preference_mapping(tmp_path):
     assert battles["winner"].tolist() == ["model_b", "model_a", "tie", "model_b", "model_a", "tie"]
     assert battles["model_a"].iloc[0] == "gpt-4-1106-preview"  # aliased
     assert battles["prompt"].tolist()[:2] == ["first?", "second?"]
+    assert battles["source"].tolist() == ["alpaca-eval-2"] * 3 + ["alpaca-eval-1"] * 3
 
 
 def test_arena_loader_on_hf_schema_fixture(tmp_path):

@@ -77,6 +77,14 @@ def test_top_k_approximates_exact_and_keeps_the_signal(trained):
     assert np.all((p_exact > 0) & (p_exact < 1))
 
 
+def test_gather_and_dense_paths_agree(trained, monkeypatch):
+    queries = HashEmbedder(32).embed(["math equation algebra item 3", "chat greeting hello item 4", "unrelated words"])
+    router = _router(trained, k=4)  # 4 of 64 prompts: the gather path
+    gathered = router.win_matrices(queries)
+    monkeypatch.setattr(sw_ranking, "DENSE_FRACTION", 10**9)
+    np.testing.assert_allclose(router.win_matrices(queries), gathered, rtol=1e-5)
+
+
 def test_batching_does_not_change_scores(trained):
     prompts = [f"math equation item {i}" if i % 3 else f"hello chat {i}" for i in range(20)]
     np.testing.assert_allclose(_router(trained, batch_size=3).score(prompts), _router(trained, batch_size=64).score(prompts))

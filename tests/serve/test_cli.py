@@ -66,8 +66,9 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
     home = ["--home", str(tmp_path), "--embedder", "hash-64"]
     code, out, err = _run(capsys, "data", "build", *home)
     assert code == 0, err
-    for fragment in ("alpaca-eval", "routerbench/arc_challenge_train", "routerdc/mmlu_train", "strength tiers", "gpt-4-1106-preview"):
+    for fragment in ("alpaca-eval-1", "routerbench/arc_challenge_train", "routerdc/mmlu_train", "strength tiers", "gpt-4-1106-preview"):
         assert fragment in out
+    assert "alpaca-eval-2" not in out  # self-judged by the strong model: off unless asked for
     meta = json.loads((tmp_path / "data" / "models.json").read_text())
     assert meta["tiers"]["gpt-4-1106-preview"] < meta["tiers"]["mistralai/Mixtral-8x7B-Instruct-v0.1"]
     # RouterDC's "mmlu_train" overlaps MMLU test questions: decontamination must find them
