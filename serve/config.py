@@ -230,7 +230,11 @@ class DeploymentOptions(_Strict):
 class BatchConfig(_Strict):
     max_batch_size: int = Field(32, ge=1, description="prompts embedded and scored together")
     batch_wait_timeout_s: float = Field(
-        0.002, ge=0, description="how long a request waits for others to fill a batch (adds to latency at low load)"
+        0.0,
+        ge=0,
+        description="how long a batch waits for more requests once the first arrived. 0: take what is queued; "
+        "under load the queue fills while the previous batch runs, so batches form anyway, and at low load "
+        "nobody waits (2 ms measured +2 ms route p50 for nothing)",
     )
 
 
@@ -339,7 +343,7 @@ applications:
           max_ongoing_requests: 128
           ray_actor_options: {num_cpus: 0.5}
           # autoscaling instead: num_replicas: null, autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16}
-        retrieval_batch: {max_batch_size: 32, batch_wait_timeout_s: 0.002}
+        retrieval_batch: {max_batch_size: 32, batch_wait_timeout_s: 0.0}
       artifacts:
         home: null
         data_dir: null
