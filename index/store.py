@@ -125,6 +125,13 @@ class VectorStore:
         sims, ids = index.search(queries, k)
         return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
+    def vectors(self) -> np.ndarray:
+        """All stored vectors (ntotal, dim), for exact scans that need every similarity rather than the top k."""
+        try:
+            return self._cpu.reconstruct_n(0, self.ntotal)
+        except RuntimeError as exc:  # IVF without a direct map, PQ codes: the vectors are not kept
+            raise ConfigError(f"index {self.manifest.get('factory')!r} cannot return its vectors; use Flat or HNSW, or a top-k search") from exc
+
     def save(self, directory: Path) -> Path:
         """Write `index.faiss`, then `manifest.json`, each atomically; an earlier store there survives a failure."""
         import faiss

@@ -77,12 +77,23 @@ def evaluate(
     return results
 
 
+RANDOM_LABEL = "random (10 runs)"  # the reference, distinct from a `random` router evaluated like the others
+
+
+def _rows(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, summary) for every evaluated router, then the two references."""
+    return [*entry["routers"].items(), (RANDOM_LABEL, entry["random"]), ("oracle", entry["oracle"])]
+
+
 def quality_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The compact form committed as benchmarks/quality.json: APGR and CPTs per router, plus both references."""
     keys = ("apgr", "cpt50", "cpt80", "apgr_dense")
+    pick = lambda s: {k: s[k] for k in keys}  # noqa: E731
     return {
         bench: {
-            "routers": {name: {k: s[k] for k in keys} for name, s in [*e["routers"].items(), ("random", e["random"]), ("oracle", e["oracle"])]},
+            "routers": {name: pick(s) for name, s in e["routers"].items()},
+            "random_10_runs": pick(e["random"]),
+            "oracle": pick(e["oracle"]),
             "strong": e["strong"],
             "weak": e["weak"],
             "n": e["n"],
@@ -100,9 +111,8 @@ def format_table(results: dict[str, Any]) -> str:
     header = ("benchmark", "router", "APGR", "vs random", "CPT(50%)", "CPT(80%)", "APGR dense")
     rows = [header]
     for bench, entry in results.items():
-        named = [*entry["routers"].items(), ("random", entry["random"]), ("oracle", entry["oracle"])]
-        for name, summary in named:
-            improvement = None if name == "random" else summary["apgr"] / entry["random"]["apgr"] - 1.0
+        for name, summary in _rows(entry):
+            improvement = None if name == RANDOM_LABEL else summary["apgr"] / entry["random"]["apgr"] - 1.0
             rows.append((
                 bench,
                 name,
@@ -129,8 +139,8 @@ def plot_curves(bench_result: dict[str, Any], path: Path) -> Path:
     fig = Figure(figsize=(7, 5))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    curves = [*bench_result["routers"].items(), ("random", bench_result["random"]), ("oracle", bench_result["oracle"])]
-    style = {"random": {"linestyle": ":", "color": "tab:gray"}, "oracle": {"linestyle": "-.", "color": "black"}}
+    curves = _rows(bench_result)
+    style = {RANDOM_LABEL: {"linestyle": ":", "color": "tab:gray"}, "oracle": {"linestyle": "-.", "color": "black"}}
     for name, summary in curves:
         share, quality = summary["curve"]["strong_share"], summary["curve"]["quality"]
         ax.plot(100 * np.asarray(share), quality, marker=".", label=f"{name} (APGR {summary['apgr']:.3f})",

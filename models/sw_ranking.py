@@ -65,6 +65,7 @@ class SWRankingRouter(Router):
         self.gamma, self.k, self.l2, self.n_steps, self.batch_size = gamma, k, l2, n_steps, batch_size
         # Σ of all indexed prompt embeddings: gives the exact mean similarity of the prompts outside the top-k.
         self.embedding_sum = np.asarray(embedding_sum, dtype=np.float64)
+        self._all_vectors: np.ndarray | None = None  # loaded on the first exact scan
 
     # ------------------------------------------------------------------------------------------ scoring
 
@@ -76,16 +77,18 @@ class SWRankingRouter(Router):
     def win_matrices(self, queries: np.ndarray) -> np.ndarray:
         """Weighted tier win matrices (B, T, T) for unit-norm query embeddings (B, d)."""
         n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
-        k = n_prompts if self.k is None else min(self.k, n_prompts)
+        if self.k is None or self.k >= n_prompts:
+            # Exact: every similarity, no top-k sort.
+            sims = queries.astype(np.float32) @ self._vectors().T
+            weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
+            return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
+        k = self.k
         sims, ids = self.store.search(queries, k)
         sims = sims.astype(np.float64)
         s_max = np.maximum(sims[:, :1], 1e-6)  # a query orthogonal to everything: all weights γ
         weights = self.gamma ** (1.0 + sims / s_max)
-        if k < n_prompts:
-            rest_mean = (queries.astype(np.float64) @ self.embedding_sum - sims.sum(axis=1)) / (n_prompts - k)
-            w_rest = self.gamma ** (1.0 + rest_mean[:, None] / s_max)
-        else:
-            w_rest = np.zeros((len(queries), 1))
+        rest_mean = (queries.astype(np.float64) @ self.embedding_sum - sims.sum(axis=1)) / (n_prompts - k)
+        w_rest = self.gamma ** (1.0 + rest_mean[:, None] / s_max)
         delta = (weights - w_rest).astype(np.float32)
         if DENSE_FRACTION * k >= n_prompts:
             dense = np.zeros((len(queries), n_prompts), dtype=np.float32)
@@ -94,6 +97,11 @@ class SWRankingRouter(Router):
         else:
             local = np.einsum("bk,bkn->bn", delta, self.counts.reshape(n_prompts, -1)[ids])
         return w_rest[:, :, None] * self.total[None] + local.reshape(-1, n_tiers, n_tiers)
+
+    def _vectors(self) -> np.ndarray:
+        if self._all_vectors is None:
+            self._all_vectors = np.ascontiguousarray(self.store.vectors(), dtype=np.float32)
+        return self._all_vectors
 
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))

@@ -87,7 +87,8 @@ def test_gather_and_dense_paths_agree(trained, monkeypatch):
 
 def test_batching_does_not_change_scores(trained):
     prompts = [f"math equation item {i}" if i % 3 else f"hello chat {i}" for i in range(20)]
-    np.testing.assert_allclose(_router(trained, batch_size=3).score(prompts), _router(trained, batch_size=64).score(prompts))
+    # float32 sums may associate differently per batch shape; anything beyond rounding would be a bug
+    np.testing.assert_allclose(_router(trained, batch_size=3).score(prompts), _router(trained, batch_size=64).score(prompts), rtol=1e-6)
 
 
 def test_same_tier_pair_and_unknown_model_are_config_errors(trained):
