@@ -316,7 +316,10 @@ def save(td: TrainingData, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "battles.parquet") as tmp:
         td.battles.to_parquet(tmp, index=False)
-        data_hash = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+        # The tiers are part of what a router is trained on: same battles with other tiers is other data.
+        digest = hashlib.sha256(tmp.read_bytes())
+        digest.update(json.dumps(td.tiers, sort_keys=True).encode())
+        data_hash = digest.hexdigest()[:16]
     with atomic_path(out / "scores.parquet") as tmp:
         td.scores.to_parquet(tmp, index=False)
     meta = {

@@ -116,18 +116,33 @@ def _train(name: str, home: Path, data, embedder, **options) -> Path:
     return matrix_factorization.train(td, embedder, home / "routers", config)
 
 
+def _data_hash(folder: Path, meta_file: str) -> str | None:
+    try:
+        return json.loads((folder / meta_file).read_text()).get("data_hash")
+    except (OSError, ValueError, AttributeError):
+        return None  # absent or unreadable: the loader that needs it reports it properly
+
+
 def load_router(name: str, home: Path, data, embedder, build_missing: bool = True):
-    """A router by registry name; trained routers come from <home>/routers, built first if absent."""
+    """A router by registry name; trained routers come from <home>/routers, (re)built first if absent or stale.
+
+    Stale means trained on other training data than <home>/data now holds (`turnout data build` was rerun).
+    """
     from models.registry import router_class
 
     cls = router_class(name)
     if name not in TRAINABLE:
         return cls()
     root = home / "routers"
-    if not (root / name).exists():
+    folder = root / name
+    current = _data_hash(home / "data", "models.json")
+    trained_on = _data_hash(folder, "manifest.json" if name == "sw_ranking" else "meta.json")
+    stale = folder.exists() and None not in (current, trained_on) and current != trained_on
+    if not folder.exists() or stale:
+        why = "is stale (trained on other data)" if stale else "is missing"
         if not build_missing:
-            raise ArtifactError(f"no {name} artifact under {root}; run `turnout train {name}`")
-        log.info("%s artifact missing: training it first", name)
+            raise ArtifactError(f"{name} artifact under {root} {why}; run `turnout train {name}`")
+        log.warning("%s artifact %s: training it first", name, why)
         _train(name, home, data, embedder)
     return cls.from_artifacts(root, embedder=embedder)
 

@@ -84,6 +84,12 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
     assert (tmp_path / "eval" / "gsm8k.png").stat().st_size > 10_000
     assert "sw_ranking" in out and "APGR" in out
 
+    # rebuilding the data with other tiers makes the trained routers stale: eval retrains instead of mixing them
+    assert _run(capsys, "data", "build", "--tiers", "8", *home)[0] == 0
+    code, _, err = _run(capsys, "eval", "--router", "sw_ranking", "--bench", "gsm8k", "--out", str(tmp_path / "eval2"), *home)
+    assert code == 0, err
+    assert json.loads((tmp_path / "routers" / "sw_ranking" / "manifest.json").read_text())["n_tiers"] == 8
+
     code, out, err = _run(capsys, "calibrate", "--router", "sw_ranking", "--strong-ratio", "0.3", "--reference", "gsm8k", *home)
     assert code == 0, err
     cal = json.loads((tmp_path / "calibration" / "sw_ranking.json").read_text())
