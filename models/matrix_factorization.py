@@ -124,7 +124,7 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
             loss.backward()
             opt.step()
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)  # redraws follow mininterval, not every step
         with torch.no_grad():
             val = loss_on(val_rows).item() if len(val_rows) else loss.item()
         history.append(round(val, 5))
