@@ -310,7 +310,7 @@ applications:
     args:
       routers:
         enabled: [sw_ranking, mf, length, random]
-        default: mf
+        default: sw_ranking   # best measured quality here (BENCHMARKS.md)
         strong_model: gpt-4-1106-preview
         weak_model: mistralai/Mixtral-8x7B-Instruct-v0.1
       routing:
