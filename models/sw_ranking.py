@@ -65,7 +65,8 @@ class SWRankingRouter(Router):
         self.gamma, self.k, self.l2, self.n_steps, self.batch_size = gamma, k, l2, n_steps, batch_size
         # Σ of all indexed prompt embeddings: gives the exact mean similarity of the prompts outside the top-k.
         self.embedding_sum = np.asarray(embedding_sum, dtype=np.float64)
-        self._all_vectors: np.ndarray | None = None  # loaded on the first exact scan
+        # The exact scan needs every indexed vector; load them now so the first request does not pay for it.
+        self._all_vectors = np.ascontiguousarray(store.vectors(), dtype=np.float32) if k is None else None
 
     # ------------------------------------------------------------------------------------------ scoring
 
@@ -79,7 +80,9 @@ class SWRankingRouter(Router):
         n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
         if self.k is None or self.k >= n_prompts:
             # Exact: every similarity, no top-k sort.
-            sims = queries.astype(np.float32) @ self._vectors().T
+            if self._all_vectors is None:
+                self._all_vectors = np.ascontiguousarray(self.store.vectors(), dtype=np.float32)
+            sims = queries.astype(np.float32) @ self._all_vectors.T
             weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
             return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
         k = self.k
@@ -97,11 +100,6 @@ class SWRankingRouter(Router):
         else:
             local = np.einsum("bk,bkn->bn", delta, self.counts.reshape(n_prompts, -1)[ids])
         return w_rest[:, :, None] * self.total[None] + local.reshape(-1, n_tiers, n_tiers)
-
-    def _vectors(self) -> np.ndarray:
-        if self._all_vectors is None:
-            self._all_vectors = np.ascontiguousarray(self.store.vectors(), dtype=np.float32)
-        return self._all_vectors
 
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))
