@@ -44,7 +44,8 @@ def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:
     from serve.config import DEFAULT_CONFIG_YAML
 
     args = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_YAML)["applications"][0]["args"])
-    args["routers"].update(strong_model="strong-1", weak_model="weak-1")
+    # the tests pin their default router rather than follow the shipped one
+    args["routers"].update(strong_model="strong-1", weak_model="weak-1", default="mf")
     args["artifacts"].update(home=str(home), embedder=EMBEDDER, build_missing=False)
     args["calibration"].update(reference=str(reference), max_prompts=100)
     args["routing"]["controller"].update(window=50, min_live=10)
