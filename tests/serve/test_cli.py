@@ -28,7 +28,7 @@ def _one_line_error(code, err, fragment):
     (["eval", "--router", "mf,nope"], "unknown router 'nope'"),
     (["eval", "--router", "random", "--bench", "mmlu,hellaswag"], "unknown benchmark 'hellaswag'"),
     (["eval", "--router", ","], "no router given"),
-    (["train", "bert"], "invalid choice"),
+    (["train", "nope"], "invalid choice"),
     (["calibrate", "--router", "random", "--strong-ratio", "1.5"], "--strong-ratio must be in [0, 1]"),
     (["calibrate", "--router", "random"], "--strong-ratio"),
     (["frobnicate"], "invalid choice"),
