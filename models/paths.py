@@ -77,6 +77,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; like the files, artifact folders are meant to be shared
     try:
         yield tmp
         old = final.with_name(f".{final.name}.old")
