@@ -13,6 +13,7 @@ ROUTERS: dict[str, str] = {
     "length": "models.length_router:LengthRouter",
     "sw_ranking": "models.sw_ranking:SWRankingRouter",
     "mf": "models.matrix_factorization:MFRouter",
+    "bert": "models.bert:BertRouter",
 }
 
 

