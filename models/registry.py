@@ -14,6 +14,7 @@ ROUTERS: dict[str, str] = {
     "sw_ranking": "models.sw_ranking:SWRankingRouter",
     "mf": "models.matrix_factorization:MFRouter",
     "bert": "models.bert:BertRouter",
+    "causal_llm": "models.causal_llm:CausalLLMRouter",
 }
 
 

@@ -16,7 +16,7 @@ from models.errors import ArtifactError, ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
 
-TRAINABLE = ("sw_ranking", "mf", "bert")
+TRAINABLE = ("sw_ranking", "mf", "bert", "causal_llm")
 
 
 class _Parser(argparse.ArgumentParser):

