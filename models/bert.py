@@ -33,8 +33,7 @@ import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.errors import ArtifactError, ConfigError
-from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts
-from models.paths import atomic_dir
+from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts, write_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +243,10 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
     model.eval()
 
     folder = Path(out_root) / NAME
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {"router": NAME, "base": base, "max_length": config.max_length, "labels": list(OUTCOMES),
-                "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
-                "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
-                "battles": int(rows["n"].sum()), "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", "")}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta = {"router": NAME, "base": base, "max_length": config.max_length, "labels": list(OUTCOMES),
+            "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+            "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
+            "battles": int(rows["n"].sum()), "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", "")}
+    write_checkpoint(folder, model, tokenizer, meta)
     log.info("bert: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
     return folder

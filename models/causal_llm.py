@@ -51,7 +51,7 @@ import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.errors import ArtifactError, ConfigError, DataNotFoundError
-from models.labels import OUTCOMES, prompt_outcomes, split_prompts
+from models.labels import OUTCOMES, prompt_outcomes, split_prompts, write_checkpoint
 from models.paths import REPO_ROOT, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -476,14 +476,11 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     model.eval()
 
     folder = Path(out_root) / NAME
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {"router": NAME, "base": base, "max_length": config.max_length, "label_tokens": list(LABEL_TOKENS),
-                "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
-                "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
-                "truncated_training_queries": int(cut), "tiers": dict(td.tiers),
-                "data_hash": td.report.get("data_hash", "")}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    meta = {"router": NAME, "base": base, "max_length": config.max_length, "label_tokens": list(LABEL_TOKENS),
+            "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
+            "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
+            "truncated_training_queries": int(cut), "tiers": dict(td.tiers),
+            "data_hash": td.report.get("data_hash", "")}
+    write_checkpoint(folder, model, tokenizer, meta)
     log.info("causal_llm: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
     return folder

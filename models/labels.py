@@ -19,6 +19,10 @@ wins the same as one where it never does.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -62,3 +66,14 @@ def p_strong_from_outcomes(probs: np.ndarray) -> np.ndarray:
     """(N, 3) probabilities over OUTCOMES -> p_strong = P(strong) + P(tie)/2."""
     probs = np.asarray(probs, dtype=np.float64)
     return probs[:, 0] + 0.5 * probs[:, 1]
+
+
+def write_checkpoint(folder: Path, model: Any, tokenizer: Any, meta: dict) -> Path:
+    """Save a fine-tuned Hugging Face classifier router atomically: weights, tokenizer, then meta.json."""
+    from models.paths import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return folder
