@@ -204,7 +204,20 @@ class DeploymentOptions(_Strict):
         ge=1,
         description="requests a replica works on at once; Ray's default (5) made 32 clients 10x slower",
     )
+    max_queued_requests: int = Field(
+        -1,
+        ge=-1,
+        description="requests each caller queues for this deployment beyond its replicas' max_ongoing_requests; "
+        "past that Ray rejects at once (HTTP 503, or routing fallback) instead of letting them time out. -1: no limit",
+    )
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_limit(cls, limit: int) -> int:
+        if limit == 0:
+            raise ValueError("max_queued_requests must be -1 (no limit) or at least 1")
+        return limit
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentOptions:
@@ -218,6 +231,7 @@ class DeploymentOptions(_Strict):
         """Keyword arguments for `Deployment.options`."""
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
         }
         if self.autoscaling_config is not None:
@@ -307,6 +321,7 @@ applications:
   - name: turnout
     route_prefix: /
     import_path: serve.app:build_app
+    logging_config: {enable_access_log: false}
     args:
       routers:
         enabled: [sw_ranking, mf, length, random]

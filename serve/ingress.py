@@ -30,6 +30,9 @@ from serve.protocol import (
     ChatCompletionRequest,
     RouteRequest,
     RouteResponse,
+    RoutingOverloaded,
+    RoutingTimeout,
+    RoutingUnavailable,
     parse_model,
     scoring_text,
 )
@@ -37,16 +40,6 @@ from serve.protocol import (
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_STATUS = (502, 503, 504)  # an upstream answering these has produced nothing: safe to retry elsewhere
-
-
-class RoutingUnavailable(TurnoutError):
-    """The router deployment failed or missed its time budget (not the request's fault)."""
-
-    http_status = 503
-
-
-class RoutingTimeout(RoutingUnavailable):
-    """The router deployment did not answer within routing.timeout_s."""
 
 
 class UpstreamError(TurnoutError):
@@ -79,21 +72,30 @@ class IngressDeployment:
     # --------------------------------------------------------------------------------------------- routing
 
     async def route(self, text: str, router: str | None, threshold: float | None, strong_ratio: float | None) -> dict:
-        """Ask the router deployment, within the routing budget; request errors pass through as TurnoutErrors."""
-        response = self.router.route.remote(text, router, threshold, strong_ratio)
+        """Ask the router deployment, within the routing budget; request errors pass through as TurnoutErrors.
+
+        The deadline travels with the request so that a replica skips work nobody waits for any more: without
+        it, an overloaded service spends its time on requests that already timed out and then none succeed.
+        """
+        from ray.serve.exceptions import BackPressureError
+
+        budget = self.config.routing.timeout_s
+        response = self.router.route.remote(text, router, threshold, strong_ratio, time.time() + budget)
 
         async def result():
             return await response
 
         try:
-            return await asyncio.wait_for(result(), self.config.routing.timeout_s)
+            return await asyncio.wait_for(result(), budget)
         except asyncio.TimeoutError:
             response.cancel()
-            raise RoutingTimeout(f"routing took longer than {self.config.routing.timeout_s}s") from None
+            raise RoutingTimeout(f"routing took longer than {budget}s") from None
         except Exception as exc:  # Ray re-raises a replica's exception wrapped, with the remote traceback as text
             cause = _cause(exc)
             if isinstance(cause, TurnoutError):
                 raise cause from None
+            if isinstance(cause, BackPressureError):
+                raise RoutingOverloaded("routing is overloaded (queue full); retry later") from None
             log.warning("router deployment failed: %s", _one_line(exc))
             raise RoutingUnavailable(f"router unavailable: {type(cause).__name__}") from exc
 
@@ -169,7 +171,9 @@ def build_api(ingress: IngressDeployment):
         reason = type(exc).__name__
         metrics.error(endpoint_of(request), reason)
         kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
-        return JSONResponse(_error_body(str(exc), kind, reason), status_code=exc.http_status)
+        # Overload clears as fast as the queue drains; a client that honours Retry-After spreads its retries.
+        headers = {"retry-after": "1"} if isinstance(exc, RoutingOverloaded) else None
+        return JSONResponse(_error_body(str(exc), kind, reason), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -236,7 +240,8 @@ def build_api(ingress: IngressDeployment):
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
         except RoutingUnavailable as exc:
             side = config.routing.fallback_model
-            reason = "router_timeout" if isinstance(exc, RoutingTimeout) else "router_error"
+            reason = {RoutingTimeout: "router_timeout", RoutingOverloaded: "router_overloaded"}.get(
+                type(exc), "router_error")
             metrics.fallback(reason, side)
             _add_fallback(headers, reason)
             log.warning("routing failed (%s): sending to %s", exc, side)

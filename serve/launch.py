@@ -8,6 +8,7 @@ line and no replica ever trains or crashes on a missing file.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -19,6 +20,18 @@ from serve.config import ServeFile, load_serve_file, parse_app_args
 log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 8080  # what KubeRay and the Prometheus scrape config expect on every Ray pod
+# Ray Serve settings read from the environment by every Ray process; the KubeRay manifests set the same.
+# gRPC between proxy and replicas instead of Ray actor calls: measured here with the length router (Ray overhead
+# only), 32 clients 216 -> 265 req/s and 1-client p50 8.6 -> 7.1 ms. It is one of the settings of Ray's own
+# RAY_SERVE_THROUGHPUT_OPTIMIZED mode; the rest of that mode (direct ingress, user code on the main loop) was
+# slower here.
+RAY_SERVE_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
+
+
+def apply_ray_env() -> None:
+    """Set RAY_SERVE_ENV where the environment does not already choose; call before ray.init."""
+    for key, value in RAY_SERVE_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 class DeployError(TurnoutError):
@@ -76,6 +89,7 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
 
     stop = stop or threading.Event()
     previous = {}
+    apply_ray_env()
     # address="local": always a fresh local cluster, never whatever RAY_ADDRESS or a running `ray start` points to.
     ray.init(address="local", include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False)
     try:
@@ -86,7 +100,8 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
         serve.start(http_options=http_options, proxy_location=served.document.get("proxy_location", "HeadOnly"))
         app = served.app
         try:
-            serve.run(build_app(config), name=app.get("name", "turnout"), route_prefix=served.route_prefix)
+            serve.run(build_app(config), name=app.get("name", "turnout"), route_prefix=served.route_prefix,
+                      logging_config=app.get("logging_config") or served.document.get("logging_config"))
         except Exception as exc:  # Ray's message is a multi-line traceback of the replica; the log keeps it
             log.error("deploying failed: %s", exc)
             first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -25,6 +25,7 @@ STRONG_RATIO = "turnout_strong_ratio"  # Gauge{router}: share of strong decision
 THRESHOLD = "turnout_threshold"  # Gauge{router}: the threshold the router's controller applies now
 ERRORS = "turnout_errors_total"  # Counter{endpoint, reason}: requests answered with an error
 FALLBACKS = "turnout_fallbacks_total"  # Counter{reason, model}: calls sent somewhere other than the decision
+DROPPED = "turnout_dropped_total"  # Counter{component}: queued requests skipped because their deadline passed
 
 STAGES = ("embed", "search", "classify", "decide", "upstream")
 # ms; dense where the latency targets are (route p50 <= 25 ms, causal <= 100 ms), sparse for upstream generation.
@@ -56,6 +57,9 @@ class ServeMetrics:
         self.fallbacks = Counter(
             FALLBACKS, description="calls not sent where the router decided, by reason and by where they went",
             tag_keys=("reason", "model"))
+        self.dropped_requests = Counter(
+            DROPPED, description="queued requests dropped unprocessed because their caller's deadline had passed",
+            tag_keys=("component",))
 
     def stage(self, stage: str, router: str, ms: float) -> None:
         self.stage_latency.observe(ms, tags={"stage": stage, "router": router})
@@ -84,6 +88,9 @@ class ServeMetrics:
 
     def fallback(self, reason: str, model: str) -> None:
         self.fallbacks.inc(tags={"reason": reason, "model": model})
+
+    def dropped(self, component: str, count: int = 1) -> None:
+        self.dropped_requests.inc(count, tags={"component": component})
 
 
 def exported(name: str, suffix: str = "") -> str:

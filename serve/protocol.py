@@ -13,7 +13,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.errors import ConfigError, InputError
+from models.errors import ConfigError, InputError, TurnoutError
+
+class RoutingUnavailable(TurnoutError):
+    """Routing failed or missed its time budget (not the request's fault)."""
+
+    http_status = 503
+
+
+class RoutingTimeout(RoutingUnavailable):
+    """No decision within routing.timeout_s; work for the request is dropped wherever it still waits."""
+
+
+class RoutingOverloaded(RoutingUnavailable):
+    """A deployment's queue is full (max_queued_requests): rejected at once instead of waiting to time out."""
+
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 SERVICE_MODEL = "turnout"  # chat model name meaning "the configured default router and threshold"

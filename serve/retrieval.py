@@ -40,24 +40,37 @@ class RetrievalDeployment:
                                  batch_wait_timeout_s=batch.batch_wait_timeout_s)(self._score_batch)
         log.info("retrieval ready in %.1fs: %s with %s", time.perf_counter() - start, list(self.routers), self.embedder)
 
-    async def _score_batch(self, texts: list[str], routers: list[str]) -> list[dict]:
-        """p_strong for each (text, router) pair, with the embed and search time each request waited for."""
+    async def _score_batch(self, texts: list[str], routers: list[str],
+                           deadlines: list[float | None]) -> list[dict | None]:
+        """p_strong for each (text, router) pair, with the embed and search time each request waited for.
+
+        Requests whose deadline (time.time() seconds) has passed get None and cost nothing: under overload the
+        queue holds requests their callers gave up on, and embedding them would starve the live ones.
+        """
+        now = time.time()
+        live = [i for i, d in enumerate(deadlines) if d is None or d > now]
+        results: list[dict | None] = [None] * len(texts)
+        if len(live) < len(texts):
+            self.metrics.dropped("retrieval", len(texts) - len(live))
+        if not live:
+            return results
+        texts = [texts[i] for i in live]
+        names = np.asarray([routers[i] for i in live], dtype=object)
         t0 = time.perf_counter()
-        vectors = self.embedder.embed(texts, batch_size=max(len(texts), 1))
+        vectors = self.embedder.embed(texts, batch_size=len(texts))
         embed_ms = (time.perf_counter() - t0) * 1000.0
         p_strong = np.empty(len(texts))
         search_ms = {}
-        names = np.asarray(routers, dtype=object)
-        for name in dict.fromkeys(routers):  # each router once, in first-seen order
+        for name in dict.fromkeys(names):  # each router once, in first-seen order
             rows = np.flatnonzero(names == name)
             t1 = time.perf_counter()
             p_strong[rows] = self.routers[name].score_embeddings(vectors[rows])
             search_ms[name] = (time.perf_counter() - t1) * 1000.0
-        for name in routers:
+        for i, p, name in zip(live, p_strong, names):
             self.metrics.stage("embed", name, embed_ms)
             self.metrics.stage("search", name, search_ms[name])
-        return [{"p_strong": float(np.clip(p, 0.0, 1.0)), "embed_ms": embed_ms, "search_ms": search_ms[name]}
-                for p, name in zip(p_strong, routers)]
+            results[i] = {"p_strong": float(np.clip(p, 0.0, 1.0)), "embed_ms": embed_ms, "search_ms": search_ms[name]}
+        return results
 
     def ready(self) -> list[str]:
         return list(self.routers)

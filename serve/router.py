@@ -17,6 +17,7 @@ import time
 from models.errors import ConfigError
 from serve.config import RETRIEVAL_ROUTERS, TurnoutConfig
 from serve.controller import StrongRatioController
+from serve.protocol import RoutingOverloaded, RoutingTimeout
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,24 @@ class RouterDeployment:
         return name
 
     async def route(self, text: str, router: str | None = None, threshold: float | None = None,
-                    strong_ratio: float | None = None) -> dict:
-        """Score one text and decide. Returns model, p_strong, threshold, threshold_source, router, stage times."""
+                    strong_ratio: float | None = None, deadline: float | None = None) -> dict:
+        """Score one text and decide. Returns model, p_strong, threshold, threshold_source, router, stage times.
+
+        `deadline` (time.time() seconds) is when the caller stops waiting; past it the request is dropped.
+        """
+        from ray.serve.exceptions import BackPressureError
+
         name = self.check_router(router)
+        if deadline is not None and time.time() > deadline:
+            raise RoutingTimeout("deadline passed while queued at the router")
         stages: dict[str, float] = {}
         if name in RETRIEVAL_ROUTERS:
-            scored = await self.retrieval.score.remote(text, name)
+            try:
+                scored = await self.retrieval.score.remote(text, name, deadline)
+            except BackPressureError:
+                raise RoutingOverloaded("retrieval is overloaded (queue full); retry later") from None
+            if scored is None:
+                raise RoutingTimeout("deadline passed while queued for embedding")
             p_strong = scored["p_strong"]
             stages.update(embed=scored["embed_ms"], search=scored["search_ms"])
             t0 = time.perf_counter()

@@ -73,7 +73,10 @@ def ray_cluster():
     import ray
     from ray import serve
 
+    from serve.launch import apply_ray_env
+
     os.environ["TURNOUT_TEST_STRONG_KEY"] = "sk-test-strong"  # replicas inherit the driver's environment
+    apply_ray_env()  # the transport `turnout serve` uses
     metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})

@@ -13,7 +13,17 @@ import httpx
 import pytest
 
 from serve.config import TurnoutConfig, parse_app_args
-from serve.metrics import DECISIONS, ERRORS, FALLBACKS, STAGE_LATENCY, STRONG_RATIO, THRESHOLD, exported, parse_prometheus
+from serve.metrics import (
+    DECISIONS,
+    DROPPED,
+    ERRORS,
+    FALLBACKS,
+    STAGE_LATENCY,
+    STRONG_RATIO,
+    THRESHOLD,
+    exported,
+    parse_prometheus,
+)
 from tests.serve.conftest import app_args
 from tests.serve.fakes import CHUNKS, free_port
 
@@ -45,6 +55,12 @@ def service(ray_cluster, artifacts, upstream):
     down["routers"].update(enabled=["length"], default="length")
     down["upstreams"]["strong"]["model"] = "fail-503"  # the fake upstream answers 503 for this model
     serve.run(build_app(prepare(parse_app_args(down))), name="down", route_prefix="/down")
+
+    # one retrieval slot and one queue place per caller: the rest of a burst is rejected at once
+    tight = app_args(home, reference, upstream.base_url, upstream.base_url)
+    tight["routers"].update(enabled=["mf"], default="mf")
+    tight["deployments"]["retrieval"].update(max_ongoing_requests=1, max_queued_requests=1)
+    serve.run(build_app(prepare(parse_app_args(tight))), name="tight", route_prefix="/tight")
     with httpx.Client(base_url=ray_cluster["http"], timeout=30) as client:
         yield {"client": client, "config": config, "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
                "upstream": upstream}
@@ -244,6 +260,44 @@ def test_remote_turnout_errors_keep_their_type(service):
     assert isinstance(cause, ConfigError) and str(cause).startswith("unknown router 'nope'")
 
 
+def test_requests_past_their_deadline_are_dropped_unprocessed(service):
+    from ray import serve
+
+    from serve.ingress import _cause
+    from serve.protocol import RoutingTimeout
+
+    retrieval = serve.get_deployment_handle("RetrievalDeployment", app_name="turnout")
+    assert retrieval.score.remote(MATH, "mf", time.time() - 1.0).result() is None
+    live = retrieval.score.remote(MATH, "mf", time.time() + 30.0).result()
+    assert 0.0 <= live["p_strong"] <= 1.0 and live["embed_ms"] >= 0.0
+    router = serve.get_deployment_handle("RouterDeployment", app_name="turnout")
+    for name in ("mf", "length"):  # dropped at the router before any backend is asked
+        with pytest.raises(Exception) as info:
+            router.route.remote(MATH, name, None, None, time.time() - 1.0).result()
+        assert isinstance(_cause(info.value), RoutingTimeout)
+
+
+def test_a_full_queue_rejects_at_once(service):
+    """max_queued_requests: a burst beyond the retrieval replica's slot and queue fails fast, the rest succeed."""
+    from ray import serve
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.ingress import _cause
+    from serve.protocol import RoutingOverloaded
+
+    router = serve.get_deployment_handle("RouterDeployment", app_name="tight")
+    responses = [router.route.remote(f"{MATH} {i}", "mf") for i in range(64)]
+    outcomes = []
+    for response in responses:
+        try:
+            outcomes.append(response.result(timeout_s=30)["model"])
+        except Exception as exc:  # noqa: BLE001 - sorted below: only the overload error is acceptable
+            outcomes.append(_cause(exc))
+    rejected = [o for o in outcomes if not isinstance(o, str)]
+    assert rejected and len(rejected) < len(outcomes), outcomes[:5]
+    assert all(isinstance(o, (RoutingOverloaded, BackPressureError)) for o in rejected), rejected[:3]
+
+
 def _missing_metrics(samples):
     """Expected series not (yet) in a scrape; each replica exports on its own clock, so callers poll."""
     def labels(name, *keys, application=None, suffix=""):
@@ -262,6 +316,7 @@ def _missing_metrics(samples):
                    labels(ERRORS, "reason")),
         "fallbacks": ({("router_timeout", "strong"), ("upstream_unreachable", "weak")},
                       labels(FALLBACKS, "reason", "model")),
+        "dropped": ({("retrieval",)}, labels(DROPPED, "component")),
     }
     return {what: sorted(want - got) for what, (want, got) in expected.items() if want - got}
 
