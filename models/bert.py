@@ -24,8 +24,7 @@ import json
 import logging
 import math
 import os
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,15 @@ import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.errors import ArtifactError, ConfigError
-from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts, write_checkpoint
+from models.labels import (
+    OUTCOMES,
+    EarlyStopping,
+    p_strong_from_outcomes,
+    prompt_outcomes,
+    split_prompts,
+    warmup_linear,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +208,9 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=config.lr)
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    sched = warmup_linear(opt, total_steps, config.warmup_fraction)
 
-    best, best_state, history, bad_evals, step = float("inf"), None, [], 0, 0
-    started = time.perf_counter()
+    stopper, step = EarlyStopping(model, config.patience, NAME), 0
     model.train()
     bar = tqdm(total=total_steps, desc="train bert", disable=not progress, mininterval=1.0)
     stop = False
@@ -224,29 +228,15 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total_steps:
-                val = val_loss()
-                history.append({"step": step, "validation_loss": round(val, 5)})
-                log.info("bert step %d: validation loss %.4f", step, val)
-                if not val >= best:  # NaN (no validation split) counts as an improvement: keep the last weights
-                    best, bad_evals = val, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad_evals += 1
-                    if bad_evals > config.patience:
-                        log.info("bert: early stop at step %d (best validation loss %.4f)", step, best)
-                        stop = True
+                stop = stopper.record(step, val_loss())
             if stop or step >= total_steps:
                 break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    stopper.restore_best()
 
     folder = Path(out_root) / NAME
-    meta = {"router": NAME, "base": base, "max_length": config.max_length, "labels": list(OUTCOMES),
-            "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
-            "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
-            "battles": int(rows["n"].sum()), "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", "")}
+    meta = stopper.meta(base, config, step, config.max_length, len(train_idx), len(val_idx), td,
+                        labels=list(OUTCOMES), battles=int(rows["n"].sum()))
     write_checkpoint(folder, model, tokenizer, meta)
-    log.info("bert: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
+    log.info("bert: %d steps in %.0f s, wrote %s", step, meta["train_seconds"], folder)
     return folder

@@ -43,7 +43,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.errors import ArtifactError, ConfigError, DataNotFoundError
-from models.labels import OUTCOMES, prompt_outcomes, split_prompts, write_checkpoint
+from models.labels import OUTCOMES, EarlyStopping, prompt_outcomes, split_prompts, warmup_linear, write_checkpoint
 from models.paths import REPO_ROOT, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -428,14 +428,11 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
         total_steps = min(total_steps, config.max_steps)
     eval_every = max(1, total_steps // max(1, config.evals))
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(config.warmup_fraction * total_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    sched = warmup_linear(opt, total_steps, config.warmup_fraction)
 
-    history, best, best_state, bad, step, stop = [], float("inf"), None, 0, 0, False
-    started = time.perf_counter()
-    initial = val_loss()
-    history.append({"step": 0, "validation_loss": round(initial, 5)})
+    stopper, step, stop = EarlyStopping(model, config.patience, NAME), 0, False
+    # the untrained loss goes in the history as a baseline, not as a candidate: the checkpoint is always trained
+    stopper.history.append({"step": 0, "validation_loss": round(val_loss(), 5)})
     model.train()
     loop_started = time.perf_counter()
     bar = tqdm(total=total_steps, desc="train causal_llm", disable=not progress, mininterval=1.0)
@@ -451,36 +448,20 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total_steps:
-                val = val_loss()
-                history.append({"step": step, "validation_loss": round(val, 5)})
-                log.info("causal_llm step %d: validation loss %.4f", step, val)
-                if not val >= best:
-                    best, bad = val, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    bad += 1
-                    stop = bad > config.patience
+                stop = stopper.record(step, val_loss())
             if not stop and config.max_minutes and time.perf_counter() - loop_started > 60 * config.max_minutes:
                 log.warning("causal_llm: time budget of %.0f min reached at step %d of %d", config.max_minutes, step, total_steps)
-                if history[-1]["step"] != step:
-                    val = val_loss()
-                    history.append({"step": step, "validation_loss": round(val, 5)})
-                    if not val >= best:
-                        best, best_state = val, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if stopper.history[-1]["step"] != step:
+                    stopper.record(step, val_loss())
                 stop = True
             if stop or step >= total_steps:
                 break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    stopper.restore_best()
 
     folder = Path(out_root) / NAME
-    meta = {"router": NAME, "base": base, "max_length": config.max_length, "label_tokens": list(LABEL_TOKENS),
-            "config": asdict(config), "steps": step, "train_seconds": round(time.perf_counter() - started, 1),
-            "validation": history, "prompts": {"train": int(len(train_idx)), "validation": int(len(val_idx))},
-            "truncated_training_queries": int(cut), "tiers": dict(td.tiers),
-            "data_hash": td.report.get("data_hash", "")}
+    meta = stopper.meta(base, config, step, config.max_length, len(train_idx), len(val_idx), td,
+                        label_tokens=list(LABEL_TOKENS), truncated_training_queries=int(cut))
     write_checkpoint(folder, model, tokenizer, meta)
-    log.info("causal_llm: %d steps in %.0f s, wrote %s", step, time.perf_counter() - started, folder)
+    log.info("causal_llm: %d steps in %.0f s, wrote %s", step, meta["train_seconds"], folder)
     return folder

@@ -20,6 +20,9 @@ wins the same as one where it never does.
 from __future__ import annotations
 
 import json
+import logging
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from models.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 OUTCOMES = ("strong", "tie", "weak")
 
@@ -77,3 +82,55 @@ def write_checkpoint(folder: Path, model: Any, tokenizer: Any, meta: dict) -> Pa
         tokenizer.save_pretrained(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+# ------------------------------------------------------------------------------ shared by the training loops
+
+
+def warmup_linear(optimizer: Any, total_steps: int, warmup_fraction: float) -> Any:
+    """Linear warm-up over `warmup_fraction` of the steps, then linear decay to zero at `total_steps`."""
+    import torch
+
+    warmup = max(1, int(warmup_fraction * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+
+class EarlyStopping:
+    """Validation history, the best weights so far and the patience count of one training run."""
+
+    def __init__(self, model: Any, patience: int, name: str) -> None:
+        self.model, self.patience, self.name = model, patience, name
+        self.history: list[dict] = []
+        self.best = float("inf")
+        self.best_state: dict | None = None
+        self.bad_evals = 0
+        self.started = time.perf_counter()
+
+    def record(self, step: int, validation_loss: float) -> bool:
+        """Note one validation; keep the weights when they are the best. True once patience is used up."""
+        self.history.append({"step": step, "validation_loss": round(validation_loss, 5)})
+        log.info("%s step %d: validation loss %.4f", self.name, step, validation_loss)
+        if not validation_loss >= self.best:  # NaN (no validation split) counts as better: keep the last weights
+            self.best, self.bad_evals = validation_loss, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return False
+        self.bad_evals += 1
+        if self.bad_evals > self.patience:
+            log.info("%s: early stop at step %d (best validation loss %.4f)", self.name, step, self.best)
+            return True
+        return False
+
+    def restore_best(self) -> None:
+        """Load the best weights seen (if any validation ran) and switch to eval mode."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+
+    def meta(self, base: str, config: Any, steps: int, max_length: int, n_train: int, n_val: int,
+             td: Any, **extra: Any) -> dict:
+        """meta.json of the checkpoint: what was trained, on what, and how the validation loss went."""
+        return {"router": self.name, "base": base, "max_length": max_length, "config": asdict(config),
+                "steps": steps, "train_seconds": round(time.perf_counter() - self.started, 1),
+                "validation": self.history, "prompts": {"train": int(n_train), "validation": int(n_val)},
+                "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", ""), **extra}
