@@ -20,7 +20,6 @@ meta.json (base, max_length, data hash, validation history).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -35,8 +34,10 @@ from models.errors import ArtifactError, ConfigError
 from models.labels import (
     OUTCOMES,
     EarlyStopping,
+    optimizer_step,
     p_strong_from_outcomes,
     prompt_outcomes,
+    read_meta,
     split_prompts,
     warmup_linear,
     write_checkpoint,
@@ -104,11 +105,7 @@ class BertRouter(Router):
         """Load `<root>/bert`; `embedder` is unused (the encoder is the model). Checks the strong/weak pair's tiers."""
         folder = Path(root) / NAME
         hint = f"run `turnout train {NAME}`"
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"bert artifact at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
-        _check_pair(meta.get("tiers", {}), strong, weak)
+        meta = read_meta(folder, NAME, strong, weak)
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -119,17 +116,6 @@ class BertRouter(Router):
         if model.config.num_labels != len(OUTCOMES):
             raise ArtifactError(f"bert checkpoint at {folder} has {model.config.num_labels} labels, expected 3; {hint}")
         return cls(model, tokenizer, max_length=int(meta.get("max_length", 128)), batch_size=batch_size)
-
-
-def _check_pair(tiers: dict[str, int], strong: str, weak: str) -> None:
-    """The classifier is pair-agnostic but only meaningful when `strong` sits in a stronger tier than `weak`."""
-    if not tiers:
-        return
-    for role, model in (("strong", strong), ("weak", weak)):
-        if model not in tiers:
-            raise ConfigError(f"{role} model {model!r} has no tier in the classifier's training data ({len(tiers)} models)")
-    if tiers[strong] >= tiers[weak]:
-        raise ConfigError(f"strong model {strong!r} (tier {tiers[strong]}) is not in a stronger tier than weak model {weak!r} (tier {tiers[weak]})")
 
 
 def predict_proba(model: Any, tokenizer: Any, prompts: list[str], max_length: int, batch_size: int) -> np.ndarray:
@@ -218,15 +204,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
         for idx in _batches(lengths[train_idx], config.batch_size, rng):
             idx = train_idx[idx]
             logp = torch.log_softmax(model(**collate(idx)).logits.float(), dim=-1)
-            loss = -(targets[idx] * logp).sum(dim=-1).mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(-(targets[idx] * logp).sum(dim=-1).mean(), model.parameters(), opt, sched, bar)
             step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total_steps:
                 stop = stopper.record(step, val_loss())
             if stop or step >= total_steps:

@@ -39,7 +39,6 @@ logged, counted in `CausalLLMRouter.truncated` and never silent.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -51,7 +50,16 @@ import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.errors import ArtifactError, ConfigError, DataNotFoundError
-from models.labels import OUTCOMES, EarlyStopping, prompt_outcomes, split_prompts, warmup_linear, write_checkpoint
+from models.labels import (
+    OUTCOMES,
+    EarlyStopping,
+    optimizer_step,
+    prompt_outcomes,
+    read_meta,
+    split_prompts,
+    warmup_linear,
+    write_checkpoint,
+)
 from models.paths import REPO_ROOT, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -305,15 +313,8 @@ class CausalLLMRouter(Router):
     def from_artifacts(cls, root: Path, embedder: Any = None, *, strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK,
                        backend: str = "auto", batch_size: int = 32, dtype: str = "float32", **options: Any) -> "CausalLLMRouter":
         """Load `<root>/causal_llm`; `embedder` is unused. backend: auto (vLLM when importable), vllm, transformers."""
-        from models.bert import _check_pair
-
         folder = Path(root) / NAME
-        hint = f"run `turnout train {NAME}`"
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"causal_llm artifact at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
-        _check_pair(meta.get("tiers", {}), strong, weak)
+        meta = read_meta(folder, NAME, strong, weak)
         tokenizer = load_tokenizer(folder)
         return cls(folder, tokenizer, int(meta.get("max_length", 256)), backend=backend, batch_size=batch_size, dtype=dtype)
 
@@ -438,15 +439,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     bar = tqdm(total=total_steps, desc="train causal_llm", disable=not progress, mininterval=1.0)
     while step < total_steps and not stop:
         for idx in np.array_split(rng.permutation(train_idx), steps_per_epoch):
-            loss = loss_on(idx)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(loss_on(idx), params, opt, sched, bar)
             step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == total_steps:
                 stop = stopper.record(step, val_loss())
             if not stop and config.max_minutes and time.perf_counter() - loop_started > 60 * config.max_minutes:

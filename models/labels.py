@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError
+from models.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,29 @@ def p_strong_from_outcomes(probs: np.ndarray) -> np.ndarray:
     return probs[:, 0] + 0.5 * probs[:, 1]
 
 
+def read_meta(folder: Path, name: str, strong: str, weak: str) -> dict:
+    """meta.json of a classifier checkpoint, checked against the strong/weak pair it is asked to route."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{name} artifact at {folder} is missing or corrupted ({type(exc).__name__}); "
+                            f"run `turnout train {name}`") from exc
+    check_pair(meta.get("tiers", {}), strong, weak)
+    return meta
+
+
+def check_pair(tiers: dict[str, int], strong: str, weak: str) -> None:
+    """The classifier is pair-agnostic but only meaningful when `strong` sits in a stronger tier than `weak`."""
+    if not tiers:
+        return
+    for role, model in (("strong", strong), ("weak", weak)):
+        if model not in tiers:
+            raise ConfigError(f"{role} model {model!r} has no tier in the classifier's training data ({len(tiers)} models)")
+    if tiers[strong] >= tiers[weak]:
+        raise ConfigError(f"strong model {strong!r} (tier {tiers[strong]}) is not in a stronger tier than weak model "
+                          f"{weak!r} (tier {tiers[weak]})")
+
+
 def write_checkpoint(folder: Path, model: Any, tokenizer: Any, meta: dict) -> Path:
     """Save a fine-tuned Hugging Face classifier router atomically: weights, tokenizer, then meta.json."""
     from models.paths import atomic_dir
@@ -94,6 +117,19 @@ def warmup_linear(optimizer: Any, total_steps: int, warmup_fraction: float) -> A
     warmup = max(1, int(warmup_fraction * total_steps))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+
+
+def optimizer_step(loss: Any, params: Any, optimizer: Any, scheduler: Any, bar: Any) -> None:
+    """One update: backward, gradient norm clipped to 1, step, schedule, reset; the loss goes on the bar."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    bar.update()
+    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
 
 
 class EarlyStopping:

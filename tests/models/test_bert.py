@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,7 +94,7 @@ def test_training_is_seeded(tiny_base, trained, tmp_path):
 def test_max_steps_caps_training(tiny_base, trained, tmp_path):
     td, _ = trained
     folder = bert.train(td, None, tmp_path, bert.BertConfig(base=tiny_base, **{**TINY, "max_steps": 3}), progress=False)
-    meta = bert.json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
     assert meta["steps"] == 3 and meta["validation"][-1]["step"] == 3
 
 
