@@ -305,7 +305,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedder:
-    """`"minilm"` -> packaged MiniLM, `"hash-<dim>"` -> HashEmbedder (tests), else a sentence-transformers id/path.
+    """`"minilm"` -> packaged MiniLM, `"minilm@<n>"` -> the same truncated to n tokens, `"hash-<dim>"` ->
+    HashEmbedder (tests), else a sentence-transformers id/path.
 
     With `cache_dir`, the embedder is wrapped in a CachedEmbedder.
     """
@@ -315,6 +316,11 @@ def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedd
     embedder: Embedder
     if name == "minilm":
         embedder = MiniLMEmbedder()
+    elif name.startswith("minilm@"):
+        tokens = name.removeprefix("minilm@")
+        if not tokens.isdigit() or not 8 <= int(tokens) <= 512:
+            raise ConfigError(f"bad embedder {name!r}: expected minilm@<tokens> with 8..512 tokens, e.g. minilm@128")
+        embedder = MiniLMEmbedder(max_seq_length=int(tokens))
     elif name.startswith("hash-"):
         dim = name.removeprefix("hash-")
         if not dim.isdigit() or int(dim) < 1:

@@ -57,7 +57,7 @@ class RetrievalDeployment:
         texts = [texts[i] for i in live]
         names = np.asarray([routers[i] for i in live], dtype=object)
         t0 = time.perf_counter()
-        vectors = self.embedder.embed(texts, batch_size=len(texts))
+        vectors = self.embedder.embed(texts, batch_size=self.config.deployments.retrieval_batch.embed_batch_size)
         embed_ms = (time.perf_counter() - t0) * 1000.0
         p_strong = np.empty(len(texts))
         search_ms = {}

@@ -54,9 +54,13 @@ def test_load_embedder_names(tmp_path):
     assert isinstance(load_embedder("some-org/some-model"), MiniLMEmbedder)
     cached = load_embedder("hash-32", cache_dir=tmp_path)
     assert isinstance(cached, CachedEmbedder) and cached.name == "hash-32"
-    for bad in ("hash-x", "hash-0", ""):
+    # truncation changes long texts' vectors, so it is part of the name the cache and the index check
+    assert load_embedder("minilm@128").name == "sentence-transformers/all-MiniLM-L6-v2@max_seq_length=128"
+    for bad in ("hash-x", "hash-0", "", "minilm@", "minilm@4", "minilm@x"):
         with pytest.raises(ConfigError):
             load_embedder(bad)
+    with pytest.raises(ConfigError, match="precision"):
+        MiniLMEmbedder(precision="fp8")
 
 
 def test_cache_hits_misses_and_persistence(tmp_path):
@@ -149,3 +153,15 @@ def test_minilm_real_model():
     assert v.shape == (3, 384) and v.dtype == np.float32 and emb.dim == 384
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+@pytest.mark.slow
+def test_minilm_bf16_matches_fp32():
+    """bf16 autocast (the default where the CPU has it) shares fp32's name, cache and index: vectors must agree."""
+    texts = ["Solve 3x + 5 = 20 for x.", "Write a haiku about autumn leaves.",
+             "Which of the following is a prime number? A. 21 B. 27 C. 29 D. 33 " * 8]
+    exact, fast = MiniLMEmbedder(precision="fp32"), MiniLMEmbedder(precision="bf16")
+    a, b = exact.embed(texts), fast.embed(texts)
+    assert (exact.precision, fast.precision, fast.name) == ("fp32", "bf16", exact.name)
+    np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.999
