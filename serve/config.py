@@ -7,7 +7,8 @@ The file is what `serve run`, `serve deploy` and KubeRay's `serveConfigV2` read:
 
 `DEFAULT_CONFIG_YAML` is the embedded default: CPU, offline, the packaged MiniLM embedder, routers sw_ranking,
 mf, length and random, a strong-call share of 0.5 held by the live controller, upstreams on localhost.
-`turnout serve --print-config` writes it out as a starting point.
+`turnout serve --print-config` writes it out as a starting point. causal_llm is opt-in (it needs a checkpoint
+that `turnout train causal_llm` takes ~16 CPU minutes to build): `deploy/causal.yaml` enables it.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 
 APP_IMPORT_PATH = "serve.app:build_app"
 # Routers the serving layer has a backend for. The retrieval deployment embeds a prompt once and serves every
-# embedding router from that vector; the local ones are cheap enough to run inside the router deployment. The
-# causal classifier (vLLM classify runner) will come as a third backend with its own deployment.
+# embedding router from that vector; the local ones are cheap enough to run inside the router deployment; the
+# classifier deployment hosts the causal LM in vLLM's classify runner (serve/classifier.py).
 RETRIEVAL_ROUTERS = ("sw_ranking", "mf")
 LOCAL_ROUTERS = ("length", "random")
-SERVED_ROUTERS = RETRIEVAL_ROUTERS + LOCAL_ROUTERS
+CLASSIFIER_ROUTERS = ("causal_llm",)
+SERVED_ROUTERS = RETRIEVAL_ROUTERS + LOCAL_ROUTERS + CLASSIFIER_ROUTERS
+# Enabled when a config names none: everything that `turnout serve` can build on a fresh machine by itself.
+DEFAULT_ROUTERS = RETRIEVAL_ROUTERS + LOCAL_ROUTERS
 SIDES = ("strong", "weak")
 
 
@@ -41,7 +45,7 @@ class _Strict(BaseModel):
 
 class RoutersConfig(_Strict):
     enabled: list[str] = Field(
-        default_factory=lambda: list(SERVED_ROUTERS),
+        default_factory=lambda: list(DEFAULT_ROUTERS),
         description="routers this service loads; a request may name any of them",
         min_length=1,
     )
@@ -272,6 +276,55 @@ class DeploymentsConfig(_Strict):
         description="embedder + FAISS index: sw_ranking and mf",
     )
     retrieval_batch: BatchConfig = Field(default_factory=BatchConfig, description="@serve.batch of the retrieval deployment")
+    classifier: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=1.0)),
+        description="vLLM classify runner for causal_llm, bound only when causal_llm is enabled. num_cpus is also "
+        "its torch thread count (Ray sets OMP_NUM_THREADS from it)",
+    )
+
+
+class ClassifierConfig(_Strict):
+    """The causal_llm classifier deployment: the trained checkpoint in vLLM's classify runner (one prefill each)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="engine dtype. float32 scores as the offline router does (within 1e-3 of a transformers "
+        "forward pass); bfloat16 halves memory on a GPU or a CPU with AVX512-BF16",
+    )
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="prompts scored in one engine call: the @serve.batch size and vLLM's max_num_seqs (one knob, "
+        "so a batch is never split across engine steps). batch 32 ran 18 prompts/s on one CPU core",
+    )
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="how long a batch waits for more requests once the first arrived. 0: a request that finds the "
+        "engine idle runs alone at once; under load the queue fills while the engine runs, so batches form anyway",
+    )
+    kv_cache_gib: int = Field(
+        1,
+        ge=1,
+        description="VLLM_CPU_KVCACHE_SPACE on CPU. A prefill needs max_batch_size x context tokens of KV at once "
+        "(32 x 256 tokens of SmolLM2 ~ 0.35 GiB); 1 GiB holds 23k tokens",
+    )
+    cpu_threads_bind: str = Field(
+        "nobind",
+        min_length=1,
+        description="VLLM_CPU_OMP_THREADS_BIND (CPU only). nobind: the OS places the replica's threads, right where "
+        "the cores are shared with the rest of Ray; auto: vLLM pins one thread per core (a dedicated node); or a "
+        "core list such as '0-3'",
+    )
+    reference_prompts: int = Field(
+        256,
+        ge=10,
+        description="reference prompts scored for causal_llm's offline calibration (at most calibration.max_prompts). "
+        "`turnout serve` scores them once per checkpoint with a transformers forward pass before Ray starts, ~10 "
+        "prompts/s on a 2-core CPU: 256 is ~30 s and places the starting threshold within a few points of the "
+        "target ratio, which the live controller then corrects",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ top level
@@ -295,6 +348,9 @@ class TurnoutConfig(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     upstreams: UpstreamsConfig = Field(description="OpenAI-compatible endpoints behind /v1/chat/completions")
     deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
+    classifier: ClassifierConfig = Field(
+        default_factory=ClassifierConfig, description="the causal_llm classifier deployment (used when causal_llm is enabled)"
+    )
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
 
     @model_validator(mode="after")
@@ -316,6 +372,10 @@ class TurnoutConfig(_Strict):
     def local_routers(self) -> list[str]:
         return [r for r in self.routers.enabled if r in LOCAL_ROUTERS]
 
+    @property
+    def classifier_routers(self) -> list[str]:
+        return [r for r in self.routers.enabled if r in CLASSIFIER_ROUTERS]
+
 
 DEFAULT_CONFIG_YAML = """\
 # turnout: Ray Serve config file (`serve run FILE`, `serve deploy FILE`, KubeRay serveConfigV2, `turnout serve --config FILE`).
@@ -330,7 +390,7 @@ applications:
     logging_config: {enable_access_log: false}
     args:
       routers:
-        enabled: [sw_ranking, mf, length, random]
+        enabled: [sw_ranking, mf, length, random]   # + causal_llm after `turnout train causal_llm`: deploy/causal.yaml
         default: sw_ranking   # best measured quality here (BENCHMARKS.md)
         strong_model: gpt-4-1106-preview
         weak_model: mistralai/Mixtral-8x7B-Instruct-v0.1

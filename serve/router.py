@@ -1,7 +1,7 @@
 """RouterDeployment: p_strong from the router's backend, the threshold, the decision and its metrics.
 
-Backends: the retrieval deployment (sw_ranking, mf) through its handle, and the cheap local routers (length,
-random) in this replica. The causal-classifier deployment will be one more handle beside the retrieval one.
+Backends: the retrieval deployment (sw_ranking, mf) and the causal-classifier deployment (causal_llm) through
+their handles, and the cheap local routers (length, random) in this replica.
 
 Each router has a `StrongRatioController` (`serve.controller`): a fixed threshold from the config, or the
 configured strong_ratio held on live traffic, starting from the offline calibration (reference scores written by
@@ -15,7 +15,7 @@ import logging
 import time
 
 from models.errors import ConfigError
-from serve.config import RETRIEVAL_ROUTERS, TurnoutConfig
+from serve.config import CLASSIFIER_ROUTERS, RETRIEVAL_ROUTERS, TurnoutConfig
 from serve.controller import StrongRatioController
 from serve.protocol import RoutingOverloaded, RoutingTimeout
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class RouterDeployment:
-    def __init__(self, config: TurnoutConfig, retrieval=None):
+    def __init__(self, config: TurnoutConfig, retrieval=None, classifier=None):
         from serve.artifacts import load_routers
         from serve.metrics import ServeMetrics
 
@@ -31,6 +31,9 @@ class RouterDeployment:
         self.retrieval = retrieval
         if config.retrieval_routers and retrieval is None:
             raise ConfigError(f"routers {config.retrieval_routers} need the retrieval deployment")
+        self.classifier = classifier
+        if config.classifier_routers and classifier is None:
+            raise ConfigError(f"routers {config.classifier_routers} need the classifier deployment")
         self.local = load_routers(config, config.local_routers)
         self.controllers = {name: self._controller(name) for name in config.routers.enabled}
         self.metrics = ServeMetrics()
@@ -85,6 +88,16 @@ class RouterDeployment:
             p_strong = scored["p_strong"]
             stages.update(embed=scored["embed_ms"], search=scored["search_ms"])
             t0 = time.perf_counter()
+        elif name in CLASSIFIER_ROUTERS:
+            try:
+                scored = await self.classifier.score.remote(text, deadline)
+            except BackPressureError:
+                raise RoutingOverloaded("the causal classifier is overloaded (queue full); retry later") from None
+            if scored is None:
+                raise RoutingTimeout("deadline passed while queued for the causal classifier")
+            p_strong = scored["p_strong"]
+            stages["classify"] = scored["classify_ms"]
+            t0 = time.perf_counter()
         else:
             t0 = time.perf_counter()  # local routers cost microseconds: part of the decide stage
             p_strong = float(self.local[name].score([text])[0])
@@ -112,4 +125,6 @@ class RouterDeployment:
         routers = list(self.local)
         if self.retrieval is not None:
             routers += await self.retrieval.ready.remote()
+        if self.classifier is not None:
+            routers += await self.classifier.ready.remote()
         return {"routers": sorted(routers)}
