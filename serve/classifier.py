@@ -7,20 +7,27 @@ p_strong = 1 − P([[4]]) − P([[5]]) (RouteLLM, arXiv 2406.18665, §4.1). The 
 `models.causal_llm.VLLMScorer` (runner "pooling", convert "classify", `classifier_from_token`,
 `no_post_processing`), so a request scores exactly what `CausalLLMRouter.score` returns offline.
 
-Engine: vLLM's synchronous `LLM` with its engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0),
-called from one worker thread, with concurrent requests micro-batched by `@serve.batch` (applied in `__init__`,
-so batch size and wait come from the config). Not `AsyncLLM`: in vLLM 0.32 it has no in-process engine client
-(it always starts the engine core in a child process), and on CPU the model then runs in a third process (the
-CPU platform always uses the multiprocessing executor), so every step crosses two process hops and three
-processes share the cores. Measured on the 2-core machine (trained SmolLM2-135M checkpoint, evaluation prompts,
-closed-loop callers in one process, 12 s per level, load average ~2 from other jobs):
+Engine: vLLM's synchronous `LLM` with its engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), owned
+by one worker thread. Micro-batching: whatever requests queued while the engine was busy go into its next call
+(up to `classifier.max_batch_size`), and a request that finds the engine idle runs at once. That is what the
+engine's own scheduler does for `AsyncLLM`, without its processes:
 
-    callers                     1                  4                  8
-    AsyncLLM (scheduler)        7.3 req/s, 132 ms  9.1 req/s, 434 ms  10.0 req/s, 731 ms   (p50)
-    LLM + micro-batches         8.8 req/s, 102 ms  12.0 req/s, 328 ms 15.3 req/s, 502 ms
+- Not `AsyncLLM`: in vLLM 0.32 it has no in-process engine client (it always starts the engine core in a child
+  process), and on CPU the model then runs in a third process (the CPU platform always uses the multiprocessing
+  executor), so every step crosses two process hops and three processes share the cores. Measured on the 2-core
+  machine (trained SmolLM2-135M checkpoint, evaluation prompts, closed-loop callers in one process, 12 s per
+  level, load average ~2 from other jobs), p50 in ms:
 
-and AsyncLLM took ~20 s to start against ~7 s. Classify requests are prefill only, so the engine's continuous
-batching has no decode steps to interleave them with: one engine call per micro-batch loses nothing.
+      callers                       1                4                 8
+      AsyncLLM (its scheduler)      7.3 req/s, 132   9.1 req/s, 434    10.0 req/s, 731
+      LLM + this batching           8.8 req/s, 102   12.0 req/s, 328   15.3 req/s, 502
+
+  and AsyncLLM took ~20 s to start against ~7 s. Classify requests are prefill only, so continuous batching has
+  no decode steps to interleave them with: one engine call per micro-batch loses nothing.
+- Not `@serve.batch`: in Ray 2.60 its loop closes a batch as soon as the wait expires and queues it for the
+  next free slot (`max_concurrent_batches`), so it does not gather the requests that arrive while the previous
+  batch holds the engine. With no wait, 8 callers got batches of 1.07 requests on average (9.6 req/s); with a
+  wait, a lone request pays it.
 
 A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind()` site).
 """
@@ -29,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +53,6 @@ ROUTER = "causal_llm"
 class ClassifierDeployment:
     def __init__(self, config: TurnoutConfig):
         from concurrent.futures import ThreadPoolExecutor
-
-        from ray import serve
 
         from models.causal_llm import NAME, PromptBuilder, VLLMScorer, label_ids, load_tokenizer
         from models.labels import read_meta
@@ -62,6 +69,7 @@ class ClassifierDeployment:
         self.builder = PromptBuilder(tokenizer, self.max_length)
         self.ids = label_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.max_batch_size = settings.max_batch_size
         # The config is what runs: these override the environment (VLLMScorer only fills in what is unset).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: no IPC per step
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(settings.kv_cache_gib)
@@ -71,17 +79,58 @@ class ClassifierDeployment:
         # engine is built in that thread too: vLLM's CPU worker sets up OpenMP (threads, binding) for the thread
         # that creates it, and OpenMP teams are per calling thread.
         self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-classify")
-        self.scorer = self.engine_thread.submit(
-            VLLMScorer, folder, self.max_length, dtype=settings.dtype, max_num_seqs=settings.max_batch_size,
-            kv_cache_gib=settings.kv_cache_gib).result()
+        threads = settings.threads or max(1, math.ceil(config.deployments.classifier.ray_actor_options.num_cpus))
+
+        def start_engine() -> VLLMScorer:
+            import torch
+
+            torch.set_num_threads(threads)  # before vLLM's CPU worker, which disables set_num_threads afterwards
+            return VLLMScorer(folder, self.max_length, dtype=settings.dtype, max_num_seqs=settings.max_batch_size,
+                              kv_cache_gib=settings.kv_cache_gib)
+
+        self.scorer = self.engine_thread.submit(start_engine).result()
         self.truncated = 0  # queries cut to fit the context since start (each batch with a cut is logged too)
         self.metrics = ServeMetrics()
-        self.score = serve.batch(max_batch_size=settings.max_batch_size,
-                                 batch_wait_timeout_s=settings.batch_wait_timeout_s)(self._score_batch)
+        self.waiting: list[tuple[str, float | None, asyncio.Future]] = []  # (text, deadline, caller's future)
+        self.arrived = asyncio.Event()
+        self.batcher: asyncio.Task | None = None  # started by the first request, on the replica's event loop
         # The first engine call allocates its buffers: not on a user's request.
         self.engine_thread.submit(self._classify, ["warm-up"]).result()
-        log.info("classifier ready in %.1fs: %s (%s, context %d, batch %d)", time.perf_counter() - start, folder,
-                 settings.dtype, self.max_length, settings.max_batch_size)
+        log.info("classifier ready in %.1fs: %s (%s, context %d, batch %d, %d threads)", time.perf_counter() - start,
+                 folder, settings.dtype, self.max_length, settings.max_batch_size, threads)
+
+    async def score(self, text: str, deadline: float | None = None) -> dict | None:
+        """{"p_strong", "classify_ms"}, or None when `deadline` (time.time() s) passed before the engine got to it."""
+        if self.batcher is None or self.batcher.done():
+            self.batcher = asyncio.create_task(self._run_batches())
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((text, deadline, future))
+        self.arrived.set()
+        return await future
+
+    async def _run_batches(self) -> None:
+        """Forever: take up to max_batch_size waiting requests, score them in one engine call, answer each."""
+        while True:
+            await self.arrived.wait()
+            self.arrived.clear()
+            while self.waiting:
+                batch = self.waiting[: self.max_batch_size]
+                del self.waiting[: self.max_batch_size]
+                batch = [item for item in batch if not item[2].done()]  # callers that were cancelled meanwhile
+                if not batch:
+                    continue
+                try:
+                    results = await self._score_batch([text for text, _, _ in batch], [d for _, d, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - the callers get the engine's error; the loop lives on
+                    log.exception("causal_llm: engine call failed for %d requests", len(batch))
+                    results = [exc] * len(batch)
+                for (_, _, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
 
     def _classify(self, texts: list[str]) -> np.ndarray:
         """p_strong per text: tokenise (cutting long queries in the middle), one engine call for all of them."""
@@ -95,15 +144,15 @@ class ClassifierDeployment:
         probs = self.scorer(token_ids, self.ids, self.pad_id)
         return np.clip(p_strong_from_labels(probs), 0.0, 1.0)
 
-    async def _score_batch(self, texts: list[str], deadlines: list[float | None]) -> list[dict | None]:
-        """{"p_strong", "classify_ms"} per request, or None for one whose deadline (time.time() s) has passed.
+    async def _score_batch(self, texts: list[str], deadlines: list[float | None]) -> list[dict[str, Any] | None]:
+        """One result per request; None for one whose deadline has passed.
 
         Dropped requests never reach the engine: under overload the queue holds requests their callers gave up
         on, and a prefill for each would starve the live ones.
         """
         now = time.time()
         live = [i for i, d in enumerate(deadlines) if d is None or d > now]
-        results: list[dict | None] = [None] * len(texts)
+        results: list[dict[str, Any] | None] = [None] * len(texts)
         if len(live) < len(texts):
             self.metrics.dropped("classifier", len(texts) - len(live))
         if not live:

@@ -65,7 +65,8 @@ def test_example_causal_config_is_valid():
     (lambda a: a.update(classifier={"dtype": "int8"}), "classifier.dtype"),
     (lambda a: a.update(classifier={"max_batch_size": 0}), "classifier.max_batch_size"),
     (lambda a: a.update(classifier={"kv_cache_gib": 0.5}), "classifier.kv_cache_gib"),
-    (lambda a: a.update(classifier={"batch_wait_timeout_s": -1}), "classifier.batch_wait_timeout_s"),
+    (lambda a: a.update(classifier={"threads": 0}), "classifier.threads"),
+    (lambda a: a.update(classifier={"batch_wait_timeout_s": 0.01}), "classifier.batch_wait_timeout_s: Extra inputs"),
     (lambda a: a.update(classifier={"reference_prompts": 5}), "classifier.reference_prompts"),
     (lambda a: a.update(classifier={"cpu_threads_bind": ""}), "classifier.cpu_threads_bind"),
     (lambda a: a.update(classifier={"max_num_seqs": 8}), "classifier.max_num_seqs: Extra inputs are not permitted"),
@@ -215,7 +216,8 @@ def test_concurrent_requests_share_engine_calls(service, offline):
     for i, result in enumerate(results):
         assert abs(result["p_strong"] - offline[i % len(TEXTS)]) < 1e-3
     times = [r["classify_ms"] for r in results]
-    assert len(set(times)) < len(times)  # requests of one micro-batch report the same engine call
+    # requests of one micro-batch report the same engine call: those queued behind the first one share calls
+    assert len(set(times)) <= len(times) // 2, sorted(times)
 
 
 def test_requests_past_their_deadline_skip_the_engine(service):
