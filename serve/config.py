@@ -288,8 +288,9 @@ class ClassifierConfig(_Strict):
 
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
-        description="engine dtype. float32 scores as the offline router does (within 1e-3 of a transformers "
-        "forward pass); bfloat16 halves memory on a GPU or a CPU with AVX512-BF16",
+        description="engine dtype (the reference scores for calibration use the same). float32 scores as the "
+        "offline router does (within 1e-3); bfloat16 is faster where the hardware has it (GPU, AVX512-BF16/AMX CPU: "
+        "1-caller route p50 120 -> 84 ms on the 2-core EPYC) and moves p_strong by ~0.02 (rank correlation 0.997)",
     )
     max_batch_size: int = Field(
         32,
