@@ -8,9 +8,10 @@ p_strong = 1 − P([[4]]) − P([[5]]) (RouteLLM, arXiv 2406.18665, §4.1). The 
 `no_post_processing`), so a request scores exactly what `CausalLLMRouter.score` returns offline.
 
 Engine: vLLM's synchronous `LLM` with its engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), owned
-by one worker thread. Micro-batching: whatever requests queued while the engine was busy go into its next call
-(up to `classifier.max_batch_size`), and a request that finds the engine idle runs at once. That is what the
-engine's own scheduler does for `AsyncLLM`, without its processes:
+by one worker thread. Micro-batching (`serve.batching.MicroBatcher`): whatever requests queued while the engine
+was busy go into its next call (up to `classifier.max_batch_size`), a request that finds the engine idle runs at
+once, and requests past their deadline never reach the engine. That is what the engine's own scheduler does for
+`AsyncLLM`, without its processes:
 
 - Not `AsyncLLM`: in vLLM 0.32 it has no in-process engine client (it always starts the engine core in a child
   process), and on CPU the model then runs in a third process (the CPU platform always uses the multiprocessing
@@ -24,10 +25,7 @@ engine's own scheduler does for `AsyncLLM`, without its processes:
 
   and AsyncLLM took ~20 s to start against ~7 s. Classify requests are prefill only, so continuous batching has
   no decode steps to interleave them with: one engine call per micro-batch loses nothing.
-- Not `@serve.batch`: in Ray 2.60 its loop closes a batch as soon as the wait expires and queues it for the
-  next free slot (`max_concurrent_batches`), so it does not gather the requests that arrive while the previous
-  batch holds the engine. With no wait, 8 callers got batches of 1.07 requests on average (9.6 req/s); with a
-  wait, a lone request pays it.
+- Not `@serve.batch`: see `serve.batching` (batches of 1.07 requests at 8 callers, measured here).
 
 A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind()` site).
 """
@@ -57,6 +55,7 @@ class ClassifierDeployment:
         from models.causal_llm import NAME, PromptBuilder, VLLMScorer, label_ids, load_tokenizer
         from models.labels import read_meta
         from serve.artifacts import home_dir
+        from serve.batching import MicroBatcher
         from serve.metrics import ServeMetrics
 
         start = time.perf_counter()
@@ -91,9 +90,8 @@ class ClassifierDeployment:
         self.scorer = self.engine_thread.submit(start_engine).result()
         self.truncated = 0  # queries cut to fit the context since start (each batch with a cut is logged too)
         self.metrics = ServeMetrics()
-        self.waiting: list[tuple[str, float | None, asyncio.Future]] = []  # (text, deadline, caller's future)
-        self.arrived = asyncio.Event()
-        self.batcher: asyncio.Task | None = None  # started by the first request, on the replica's event loop
+        self.batcher = MicroBatcher(self._score_batch, settings.max_batch_size, "classifier",
+                                    on_drop=lambda n: self.metrics.dropped("classifier", n))
         # The first engine call allocates its buffers: not on a user's request.
         self.engine_thread.submit(self._classify, ["warm-up"]).result()
         log.info("classifier ready in %.1fs: %s (%s, context %d, batch %d, %d threads)", time.perf_counter() - start,
@@ -101,36 +99,7 @@ class ClassifierDeployment:
 
     async def score(self, text: str, deadline: float | None = None) -> dict | None:
         """{"p_strong", "classify_ms"}, or None when `deadline` (time.time() s) passed before the engine got to it."""
-        if self.batcher is None or self.batcher.done():
-            self.batcher = asyncio.create_task(self._run_batches())
-        future = asyncio.get_running_loop().create_future()
-        self.waiting.append((text, deadline, future))
-        self.arrived.set()
-        return await future
-
-    async def _run_batches(self) -> None:
-        """Forever: take up to max_batch_size waiting requests, score them in one engine call, answer each."""
-        while True:
-            await self.arrived.wait()
-            self.arrived.clear()
-            while self.waiting:
-                batch = self.waiting[: self.max_batch_size]
-                del self.waiting[: self.max_batch_size]
-                batch = [item for item in batch if not item[2].done()]  # callers that were cancelled meanwhile
-                if not batch:
-                    continue
-                try:
-                    results = await self._score_batch([text for text, _, _ in batch], [d for _, d, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - the callers get the engine's error; the loop lives on
-                    log.exception("causal_llm: engine call failed for %d requests", len(batch))
-                    results = [exc] * len(batch)
-                for (_, _, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+        return await self.batcher.submit(text, deadline)
 
     def _classify(self, texts: list[str]) -> np.ndarray:
         """p_strong per text: tokenise (cutting long queries in the middle), one engine call for all of them."""
@@ -144,27 +113,13 @@ class ClassifierDeployment:
         probs = self.scorer(token_ids, self.ids, self.pad_id)
         return np.clip(p_strong_from_labels(probs), 0.0, 1.0)
 
-    async def _score_batch(self, texts: list[str], deadlines: list[float | None]) -> list[dict[str, Any] | None]:
-        """One result per request; None for one whose deadline has passed.
-
-        Dropped requests never reach the engine: under overload the queue holds requests their callers gave up
-        on, and a prefill for each would starve the live ones.
-        """
-        now = time.time()
-        live = [i for i, d in enumerate(deadlines) if d is None or d > now]
-        results: list[dict[str, Any] | None] = [None] * len(texts)
-        if len(live) < len(texts):
-            self.metrics.dropped("classifier", len(texts) - len(live))
-        if not live:
-            return results
+    async def _score_batch(self, texts: list[str]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        p_strong = await asyncio.get_running_loop().run_in_executor(
-            self.engine_thread, self._classify, [texts[i] for i in live])
+        p_strong = await asyncio.get_running_loop().run_in_executor(self.engine_thread, self._classify, texts)
         classify_ms = (time.perf_counter() - t0) * 1000.0
-        for i, p in zip(live, p_strong):
+        for _ in texts:
             self.metrics.stage("classify", ROUTER, classify_ms)
-            results[i] = {"p_strong": float(p), "classify_ms": classify_ms}
-        return results
+        return [{"p_strong": float(p), "classify_ms": classify_ms} for p in p_strong]
 
     def ready(self) -> list[str]:
         return [ROUTER]

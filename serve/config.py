@@ -246,14 +246,9 @@ class DeploymentOptions(_Strict):
 
 
 class BatchConfig(_Strict):
-    max_batch_size: int = Field(32, ge=1, description="prompts embedded and scored together")
-    batch_wait_timeout_s: float = Field(
-        0.0,
-        ge=0,
-        description="how long a batch waits for more requests once the first arrived. 0: take what is queued; "
-        "under load the queue fills while the previous batch runs, so batches form anyway, and at low load "
-        "nobody waits (2 ms measured +2 ms route p50 for nothing)",
-    )
+    max_batch_size: int = Field(
+        32, ge=1, description="most requests embedded together: those that queued while the previous batch ran "
+        "(a request that finds the model idle runs at once, so there is no wait to tune)")
     embed_batch_size: int = Field(
         8,
         ge=1,
@@ -275,7 +270,7 @@ class DeploymentsConfig(_Strict):
         default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=0.5)),
         description="embedder + FAISS index: sw_ranking and mf",
     )
-    retrieval_batch: BatchConfig = Field(default_factory=BatchConfig, description="@serve.batch of the retrieval deployment")
+    retrieval_batch: BatchConfig = Field(default_factory=BatchConfig, description="micro-batching of the retrieval deployment")
     classifier: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=1.0)),
         description="vLLM classify runner for causal_llm, bound only when causal_llm is enabled. num_cpus is also "
@@ -428,7 +423,7 @@ applications:
           max_queued_requests: 128   # beyond this a burst gets an immediate 503 / fallback, not a 2 s timeout
           ray_actor_options: {num_cpus: 0.5}
           # autoscaling instead: num_replicas: null, autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16}
-        retrieval_batch: {max_batch_size: 32, batch_wait_timeout_s: 0.0, embed_batch_size: 8}
+        retrieval_batch: {max_batch_size: 32, embed_batch_size: 8}
       artifacts:
         home: null
         data_dir: null
