@@ -1,6 +1,7 @@
 """Scoring throughput of the classifier routers (causal_llm through vLLM's classify runner, bert) on this machine.
 
-    python -m loadtest.causal_speed [--router causal_llm] [--backend vllm] [--n 256] [--out benchmarks/causal_speed.json]
+    python -m loadtest.causal_speed [--router causal_llm] [--backend vllm] [--dtype float32|bfloat16] [--n 256]
+        [--out benchmarks/causal_speed.json]
 
 Prompts are the evaluation prompts (GSM8K, MT-Bench turn 1, MMLU), interleaved and cut to the first `--n`.
 Batch 1: p50/p90 latency per request. Batch 32: prompts/s over the same prompts. One warm-up batch first.
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", default="causal_llm", choices=["causal_llm", "bert"])
     parser.add_argument("--backend", default="vllm", help="causal_llm: vllm or transformers")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="causal_llm: engine dtype (bfloat16 is fast where the CPU has AVX512-BF16/AMX)")
     parser.add_argument("--home")
     parser.add_argument("--data-dir")
     parser.add_argument("--n", type=int, default=256, help="prompts per measurement")
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     benches = [load_benchmark(b, data).prompts for b in ("gsm8k", "mt-bench", "mmlu")]
     prompts = [p for group in zip(*[b[: args.n] for b in benches if len(b) >= 1]) for p in group]
     prompts = (prompts + [p for b in benches for p in b])[: args.n]
-    options = {"backend": args.backend} if args.router == "causal_llm" else {}
+    options = {"backend": args.backend, "dtype": args.dtype} if args.router == "causal_llm" else {}
     started = time.perf_counter()
     router = router_class(args.router).from_artifacts(home / "routers", batch_size=32, **options)
     load_s = time.perf_counter() - started
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     batch32_s = time.perf_counter() - t
     lat = np.array(latencies) * 1000
     result = {
-        "router": args.router, "backend": getattr(router, "backend", "torch"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "router": args.router, "backend": getattr(router, "backend", "torch"), "dtype": options.get("dtype"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch_threads": _threads(), "date": date.today().isoformat(), "prompts": len(prompts), "load_s": round(load_s, 1),
         "batch1_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p90": round(float(np.percentile(lat, 90)), 1),
                       "mean": round(float(lat.mean()), 1)},
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    previous[f"{args.router}/{result['backend']}"] = result
+    key = f"{args.router}/{result['backend']}" + ("/bfloat16" if options.get("dtype") == "bfloat16" else "")
+    previous[key] = result
     out.write_text(json.dumps(previous, indent=1) + "\n")
     log.info("%s", json.dumps(result))
     return 0
