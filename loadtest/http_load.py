@@ -23,22 +23,25 @@ import numpy as np
 
 
 async def _client(session, url: str, body: dict, prompts: list[str], stop_at: float, seed: int,
-                  latencies: list[float], errors: list[int]) -> None:
+                  latencies: list[float], errors: list[int], honour_retry_after: bool = False) -> None:
     rng = np.random.default_rng(seed)
     while time.perf_counter() < stop_at:
         payload = {**body, "prompt": prompts[int(rng.integers(len(prompts)))]}
         start = time.perf_counter()
         async with session.post(url, json=payload) as response:
             await response.read()
-            status = response.status
+            status, retry_after = response.status, response.headers.get("retry-after")
         elapsed = time.perf_counter() - start
         if status == 200:
             latencies.append(elapsed)
         else:
             errors.append(status)
+            if honour_retry_after and retry_after:
+                await asyncio.sleep(min(float(retry_after), max(0.0, stop_at - time.perf_counter())))
 
 
-async def run_level(url: str, router: str, prompts: list[str], clients: int, duration: float, warmup: float) -> dict:
+async def run_level(url: str, router: str, prompts: list[str], clients: int, duration: float, warmup: float,
+                    honour_retry_after: bool = False) -> dict:
     # aiohttp, not httpx: the generator shares this machine's two cores with the service, and aiohttp costs
     # the client about a third of the CPU per request that httpx does.
     import aiohttp
@@ -52,12 +55,12 @@ async def run_level(url: str, router: str, prompts: list[str], clients: int, dur
         latencies: list[float] = []
         errors: list[int] = []
         cpu_start, start = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(_client(session, url, body, prompts, start + duration, 1000 + i, latencies, errors)
-                               for i in range(clients)))
+        await asyncio.gather(*(_client(session, url, body, prompts, start + duration, 1000 + i, latencies, errors,
+                                       honour_retry_after) for i in range(clients)))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     ms = np.asarray(latencies) * 1000.0
     return {
-        "router": router, "clients": clients, "requests": len(latencies), "errors": len(errors),
+        "router": router, "clients": clients, "honour_retry_after": honour_retry_after, "requests": len(latencies), "errors": len(errors),
         "error_codes": {str(c): errors.count(c) for c in sorted(set(errors))}, "seconds": round(wall, 2),
         "requests_per_s": round(len(latencies) / wall, 1),
         "errors_per_s": round(len(errors) / wall, 1),
@@ -76,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per (router, clients) level")
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--honour-retry-after", action="store_true",
+                        help="after a 503 with Retry-After, wait that long (as a well-behaved client does); "
+                        "without it every client retries at once, the worst case")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     levels = []
     for router in args.router:
         for clients in args.clients:
-            level = asyncio.run(run_level(url, router, prompts, clients, args.duration, args.warmup))
+            level = asyncio.run(run_level(url, router, prompts, clients, args.duration, args.warmup,
+                                          args.honour_retry_after))
             print(json.dumps(level), flush=True)
             levels.append(level)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": date.today().isoformat(),

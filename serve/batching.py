@@ -9,9 +9,10 @@ engine step). What pays is to gather the requests that queued during the previou
 - Here one task takes up to `max_batch_size` waiting requests whenever the previous call returns, so batch size
   follows load by itself: 1 when idle, up to the maximum under overload.
 
-Requests carry a deadline (time.time() seconds): those past it are answered None without being computed, since
-under overload the queue holds requests whose callers already gave up, and computing them would starve the live
-ones. Callers that were cancelled are skipped the same way.
+Requests carry a deadline (time.time() seconds): those that would be past it by the time their batch ends are
+answered None without being computed, since under overload the queue holds requests whose callers give up
+before an answer could reach them, and computing them would starve the live ones. Callers that were cancelled
+are skipped the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class MicroBatcher:
         self.task: asyncio.Task | None = None  # started by the first request, on the replica's event loop
         self.batches = 0
         self.items = 0
+        self.last_seconds = 0.0  # duration of the last batch: how long the next one is expected to take
 
     async def submit(self, item: Any, deadline: float | None = None) -> Any:
         if self.task is None or self.task.done():
@@ -63,11 +65,14 @@ class MicroBatcher:
             while self.waiting:
                 batch = self.waiting[: self.max_batch_size]
                 del self.waiting[: self.max_batch_size]
+                # A request that would finish after its deadline is as lost as one already past it: judge by
+                # when this batch should end (the last batch's duration), so that FIFO under overload does not
+                # spend the model on requests that all end a little too late.
                 now, live, expired = time.time(), [], 0
                 for item, deadline, future in batch:
                     if future.done():  # the caller was cancelled meanwhile
                         continue
-                    if deadline is not None and deadline <= now:
+                    if deadline is not None and deadline <= now + self.last_seconds:
                         future.set_result(None)
                         expired += 1
                     else:
@@ -78,11 +83,13 @@ class MicroBatcher:
                     continue
                 self.batches += 1
                 self.items += len(live)
+                started = time.perf_counter()
                 try:
                     results = await self.process([item for item, _ in live])
                 except Exception as exc:  # noqa: BLE001 - the callers get the error; the loop lives on
                     log.exception("%s: batch of %d failed", self.name, len(live))
                     results = [exc] * len(live)
+                self.last_seconds = time.perf_counter() - started
                 for (_, future), result in zip(live, results):
                     if future.done():
                         continue

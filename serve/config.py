@@ -111,6 +111,15 @@ class RoutingConfig(_Strict):
         "strong favours quality, weak favours cost",
     )
     timeout_s: float = Field(2.0, gt=0, description="routing budget per request before the fallback is used")
+    max_in_flight: int = Field(
+        32,
+        ge=1,
+        description="routing calls one ingress replica has outstanding; past this, a request is refused at the "
+        "door (/v1/route: 503 with Retry-After; chat: the fallback model) without costing the router or the "
+        "backends anything. Size it well inside what they finish within timeout_s: one retrieval replica does ~50 "
+        "req/s on 2 cores, so 32 in flight wait ~0.65 s (128 clients honouring Retry-After: 41 req/s answered, "
+        "p99 1.0 s; at 64, 19 req/s: the admitted ones timed out)",
+    )
 
     @field_validator("thresholds")
     @classmethod
@@ -398,6 +407,7 @@ applications:
         controller: {window: 2000, min_live: 100}
         fallback_model: strong
         timeout_s: 2.0
+        max_in_flight: 32          # per ingress replica; beyond it: immediate 503 / fallback
       scoring:
         user_turns: 3
         max_chars: 4000
@@ -419,8 +429,10 @@ applications:
           ray_actor_options: {num_cpus: 0.25}
         retrieval:
           num_replicas: 1
-          max_ongoing_requests: 64   # one replica embeds ~100 prompts/s: 64 queued is ~0.6 s of work
-          max_queued_requests: 128   # beyond this a burst gets an immediate 503 / fallback, not a 2 s timeout
+          # one replica routes ~50 req/s here: 64 in flight is ~1.3 s of work, inside routing.timeout_s; a burst
+          # beyond that gets an immediate 503 / fallback instead of queueing into a timeout
+          max_ongoing_requests: 32
+          max_queued_requests: 32
           ray_actor_options: {num_cpus: 0.5}
           # autoscaling instead: num_replicas: null, autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16}
         retrieval_batch: {max_batch_size: 32, embed_batch_size: 8}

