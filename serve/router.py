@@ -72,29 +72,17 @@ class RouterDeployment:
 
         `deadline` (time.time() seconds) is when the caller stops waiting; past it the request is dropped.
         """
-        from ray.serve.exceptions import BackPressureError
-
         name = self.check_router(router)
         if deadline is not None and time.time() > deadline:
             raise RoutingTimeout("deadline passed while queued at the router")
         stages: dict[str, float] = {}
         if name in RETRIEVAL_ROUTERS:
-            try:
-                scored = await self.retrieval.score.remote(text, name, deadline)
-            except BackPressureError:
-                raise RoutingOverloaded("retrieval is overloaded (queue full); retry later") from None
-            if scored is None:
-                raise RoutingTimeout("deadline passed while queued for embedding")
+            scored = await _backend("retrieval", lambda: self.retrieval.score.remote(text, name, deadline))
             p_strong = scored["p_strong"]
             stages.update(embed=scored["embed_ms"], search=scored["search_ms"])
             t0 = time.perf_counter()
         elif name in CLASSIFIER_ROUTERS:
-            try:
-                scored = await self.classifier.score.remote(text, deadline)
-            except BackPressureError:
-                raise RoutingOverloaded("the causal classifier is overloaded (queue full); retry later") from None
-            if scored is None:
-                raise RoutingTimeout("deadline passed while queued for the causal classifier")
+            scored = await _backend("the causal classifier", lambda: self.classifier.score.remote(text, deadline))
             p_strong = scored["p_strong"]
             stages["classify"] = scored["classify_ms"]
             t0 = time.perf_counter()
@@ -128,3 +116,16 @@ class RouterDeployment:
         if self.classifier is not None:
             routers += await self.classifier.ready.remote()
         return {"routers": sorted(routers)}
+
+
+async def _backend(what: str, call) -> dict:
+    """Await a backend deployment's answer; its queue being full or the deadline passing become routing errors."""
+    from ray.serve.exceptions import BackPressureError
+
+    try:
+        scored = await call()
+    except BackPressureError:
+        raise RoutingOverloaded(f"{what} is overloaded (queue full); retry later") from None
+    if scored is None:
+        raise RoutingTimeout(f"deadline passed while queued for {what}")
+    return scored
