@@ -305,8 +305,8 @@ class CausalLLMRouter(Router):
         token_ids, cut = self.builder(prompts)
         if cut:
             self.truncated += cut
-            log.warning("causal_llm: %d of %d queries longer than the %d-token context were cut (head and tail kept)",
-                        cut, len(prompts), self.max_length)
+            log.warning("causal_llm: %d of %d queries longer than the %d-token context were cut (head and tail kept); "
+                        "%d since load", cut, len(prompts), self.max_length, self.truncated)
         return self.scorer(token_ids, self.ids, self.pad_id)
 
     @classmethod

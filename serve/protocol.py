@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from models.errors import ConfigError, InputError, TurnoutError
 
+
 class RoutingUnavailable(TurnoutError):
     """Routing failed or missed its time budget (not the request's fault)."""
 

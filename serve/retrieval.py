@@ -46,13 +46,13 @@ class RetrievalDeployment:
         return await self.batcher.submit((text, router), deadline)
 
     async def _score_batch(self, items: list[tuple[str, str]]) -> list[dict]:
-        # Inline on the event loop, not in a worker thread: a forward pass is hundreds of small torch ops, each
-        # taking the GIL back, and next to the replica's busy I/O thread that convoy cost 73 -> 60 req/s at 32
-        # clients (measured). Requests arriving meanwhile wait in Ray's queue and form the next batch.
-        return self._score(items)
+        """p_strong for each (text, router) pair, with the embed and search time each request waited for.
 
-    def _score(self, items: list[tuple[str, str]]) -> list[dict]:
-        """p_strong for each (text, router) pair, with the embed and search time each request waited for."""
+        Blocks the event loop on purpose rather than running in a worker thread: a forward pass is hundreds of
+        small torch ops, each taking the GIL back, and next to the replica's busy I/O thread that convoy cost
+        73 -> 60 req/s at 32 clients (measured). Requests arriving meanwhile wait in Ray's queue and form the
+        next batch.
+        """
         texts = [text for text, _ in items]
         names = np.asarray([name for _, name in items], dtype=object)
         t0 = time.perf_counter()
