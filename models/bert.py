@@ -50,6 +50,8 @@ NAME = "bert"
 
 @dataclass
 class BertConfig:
+    strong: str = DEFAULT_STRONG  # the pair the labels are read for (models/labels.py); serving checks it
+    weak: str = DEFAULT_WEAK
     base: str | None = None  # HF encoder id or path; None = the packaged all-MiniLM-L6-v2
     max_length: int = 128  # tokens; median training prompt is ~40 tokens, long MT-Bench turns are cut here
     epochs: int = 4
@@ -152,7 +154,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
 
     config = config or BertConfig()
     base = config.base or default_base()
-    rows = prompt_outcomes(td.battles, td.tiers)
+    rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     prompts = rows["prompt"].tolist()
     targets = torch.tensor(rows[list(OUTCOMES)].to_numpy(dtype=np.float32))

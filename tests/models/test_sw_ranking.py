@@ -51,7 +51,7 @@ def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
     b, ta, tb = b[keep], ta[keep], tb[keep]
     sims = embedder.embed(b["prompt"].tolist()) @ embedder.embed([query])[0]
     w = gamma ** (1 + sims / sims.max())
-    o = b["winner"].map(sw_ranking.OUTCOME).to_numpy()
+    o = b["winner"].map({"model_a": 1.0, "model_b": 0.0, "tie": 0.5}).to_numpy()
     xi = _reference(ta, tb, o, 4, w, l2)
     return 1 / (1 + np.exp(-(xi[0] - xi[2])))
 

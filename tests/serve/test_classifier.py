@@ -100,7 +100,8 @@ def causal_home(tmp_path_factory):
     with torch.no_grad():  # random-init rows give ~uniform labels for every prompt; these make prompts differ
         model.get_output_embeddings().weight[ids] = 0.3 * torch.randn(len(ids), model.config.hidden_size)
     write_checkpoint(home / "routers" / cl.NAME, model, tokenizer,
-                     {"router": cl.NAME, "max_length": 112, "tiers": {"strong-1": 0, "weak-1": 1}})
+                     {"router": cl.NAME, "max_length": 112, "tiers": {"strong-1": 0, "weak-1": 1},
+                      "pair": {"strong": "strong-1", "weak": "weak-1", "tiers": [0, 1]}})
     reference = home / "reference.txt"
     reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")
     return home, reference
