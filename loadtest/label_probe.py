@@ -12,6 +12,9 @@ prompts with is unlikely to train a good classifier. Compared:
 - `pair+prompt ties`: the same with each prompt's own tie share instead of the global one;
 - `stronger side`: the pair-agnostic label used before 2026-11-25 (w + t/2 over every battle between two tiers,
   read from the stronger tier's side).
+
+It also reports how predictable the `pair` label is from the text at all: the rank correlation, per training
+source, between the label of held-out prompts (10 %) and a probe fitted on the others.
 """
 
 from __future__ import annotations
@@ -86,10 +89,28 @@ def main(argv: list[str] | None = None) -> int:
             scores = bench_x[bench_name] @ coef[:-1] + coef[-1]
             results[name][bench_name] = round(float(summarize(scores, bench.strong, bench.weak)["apgr"]), 4)
         print(f"{name:36s} " + " ".join(f"{results[name][b]:9.3f}" for b in benches))
+    # Held-out predictability of the default label, within each source (between-source offsets removed).
+    from scipy.stats import spearmanr
+
+    from models.labels import split_prompts
+
+    y = labels[f"pair, prior {args.prior[0]:g}"]
+    train_idx, val_idx = split_prompts(len(y), 0.1, seed=0)
+    coef = _ridge(x[train_idx], y[train_idx])
+    predicted = x[val_idx] @ coef[:-1] + coef[-1]
+    source = td.battles.groupby("prompt")["source"].first().loc[prompts].to_numpy()[val_idx]
+    held_out: dict[str, dict[str, float]] = {}
+    for name in sorted(set(source)):
+        mask = source == name
+        if mask.sum() >= 20 and np.ptp(y[val_idx][mask]) > 1e-9:
+            rho = float(spearmanr(predicted[mask], y[val_idx][mask]).correlation)
+            held_out[name] = {"prompts": int(mask.sum()), "spearman": round(rho, 3)}
+            print(f"held-out rank correlation, {name}: {rho:.3f} over {mask.sum()} prompts")
     if args.out:
         out = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
                "command": " ".join(["python -m loadtest.label_probe", *argv]), "training_prompts": len(prompts),
-               "apgr": results}
+               "apgr": results,
+               "held_out_spearman_by_source": held_out}
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
 

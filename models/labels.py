@@ -13,16 +13,15 @@ neighbours:
 
 The target over (strong wins, tie, weak wins) is ((1 − ν)·q_p, ν, (1 − ν)·(1 − q_p)), where ν is the tie share of
 all labelled battles: one global number, because per-prompt tie shares mostly tell the sources apart (correctness
-data ties whenever both models are right; AlpacaEval almost never ties) and a probe trained on them ranked MT-Bench
-below random (BENCHMARKS.md). Both routers report p_strong = P(strong) + P(tie)/2 = ν/2 + (1 − ν)·q_p, which
-ranks prompts by q_p.
+data ties whenever both models are right; AlpacaEval almost never ties), and a probe trained on them ranked
+MT-Bench below random. Both routers report p_strong = P(strong) + P(tie)/2 = ν/2 + (1 − ν)·q_p, which ranks
+prompts by q_p.
 
-An earlier version read every battle from its stronger-tier side and averaged (strong / tie / weak shares over
-all tier pairs). That label is pair-agnostic, and it is dominated by whichever pairs a source happens to hold
-(AlpacaEval-1 is every model against text-davinci-003): linear probes on frozen MiniLM embeddings scored APGR
-0.32 / 0.55 / 0.49 (MT-Bench / MMLU / GSM8K) with it against 0.59 / 0.54 / 0.56 with this one.
+An earlier version read every battle from its stronger-tier side and averaged over all tier pairs. That label
+is pair-agnostic and dominated by whichever pairs a source holds (AlpacaEval-1 is every model against
+text-davinci-003); with it both classifiers ranked MT-Bench below random. Comparisons (linear probes,
+`python -m loadtest.label_probe`, and the fine-tuned routers) are in BENCHMARKS.md.
 """
-
 
 from __future__ import annotations
 
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models import bradley_terry
 from models.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,6 @@ OUTCOMES = ("strong", "tie", "weak")
 def prompt_outcomes(battles: pd.DataFrame, tiers: dict[str, int], strong: str, weak: str,
                     prior_battles: float = 20.0) -> pd.DataFrame:
     """One row per prompt: prompt, strong, tie, weak (summing to 1), n (labelled battles); the module docstring."""
-    from models import bradley_terry
-
     check_pair(tiers, strong, weak)
     n_tiers = max(tiers.values()) + 1
     prompts, counts = bradley_terry.prompt_tier_counts(battles, tiers, n_tiers)

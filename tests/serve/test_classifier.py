@@ -32,7 +32,10 @@ REFERENCE_SAMPLE = 40
 def _causal_args(home, reference, **classifier) -> dict:
     args = app_args(home, reference, NOWHERE, NOWHERE)
     args["routers"].update(enabled=["causal_llm", "length"], default="causal_llm")
-    args["deployments"]["classifier"] = {"max_ongoing_requests": 32, "ray_actor_options": {"num_cpus": 0.5}}
+    # 8 in the engine + 24 queued per caller; the router takes more than that at once, so a burst overflows
+    args["deployments"]["classifier"] = {"max_ongoing_requests": 8, "max_queued_requests": 24,
+                                         "ray_actor_options": {"num_cpus": 0.5}}
+    args["deployments"]["router"]["max_ongoing_requests"] = 128
     args["classifier"] = {"max_batch_size": 8, "reference_prompts": REFERENCE_SAMPLE, **classifier}
     return args
 
@@ -236,3 +239,27 @@ def test_requests_past_their_deadline_skip_the_engine(service):
         time.sleep(1.0)
     assert dropped and dropped[0] >= 1, dropped
     assert classify and classify[0] > 0, classify
+
+
+def test_a_burst_beyond_the_classifier_queue_is_refused_at_once(service, offline):
+    """max_queued_requests on the classifier: the router maps Ray's back-pressure to RoutingOverloaded (HTTP 503
+    at the ingress) instead of queueing without bound; what fits is scored as usual."""
+    from ray import serve
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.ingress import _cause
+    from serve.protocol import RoutingOverloaded
+
+    router = serve.get_deployment_handle("RouterDeployment", app_name="causal")
+    responses = [router.route.remote(TEXTS[i % len(TEXTS)], "causal_llm") for i in range(128)]
+    scored, refused = [], []
+    for i, response in enumerate(responses):
+        try:
+            scored.append((i, response.result(timeout_s=60)["p_strong"]))
+        except Exception as exc:  # noqa: BLE001 - sorted below: only the overload error is acceptable
+            refused.append(_cause(exc))
+    # 8 running + 24 queued fit at any moment; a burst of 128 cannot
+    assert len(scored) >= 32 and refused, (len(scored), len(refused))
+    assert all(isinstance(e, (RoutingOverloaded, BackPressureError)) for e in refused), refused[:3]
+    for i, p in scored:
+        assert abs(p - offline[i % len(TEXTS)]) < 1e-3
