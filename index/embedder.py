@@ -78,6 +78,11 @@ class MiniLMEmbedder(Embedder):
     pass under bf16 autocast; "auto" picks bf16 where the device computes it natively (AVX512-BF16/AMX CPUs,
     bf16-capable GPUs). Measured on this repo's evaluation prompts: 2.6x the fp32 throughput on a Zen 4 core
     with cosine >= 0.99998 to the fp32 vectors, so both precisions share one name, cache and index.
+
+    A model whose pipeline is a transformer, mean pooling and optionally normalisation (all-MiniLM-L6-v2 and most
+    sentence-transformers models) runs its forward pass directly rather than through `encode`, whose per-call
+    bookkeeping costs ~1 ms of a ~11 ms single-prompt embedding on one CPU thread (measured p50 11.0 -> 10.0 ms,
+    mean 13.6 -> 12.2 ms on 192 evaluation prompts); the vectors are the same. Other pipelines use `encode`.
     """
 
     def __init__(self, model: str | None = None, device: str | None = None, max_seq_length: int | None = None,
@@ -90,6 +95,7 @@ class MiniLMEmbedder(Embedder):
         self._max_seq_length = max_seq_length
         self._precision = precision
         self._bf16 = False
+        self._direct: Any = None  # the bare Hugging Face encoder when the pipeline is transformer + mean pooling
         self._model: Any = None
         self._dim: int | None = MINILM_DIM if model is None else None
         base = MINILM_NAME if model is None else model
@@ -128,6 +134,7 @@ class MiniLMEmbedder(Embedder):
         if self._max_seq_length is not None:
             model.max_seq_length = self._max_seq_length
         self._bf16 = self._precision == "bf16" or (self._precision == "auto" and _native_bf16(device))
+        self._direct = _mean_pooled_transformer(model)
         logger.info("loaded embedder %s on %s (%s)", self.name, device, "bf16" if self._bf16 else "fp32")
         self._model = model
         return model
@@ -147,16 +154,39 @@ class MiniLMEmbedder(Embedder):
         model = self._load()
         autocast = (torch.autocast(model.device.type, dtype=torch.bfloat16) if self._bf16
                     else contextlib.nullcontext())
-        with torch.inference_mode(), autocast:
-            vectors = model.encode(
-                texts,
-                batch_size=batch_size,
-                show_progress_bar=progress,
-                convert_to_numpy=False,
-                convert_to_tensor=True,
-            )
-        # Normalise in float32 ourselves: under autocast the norm would be taken in bf16.
-        return _normalize(vectors.float().cpu().numpy())
+        if self._direct is None:
+            with torch.inference_mode(), autocast:
+                vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                                       convert_to_numpy=False, convert_to_tensor=True)
+            # Normalise in float32 ourselves: under autocast the norm would be taken in bf16.
+            return _normalize(vectors.float().cpu().numpy())
+        from tqdm.auto import tqdm
+
+        # Longest first in chunks of batch_size, stripped, as `encode` does: similar lengths pad little.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress):
+            idx = order[start: start + batch_size]
+            batch = model.tokenizer([texts[i].strip() for i in idx], padding=True, truncation=True,
+                                    max_length=model.max_seq_length, return_tensors="pt").to(model.device)
+            with torch.inference_mode(), autocast:
+                states = self._direct(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out[idx] = ((states.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).cpu().numpy()
+        return _normalize(out)
+
+
+def _mean_pooled_transformer(model: Any) -> Any:
+    """The Hugging Face encoder of a sentence-transformers pipeline [Transformer, mean Pooling, (Normalize)], else None."""
+    kinds = [type(module).__name__ for module in model]
+    if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return None
+    if getattr(model[0], "do_lower_case", False):  # encode() lower-cases the text first; keep that path
+        return None
+    pooling = model[1].get_config_dict()
+    if pooling.get("pooling_mode", "mean" if pooling.get("pooling_mode_mean_tokens") else None) != "mean":
+        return None
+    return getattr(model[0], "auto_model", None)
 
 
 def _native_bf16(device: str) -> bool:

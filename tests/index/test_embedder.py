@@ -165,3 +165,15 @@ def test_minilm_bf16_matches_fp32():
     assert (exact.precision, fast.precision, fast.name) == ("fp32", "bf16", exact.name)
     np.testing.assert_allclose(np.linalg.norm(b, axis=1), 1.0, rtol=1e-5)
     assert (a * b).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.slow
+def test_minilm_direct_forward_equals_encode():
+    """The direct transformer + mean-pooling path gives sentence-transformers' encode() vectors, in any order."""
+    texts = ["  Solve 3x + 5 = 20 for x. ", "Write a haiku about autumn leaves.", "hi",
+             "Which of the following is a prime number? A. 21 B. 27 C. 29 D. 33 " * 40]  # past 256 tokens: cut
+    emb = MiniLMEmbedder(precision="fp32")
+    direct = emb.embed(texts, batch_size=2)
+    assert emb._direct is not None  # all-MiniLM-L6-v2 is transformer + mean pooling + normalise
+    reference = emb._load().encode(texts, batch_size=3, convert_to_numpy=True, normalize_embeddings=True)
+    np.testing.assert_allclose(direct, reference, atol=1e-5)
