@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.benchmarks import BENCHMARKS, load_benchmark
     from models.bradley_terry import tier_battles
-    from models.labels import p_strong_from_outcomes, prompt_outcomes
+    from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts
     from models.metrics import summarize
     from models.paths import artifacts_dir, data_dir
 
@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     td = training.load(home / "data")
     embedder = load_embedder("minilm", home / "embeddings")
 
-    labels: dict[str, np.ndarray] = {}
-    for prior in args.prior:
-        rows = prompt_outcomes(td.battles, td.tiers, DEFAULT_STRONG, DEFAULT_WEAK, prior_battles=prior)
-        labels[f"pair, prior {prior:g}"] = p_strong_from_outcomes(rows[["strong", "tie", "weak"]].to_numpy())
+    outcomes = {prior: prompt_outcomes(td.battles, td.tiers, DEFAULT_STRONG, DEFAULT_WEAK, prior_battles=prior)
+                for prior in args.prior}
+    labels = {f"pair, prior {prior:g}": p_strong_from_outcomes(rows[list(OUTCOMES)].to_numpy())
+              for prior, rows in outcomes.items()}
+    rows = outcomes[args.prior[0]]
     prompts = rows["prompt"].to_numpy(dtype=object)
 
     # Per-prompt shares over every battle between two tiers, read from the stronger tier's side.
@@ -73,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     shares = (battles.assign(s=strong_won.astype(float), t=tie.astype(float))
               .groupby("prompt")[["s", "t"]].mean().loc[prompts])
     labels["stronger side"] = shares["s"].to_numpy() + shares["t"].to_numpy() / 2
-    rows = prompt_outcomes(td.battles, td.tiers, DEFAULT_STRONG, DEFAULT_WEAK, prior_battles=args.prior[0])
     q = rows["strong"].to_numpy() / (rows["strong"] + rows["weak"]).to_numpy()
     labels[f"pair, prior {args.prior[0]:g}, prompt ties"] = (1 - shares["t"].to_numpy()) * q + shares["t"].to_numpy() / 2
 
@@ -91,8 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:36s} " + " ".join(f"{results[name][b]:9.3f}" for b in benches))
     # Held-out predictability of the default label, within each source (between-source offsets removed).
     from scipy.stats import spearmanr
-
-    from models.labels import split_prompts
 
     y = labels[f"pair, prior {args.prior[0]:g}"]
     train_idx, val_idx = split_prompts(len(y), 0.1, seed=0)
