@@ -7,8 +7,10 @@ from models import causal_llm as cl
 from models.errors import ArtifactError, ConfigError, DataNotFoundError
 from tests.models.test_sw_ranking import _training_data
 
+# fp32 training: under bf16 autocast this 64-wide random model's label logits differ by less than bf16's
+# resolution, so the run learned nothing on some CPUs (math 0.5804 vs chat 0.5804) and the test flipped.
 TINY = dict(strong="strong-1", weak="weak-1", max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
-            val_fraction=0.1, evals=3, patience=100, seed=0)
+            val_fraction=0.1, evals=3, patience=100, seed=0, bf16=False)
 
 
 def tiny_llama():
@@ -70,7 +72,8 @@ def test_learns_a_separable_signal(trained):
     router = _router(trained, batch_size=4)
     math = router.score([f"math equation algebra item {i}" for i in range(1, 20, 2)])
     chat = router.score([f"chat greeting hello item {i}" for i in range(0, 20, 2)])
-    assert math.min() > chat.max()
+    # Separable with room to spare: every math prompt above every chat prompt by a clear gap, not by rounding.
+    assert math.min() > chat.max() + 0.1, (math.min(), chat.max())
     probs = router.predict(["math equation algebra item 3"])
     assert probs.shape == (1, 5)
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-6)
