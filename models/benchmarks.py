@@ -7,6 +7,14 @@ Each benchmark is a list of prompts (what a router scores) with the per-item qua
 - mt-bench: 80 two-turn questions minus 8 contaminated -> 72. The router scores turn 1 only and its decision
   covers both turns; quality = GPT-4 judge score (1-10) averaged over the two turns. RouteLLM averages over the
   2·N (question, turn) rows of the chosen model, the same number since every question has both turns.
+
+And the in-domain dev benchmarks (DESIGN §3): the dev split of each correctness source (models/data.py
+`is_dev`: never trained on), each with its own strong/weak pair, where design choices are made before the
+three benchmarks above are read:
+- mmlu-pro-dev: gpt-4o vs Mixtral-8x7B-Instruct (MMLU-Pro's non-MMLU questions);
+- faithful-cot-dev: GPT-4 vs gpt-3.5-turbo (math word problems, the program-executing NL+SL prompt);
+- routerbench-dev: gpt-4-1106-preview vs Mixtral-8x7B (ARC, MBPP, Winogrande zero-shot);
+- routerdc-dev: the strongest vs the weakest of RouterDC's 7 open models (by train-split accuracy).
 """
 
 from __future__ import annotations
@@ -24,7 +32,15 @@ from models.paths import require_file
 
 logger = logging.getLogger(__name__)
 
-BENCHMARKS = ("mt-bench", "mmlu", "gsm8k")
+PAPER_BENCHMARKS = ("mt-bench", "mmlu", "gsm8k")
+DEV_PAIRS: dict[str, tuple[str, str] | None] = {
+    "mmlu-pro-dev": ("gpt-4o-2024-05-13", DEFAULT_WEAK),
+    "faithful-cot-dev": ("gpt-4-0613", "gpt-3.5-turbo-0613"),
+    "routerbench-dev": (DEFAULT_STRONG, DEFAULT_WEAK),
+    "routerdc-dev": None,  # chosen from the data: the best and the worst of its 7 models
+}
+DEV_BENCHMARKS = tuple(DEV_PAIRS)
+BENCHMARKS = PAPER_BENCHMARKS + DEV_BENCHMARKS
 EVALS_DIR = Path("routellm-evals/routellm/evals")
 
 
@@ -115,11 +131,36 @@ def _mt_bench(data: Path) -> Benchmark:
     )
 
 
+def _dev_benchmark(name: str, data: Path) -> Benchmark:
+    """The dev split of one correctness source as a benchmark for its pair (see the module docstring)."""
+    from models import data as training
+
+    source = name.removesuffix("-dev")
+    _, scores = training.CORRECTNESS_LOADERS[source](data)
+    if DEV_PAIRS[name] is None:
+        train_side = scores[~training.is_dev(scores["key"].tolist())]
+        accuracy = train_side.groupby("model")["score"].mean().sort_values()
+        strong, weak = accuracy.index[-1], accuracy.index[0]
+    else:
+        strong, weak = DEV_PAIRS[name]
+    evaluation = {training.normalize(p) for p in evaluation_prompts(data)}
+    dev = scores[training.is_dev(scores["key"].tolist()) & ~scores["prompt"].map(training.normalize).isin(evaluation)]
+    table = dev[dev["model"].isin([strong, weak])].pivot_table(index="prompt", columns="model", values="score",
+                                                              aggfunc="mean")
+    if strong not in table.columns or weak not in table.columns:
+        raise DataNotFoundError(f"{name}: the {source} data has no {strong if strong not in table.columns else weak} scores")
+    table = table.dropna().sort_index()  # both models answered; sorted so the benchmark is the same every run
+    return Benchmark(name=name, prompts=table.index.tolist(), strong=table[strong].to_numpy(dtype=np.float64),
+                     weak=table[weak].to_numpy(dtype=np.float64), strong_model=strong, weak_model=weak)
+
+
 def load_benchmark(name: str, data: Path) -> Benchmark:
     """Load one of BENCHMARKS from the shared data dir (…/shared/data), decontaminated as RouteLLM does."""
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    if name == "mt-bench":
+    if name in DEV_PAIRS:
+        bench = _dev_benchmark(name, data)
+    elif name == "mt-bench":
         bench = _mt_bench(data)
     elif name == "mmlu":
         bench = _correctness("mmlu", _mmlu_rows(data), data)

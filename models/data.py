@@ -16,7 +16,16 @@ A battle is (prompt, model_a, model_b, winner ∈ {model_a, model_b, tie}, sourc
 - RouterBench zero-shot train files (11 models, incl. the evaluation pair), the same way. Their few-shot
   preamble and answer instruction are shared by every row of a file and are stripped, so that the embedding
   sees the question rather than the preamble.
+- MMLU-Pro's non-MMLU questions (`mmlu-pro`: 32 runs incl. gpt-4o and Mixtral-8x7B-Instruct), Faithful-CoT's
+  math word problems (`faithful-cot`: GPT-4, gpt-3.5-turbo and four older OpenAI models) and TheoremQA's
+  college math/science problems (`theoremqa`: GPT-4, ChatGPT, Claude, ...), the same way. Correct beats wrong
+  is the routing question itself ("would the weak model's answer do?"), which preference labels on chat
+  prompts are not: a judge prefers the stronger model's answer to "hi, how are you?" too.
 - Optionally Chatbot Arena battles in the Hugging Face schema (`load_arena`).
+
+Dev split: a fixed, seeded 20 % of every source's prompts (`is_dev`, keyed on the normalised question text, so
+a question shared by two sources lands on the same side) is never trained on; models/benchmarks.py turns the
+correctness sources' dev prompts into in-domain benchmarks where design choices are made.
 
 Every training prompt that matches an evaluation prompt (normalised exact match, or embedding cosine ≥ 0.95)
 is dropped. Strength tiers come from one global Bradley–Terry fit over all battles.
@@ -51,17 +60,48 @@ ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_
 FRACTION_SCORED = {"gsm8k-train", "humaneval_train"}  # scores are the share of correct samples, not 0/prob
 ROUTERBENCH_TRAIN = ["arc_challenge_train", "mbpp_train", "winograde_train"]
 DECONTAM_COSINE = 0.95
-SOURCES = ("alpaca-eval-1", "alpaca-eval-2", "routerdc", "routerbench")
-DEFAULT_SOURCES = ("alpaca-eval-1", "routerdc", "routerbench")
+SOURCES = ("alpaca-eval-1", "alpaca-eval-2", "routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa")
+DEFAULT_SOURCES = ("alpaca-eval-1", "routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa")
+DEV_FRACTION = 0.2
+DEV_SEED = "turnout-dev-v1"  # changing it moves prompts between train and dev: a new data version
+# Faithful-CoT prompt whose answers are kept: NL+SL has the model write a program that is then executed, and
+# re-scoring it reproduces the paper's GPT-4 accuracies exactly; the chain-of-thought columns were re-extracted
+# from free text and are noisier labels of the same questions.
+FAITHFUL_PROMPT = "NL+SL"
+FAITHFUL_MODELS = {"gpt4": "gpt-4-0613", "gpt-3.5-turbo": "gpt-3.5-turbo-0613"}  # the 2023 API snapshots
+THEOREMQA_RUNS = {  # chain-of-thought runs only: one answer per model (PoT is another prompt of the same models)
+    "gpt-4(0613-era,CoT)", "chatgpt(gpt-3.5-turbo,CoT)", "GPT3.5-run(text-davinci-003?,CoT)",
+    "GPT3-run(text-davinci-002?,CoT)", "claude-v1", "claude-instant-v1", "claude-2", "alpaca-13b", "vicuna-13b",
+    "pythia-12b",
+}
+MMLU_PRO_SKIP = {"merged-2602(unknown,~86%)"}  # an unnamed model: no alias could ever link it to anything
+
+
+def split_key(text: str) -> str:
+    """The text a prompt's train/dev side is decided on: its normalised question."""
+    return normalize(text)
+
+
+def is_dev(keys: "pd.Series | list[str]") -> np.ndarray:
+    """Boolean mask: the seeded DEV_FRACTION of questions that are never trained on (stable across runs)."""
+    def side(key: str) -> bool:
+        digest = hashlib.blake2b(f"{DEV_SEED}\x00{key}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64 < DEV_FRACTION
+    return np.fromiter((side(k) for k in keys), dtype=bool, count=len(keys))
 
 
 # ---------------------------------------------------------------------------------------------- sources
 
 
-def _pairwise_battles(prompts: list[str], scores: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Battles from a (prompt × model) correctness matrix: each model pair on a prompt, NaN skipped."""
+def _pairwise_battles(prompts: list[str], scores: pd.DataFrame, source: str,
+                      keys: list[str] | None = None) -> pd.DataFrame:
+    """Battles from a (prompt × model) correctness matrix: each model pair on a prompt, NaN skipped.
+
+    `keys` (default: the prompts) decide the dev split; MMLU-Pro passes its question without the options.
+    """
     models = list(scores.columns)
     values = scores.to_numpy(dtype=np.float64)
+    key_array = np.asarray([split_key(k) for k in (prompts if keys is None else keys)], dtype=object)
     frames = []
     for i, j in itertools.combinations(range(len(models)), 2):
         a, b = values[:, i], values[:, j]
@@ -69,7 +109,7 @@ def _pairwise_battles(prompts: list[str], scores: pd.DataFrame, source: str) -> 
         winner = np.where(a > b, "model_a", np.where(a < b, "model_b", "tie"))[ok]
         frames.append(pd.DataFrame({
             "prompt": np.asarray(prompts, dtype=object)[ok], "model_a": canonical(models[i]),
-            "model_b": canonical(models[j]), "winner": winner, "source": source,
+            "model_b": canonical(models[j]), "winner": winner, "source": source, "key": key_array[ok],
         }))
     return pd.concat(frames, ignore_index=True)
 
@@ -108,9 +148,9 @@ def load_routerdc(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         matrix = pd.DataFrame([r["scores"] for r in rows], dtype=np.float64)
         correct = (matrix >= 0.5) if name in FRACTION_SCORED else (matrix > 0)
         correct = correct.astype(np.float64).where(matrix.notna())
-        source = f"routerdc/{name}"
-        battles.append(_pairwise_battles(prompts, correct, source))
-        scores.append(_long_scores(prompts, correct, source))
+        b, s = _correctness_source(prompts, correct, f"routerdc/{name}")
+        battles.append(b)
+        scores.append(s)
     return pd.concat(battles, ignore_index=True), pd.concat(scores, ignore_index=True)
 
 
@@ -144,17 +184,62 @@ def load_routerbench(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         models = [c for c in frame.columns if "|" not in c and c not in {"Unnamed: 0", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"}]
         prompts = _strip_shared([_unwrap(p) for p in frame["prompt"].astype(str)])
         correct = frame[models].astype(np.float64)
-        source = f"routerbench/{name}"
-        battles.append(_pairwise_battles(prompts, correct, source))
-        scores.append(_long_scores(prompts, correct, source))
+        b, s = _correctness_source(prompts, correct, f"routerbench/{name}")
+        battles.append(b)
+        scores.append(s)
     return pd.concat(battles, ignore_index=True), pd.concat(scores, ignore_index=True)
 
 
-def _long_scores(prompts: list[str], matrix: pd.DataFrame, source: str) -> pd.DataFrame:
-    long = matrix.assign(prompt=prompts).melt(id_vars="prompt", var_name="model", value_name="score").dropna()
+def _long_scores(prompts: list[str], matrix: pd.DataFrame, source: str, keys: list[str] | None = None) -> pd.DataFrame:
+    keys = [split_key(k) for k in (prompts if keys is None else keys)]
+    long = matrix.assign(prompt=prompts, key=keys).melt(id_vars=["prompt", "key"], var_name="model",
+                                                        value_name="score").dropna()
     long["model"] = long["model"].map(canonical)
     long["source"] = source
     return long
+
+
+def _correctness_source(prompts: list[str], correct: pd.DataFrame, source: str,
+                        keys: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(battles, long scores) of one correctness matrix, model names canonical."""
+    correct = correct.rename(columns=canonical)
+    return _pairwise_battles(prompts, correct, source, keys), _long_scores(prompts, correct, source, keys)
+
+
+def mmlu_pro_prompt(question: str, options: str) -> str:
+    """MMLU-Pro question + lettered options, one per line (RouteLLM's MMLU prompts are laid out the same way)."""
+    try:
+        choices = ast.literal_eval(options)
+    except (ValueError, SyntaxError):
+        choices = []
+    letters = "ABCDEFGHIJKLMNOP"
+    lines = [f"{letters[i]}. {c}" for i, c in enumerate(choices[: len(letters)])]
+    return "\n".join([question.strip(), *lines])
+
+
+def load_mmlu_pro(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = pd.read_csv(require_file(data / "mmlu-pro" / "mmlu_pro_nonmmlu.csv"))
+    meta = {"question_id", "category", "src", "question", "options", "answer"}
+    models = [c for c in frame.columns if c not in meta and c not in MMLU_PRO_SKIP]
+    prompts = [mmlu_pro_prompt(q, o) for q, o in zip(frame["question"].astype(str), frame["options"].astype(str))]
+    # Keyed on the question alone: its `theoremQA-*` rows are TheoremQA's problems with options added.
+    return _correctness_source(prompts, frame[models].astype(np.float64), "mmlu-pro", frame["question"].astype(str).tolist())
+
+
+def load_faithful_cot(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = pd.read_csv(require_file(data / "faithful-cot" / "faithful_cot.csv"))
+    columns = [c for c in frame.columns if c.endswith(f"|{FAITHFUL_PROMPT}")]
+    correct = frame[columns].astype(np.float64)
+    correct.columns = [FAITHFUL_MODELS.get(c.split("|")[0], c.split("|")[0]) for c in columns]
+    return _correctness_source(frame["question"].astype(str).tolist(), correct, "faithful-cot")
+
+
+def load_theoremqa(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = pd.read_csv(require_file(data / "theoremqa" / "theoremqa.csv"))
+    # A text router cannot see the picture these questions need; their labels would be noise to it.
+    frame = frame[~frame["has_picture"].astype(str).str.lower().isin({"true", "1"})]
+    runs = [c for c in frame.columns if c in THEOREMQA_RUNS]
+    return _correctness_source(frame["question"].astype(str).tolist(), frame[runs].astype(np.float64), "theoremqa")
 
 
 def load_arena(path: str | Path) -> pd.DataFrame:
@@ -235,14 +320,14 @@ def contaminated(train_prompts: list[str], eval_prompts: list[str], embed: Calla
 # ------------------------------------------------------------------------------------------- tiers
 
 
-def fit_ratings(battles: pd.DataFrame, l2: float = 1e-2) -> pd.Series:
-    """Global Bradley–Terry ratings (Elo scale, mean 1000) over every model in `battles`."""
+def fit_ratings(battles: pd.DataFrame, l2: float = 1e-2, weights: np.ndarray | None = None) -> pd.Series:
+    """Global Bradley–Terry ratings (Elo scale, mean 1000) over every model in `battles` (optionally weighted)."""
     names = sorted(set(battles["model_a"]) | set(battles["model_b"]))
     index = {n: i for i, n in enumerate(names)}
     a = battles["model_a"].map(index).to_numpy()
     b = battles["model_b"].map(index).to_numpy()
     outcome = battles["winner"].map({"model_a": 1.0, "model_b": 0.0, "tie": 0.5}).to_numpy()
-    xi = bradley_terry.fit(bradley_terry.win_matrix(a, b, outcome, len(names)), l2=l2, n_steps=50)
+    xi = bradley_terry.fit(bradley_terry.win_matrix(a, b, outcome, len(names), weights), l2=l2, n_steps=50)
     elo = bradley_terry.ELO_SCALE * (xi - xi.mean()) + 1000.0
     return pd.Series(elo, index=names).sort_values(ascending=False)
 
@@ -272,43 +357,114 @@ class TrainingData:
         return max(self.tiers.values()) + 1
 
 
+CORRECTNESS_LOADERS: dict[str, Callable[[Path], tuple[pd.DataFrame, pd.DataFrame]]] = {
+    "routerdc": load_routerdc, "routerbench": load_routerbench, "mmlu-pro": load_mmlu_pro,
+    "faithful-cot": load_faithful_cot, "theoremqa": load_theoremqa,
+}
+TIER_WEIGHTINGS = ("battles", "sources", "correctness")
+PREFERENCE_FAMILIES = {"alpaca-eval-1", "alpaca-eval-2", "arena"}  # judged preferences, not correctness
+
+
+def source_family(source: str) -> str:
+    """`routerdc/mmlu_train` -> `routerdc`: the sub-files of one source share its labels' kind and judge."""
+    return source.split("/", 1)[0]
+
+
+def _with_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    if "key" not in frame.columns:
+        frame = frame.assign(key=frame["prompt"].map(split_key))
+    return frame
+
+
+def _drop_cross_source_copies(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The same prompt text from two source families is kept from the first one only (one question, one vote).
+
+    Questions shared with another wording (MMLU-Pro's `theoremQA-*` rows carry TheoremQA's problems with
+    options added) are different tasks with their own correctness and stay; their shared key keeps them on the
+    same side of the dev split. Returns the table and, per family, how many prompts were dropped.
+    """
+    family = table["source"].map(source_family)
+    first = table.assign(family=family).drop_duplicates("prompt")[["prompt", "family"]].set_index("prompt")["family"]
+    copy = family.to_numpy() != table["prompt"].map(first).to_numpy()
+    dropped = table.loc[copy].assign(family=family[copy]).groupby("family")["prompt"].nunique()
+    return table.loc[~copy], {str(k): int(v) for k, v in dropped.items()}
+
+
 def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
-          arena: str | Path | None = None, n_tiers: int = 10, sources: tuple[str, ...] = DEFAULT_SOURCES) -> TrainingData:
-    """Assemble, decontaminate and rate the chosen training sources (plus Arena battles when given)."""
+          arena: str | Path | None = None, n_tiers: int = 10, sources: tuple[str, ...] = DEFAULT_SOURCES,
+          extra_battles: list[pd.DataFrame] | None = None, extra_scores: list[pd.DataFrame] | None = None,
+          tier_weighting: str = "correctness") -> TrainingData:
+    """Assemble, split, decontaminate and rate the chosen sources (plus Arena battles and user files when given).
+
+    `extra_battles`/`extra_scores`: a user's own labelled data (models/user_data.py), in the battles/scores
+    columns. `tier_weighting`: "sources" gives every source family the same total weight in the global tier fit
+    (so the family with most battles, e.g. MMLU-Pro's 32 runs, does not decide every tier alone); "battles"
+    counts every battle once; "correctness" fits tiers on the correctness families only, source-weighted.
+    Preference labels rarely tie and a judge prefers the stronger model's answer on easy prompts too, so on one
+    Bradley–Terry scale their gaps dwarf the tie-heavy correctness gaps and every model that beat
+    text-davinci-003 in AlpacaEval-1 lands above GPT-4 (BENCHMARKS.md shows the tables). With "correctness" a
+    model seen only in preference data has no tier, and its battles do not enter the tier-based routers.
+    """
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown or not sources:
         raise ConfigError(f"unknown or no sources {unknown}; known: {', '.join(SOURCES)}")
-    battles, scores, report = [], [], {"sources": {}, "included": list(sources)}
+    if tier_weighting not in TIER_WEIGHTINGS:
+        raise ConfigError(f"unknown tier weighting {tier_weighting!r}; known: {', '.join(TIER_WEIGHTINGS)}")
+    battles, scores = [], []
+    report: dict = {"sources": {}, "included": list(sources), "tier_weighting": tier_weighting}
     if any(s.startswith("alpaca-eval") for s in sources):
         ae = load_alpaca_eval(data)
         battles.append(ae[ae["source"].isin(sources)])
-    for name, loader in (("routerdc", load_routerdc), ("routerbench", load_routerbench)):
+    for name, loader in CORRECTNESS_LOADERS.items():
         if name in sources:
-            b, s = loader(data)
+            b, sc = loader(data)
             battles.append(b)
-            scores.append(s)
+            scores.append(sc)
     if arena is not None:
         battles.append(load_arena(arena))
-    table = pd.concat(battles, ignore_index=True)
+    battles.extend(extra_battles or [])
+    scores.extend(extra_scores or [])
+    table = pd.concat([_with_keys(b) for b in battles], ignore_index=True)
     table = table[table["model_a"] != table["model_b"]]  # aliasing can fold both sides into one model
-    score_table = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=["prompt", "model", "score", "source"])
+    table, report["cross_source_copies_dropped"] = _drop_cross_source_copies(table)
+    table = table.reset_index(drop=True)
+    score_table = (pd.concat([_with_keys(s) for s in scores], ignore_index=True) if scores
+                   else pd.DataFrame(columns=["prompt", "model", "score", "source", "key"]))
 
     unique = table["prompt"].unique().tolist()
     bad = set(np.asarray(unique, dtype=object)[contaminated(unique, eval_prompts, embed)])
-    dropped = table["prompt"].isin(bad)
-    for source, group in table.groupby("source"):
+    dropped = table["prompt"].isin(bad).to_numpy()
+    # A user's own files (`--add`) train in full: they hold out their own file for `turnout eval --bench`.
+    dev = is_dev(table["key"].tolist()) & ~table["source"].str.startswith("user:").to_numpy()
+    for source, rows in table.groupby("source").indices.items():
+        kept = rows[~dropped[rows] & ~dev[rows]]
+        held = rows[~dropped[rows] & dev[rows]]
+        gone = rows[dropped[rows]]
         report["sources"][source] = {
-            "battles": int((~dropped[group.index]).sum()),
-            "prompts": int(group.loc[~dropped[group.index], "prompt"].nunique()),
-            "contaminated_battles": int(dropped[group.index].sum()),
-            "contaminated_prompts": int(group.loc[dropped[group.index], "prompt"].nunique()),
+            "battles": len(kept), "prompts": int(table["prompt"].iloc[kept].nunique()),
+            "dev_prompts": int(table["prompt"].iloc[held].nunique()),
+            "contaminated_battles": len(gone), "contaminated_prompts": int(table["prompt"].iloc[gone].nunique()),
         }
-    table = table[~dropped].reset_index(drop=True)
-    score_table = score_table[~score_table["prompt"].isin(bad)].reset_index(drop=True)
+    dev_prompts = set(table.loc[dev, "prompt"])
+    table = table[~dropped & ~dev].reset_index(drop=True)
+    score_table = score_table[~score_table["prompt"].isin(bad | dev_prompts)].reset_index(drop=True)
     report["contaminated_prompts"] = len(bad)
-    ratings = fit_ratings(table)
+    report["dev_prompts"] = len(dev_prompts - bad)
+    rated = table
+    if tier_weighting == "correctness":
+        rated = table[~table["source"].map(source_family).isin(PREFERENCE_FAMILIES)]
+        if rated.empty:
+            raise ConfigError("tier weighting 'correctness' needs at least one correctness source")
+    ratings = fit_ratings(rated, weights=None if tier_weighting == "battles" else source_weights(rated))
     tiers = assign_tiers(ratings, n_tiers)
-    return TrainingData(table[BATTLE_COLUMNS], score_table, ratings, tiers, report)
+    return TrainingData(table[BATTLE_COLUMNS], score_table[["prompt", "model", "score", "source"]], ratings, tiers, report)
+
+
+def source_weights(battles: pd.DataFrame) -> np.ndarray:
+    """Per-battle weights that give each source family the same total, mean 1 over the table."""
+    family = battles["source"].map(source_family)
+    counts = family.map(family.value_counts()).to_numpy(dtype=np.float64)
+    return len(battles) / (family.nunique() * counts)
 
 
 def save(td: TrainingData, out: Path) -> str:

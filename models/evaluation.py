@@ -1,8 +1,12 @@
 """Evaluate routers on RouteLLM's benchmarks (Ong et al., arXiv 2406.18665, §5): metrics, table, plots.
 
 For each benchmark every router scores all prompts once; the paper's qcut protocol and a dense sweep are
-computed from those scores (models/metrics.py), next to the two references every result is read against:
-the random router (10 runs, APGR ≈ 0.5) and the oracle (strong model exactly where it helps).
+computed from those scores (models/metrics.py), next to the references every result is read against: the random
+router (10 runs, APGR ≈ 0.5), the length baseline (p_strong = prompt length, the floor a learned router must
+beat, DESIGN.md §3) and the oracle (strong model exactly where it helps).
+
+The paper reports single APGRs; here each one also carries a prompt-bootstrap 95 % interval, and each router a
+paired P(router > length) and P(router > random) read on the same resamples (`models.metrics.bootstrap_curves`).
 """
 
 from __future__ import annotations
@@ -11,17 +15,34 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.base import Router
-from models.benchmarks import load_benchmark
-from models.metrics import apgr, curve_summary, oracle_curve, random_curve, summarize
+from models.benchmarks import Benchmark, load_benchmark
+from models.errors import ConfigError
+from models.length_router import LengthRouter
+from models.metrics import (
+    BootstrapCurves,
+    apgr,
+    bootstrap_curves,
+    curve_band,
+    curve_summary,
+    oracle_curve,
+    p_greater,
+    percentile_interval,
+    random_curve,
+    summarize,
+)
 from models.paths import atomic_path
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_BOOTSTRAP = 1000
+
 
 def _references(strong: np.ndarray, weak: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
     strong_mean, weak_mean = float(strong.mean()), float(weak.mean())
@@ -37,18 +58,80 @@ def _references(strong: np.ndarray, weak: np.ndarray) -> tuple[dict[str, Any], d
     return random, oracle
 
 
+def _band(
+    summary: dict[str, Any], strong_share: np.ndarray, quality: np.ndarray, boot: BootstrapCurves,
+    strong: float, weak: float,
+) -> dict[str, list[float]]:
+    """The 95 % pointwise band of the bootstrap curves at the shares of the summary's own curve.
+
+    The band is taken in PGR (each resample against its own strong/weak means, as its APGR is) and drawn on the
+    full benchmark's quality scale, so it is the uncertainty of the routing curve, not of the two models' levels.
+    """
+    at = np.asarray(summary["curve"]["strong_share"], dtype=np.float64)
+    low, high = curve_band(strong_share, quality, at, strong_mean=boot.strong_mean, weak_mean=boot.weak_mean)
+    scale = lambda pgr: (weak + pgr * (strong - weak)).tolist()  # noqa: E731
+    return {"strong_share": at.tolist(), "low": scale(low), "high": scale(high)}
+
+
+def _add_intervals(
+    entry: dict[str, Any], scores: list[np.ndarray], strong: np.ndarray, weak: np.ndarray, n_resamples: int,
+    seed: int,
+) -> None:
+    """Bootstrap every router and the length baseline (last in `scores`) on shared resamples; fill `entry`."""
+    start = time.perf_counter()
+    boot: BootstrapCurves = bootstrap_curves(scores, strong, weak, n_resamples, seed=seed)
+    strong_mean, weak_mean = float(strong.mean()), float(weak.mean())
+    length_apgr = boot.apgr[-1]
+    summaries = [*entry["routers"].values(), entry["length"]]
+    for r, summary in enumerate(summaries):
+        summary["apgr_ci95"] = percentile_interval(boot.apgr[r])
+        summary["p_gt_random"] = p_greater(boot.apgr[r], boot.random_apgr)
+        summary["curve_band"] = _band(summary, boot.strong_share[r], boot.quality[r], boot, strong_mean, weak_mean)
+        summary["n_bootstrap"] = n_resamples
+        summary["n_bootstrap_skipped"] = boot.n_skipped
+        if r < len(summaries) - 1:
+            summary["p_gt_length"] = p_greater(boot.apgr[r], length_apgr)
+    random = entry["random"]
+    random["apgr_ci95"] = percentile_interval(boot.random_apgr)
+    random["curve_band"] = _band(random, boot.random_share, boot.random_quality, boot, strong_mean, weak_mean)
+    entry["bootstrap"] = {"n": n_resamples, "seed": seed, "skipped": boot.n_skipped}
+    if boot.n_skipped:
+        # Resamples where strong and weak means coincide have no gap to recover; they are left out, not zeroed.
+        logger.warning("%s: %d of %d bootstrap resamples skipped (strong mean = weak mean)",
+                       entry["benchmark"], boot.n_skipped, n_resamples)
+    logger.info("%s: %d bootstrap resamples of %d routers in %.2f s",
+                entry["benchmark"], n_resamples, len(scores), time.perf_counter() - start)
+
+
 def evaluate(
-    routers: dict[str, Router], benches: list[str], data: Path, out_dir: Path | None = None
+    routers: dict[str, Router] | Callable[[Benchmark], dict[str, Router]],
+    benches: list[str | Benchmark],
+    data: Path | None,
+    out_dir: Path | None = None,
+    bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Score every benchmark with every router; return metrics per bench (and write plots + JSON to out_dir)."""
+    """Score every benchmark with every router; return metrics per bench (and write plots + JSON to out_dir).
+
+    `bootstrap` prompt resamples (0: none) give every APGR a 95 % interval and every router P(> length) and
+    P(> random) on the same resamples, seeded by `seed`. A bench is a name (loaded from `data`) or a loaded
+    `Benchmark` (a file of the user's traffic, say), which needs no `data`. `routers` may be a function of the
+    benchmark: the dev benchmarks each have their own strong/weak pair, and a router is built for one pair.
+    """
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ConfigError(f"bootstrap must be a non-negative number of resamples, got {bootstrap!r}")
     results: dict[str, Any] = {}
-    for name in benches:
-        bench = load_benchmark(name, data)
+    for item in benches:
+        bench = item if isinstance(item, Benchmark) else load_benchmark(item, data)
+        name = bench.name
         random, oracle = _references(bench.strong, bench.weak)
+        # The floor of DESIGN.md §3, computed here whatever routers are evaluated, so P(> length) always exists.
+        length_p_strong = LengthRouter().score(bench.prompts)
         entry: dict[str, Any] = {
             "benchmark": name,
             "routers": {},
             "random": random,
+            "length": summarize(length_p_strong, bench.strong, bench.weak),
             "oracle": oracle,
             "strong": float(bench.strong.mean()),
             "weak": float(bench.weak.mean()),
@@ -56,7 +139,8 @@ def evaluate(
             "weak_model": bench.weak_model,
             "n": len(bench),
         }
-        for router_name, router in routers.items():
+        scores = []
+        for router_name, router in (routers(bench) if callable(routers) else routers).items():
             start = time.perf_counter()
             p_strong = router.score(bench.prompts)
             seconds = time.perf_counter() - start
@@ -69,6 +153,9 @@ def evaluate(
             summary["improvement_over_random"] = summary["apgr"] / random["apgr"] - 1.0
             summary["seconds"] = seconds
             entry["routers"][router_name] = summary
+            scores.append(p_strong)
+        if bootstrap:
+            _add_intervals(entry, [*scores, length_p_strong], bench.strong, bench.weak, int(bootstrap), seed)
         results[name] = entry
         if out_dir is not None:
             plot_curves(entry, Path(out_dir) / f"{name}.png")
@@ -78,19 +165,31 @@ def evaluate(
 
 
 RANDOM_LABEL = "random (10 runs)"  # the reference, distinct from a `random` router evaluated like the others
+LENGTH_LABEL = "length (baseline)"  # the floor P(> length) is read against, shown when `length` is not evaluated
+LENGTH_ROUTER = "length"
+INTERVAL_KEYS = ("apgr_ci95", "p_gt_length", "p_gt_random")
 
 
 def _rows(entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, summary) for every evaluated router, then the two references."""
-    return [*entry["routers"].items(), (RANDOM_LABEL, entry["random"]), ("oracle", entry["oracle"])]
+    """(label, summary) for every evaluated router, then the references (length only if not already a router)."""
+    length = [] if LENGTH_ROUTER in entry["routers"] or "length" not in entry else [(LENGTH_LABEL, entry["length"])]
+    return [*entry["routers"].items(), *length, (RANDOM_LABEL, entry["random"]), ("oracle", entry["oracle"])]
 
 
 def quality_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The compact form committed as benchmarks/quality.json: APGR and CPTs per router, plus both references."""
+    """The compact form committed as benchmarks/quality.json: APGR and CPTs per router, plus the references.
+
+    With a bootstrap, each router also carries its APGR interval and P(> length), P(> random); the random and
+    length references their interval.
+    """
     keys = ("apgr", "cpt50", "cpt80", "apgr_dense")
-    pick = lambda s: {k: s[k] for k in keys}  # noqa: E731
-    return {
-        bench: {
+
+    def pick(summary: dict[str, Any]) -> dict[str, Any]:
+        return {k: summary[k] for k in keys} | {k: summary[k] for k in INTERVAL_KEYS if k in summary}
+
+    compact: dict[str, Any] = {}
+    for bench, e in results.items():
+        compact[bench] = {
             "routers": {name: pick(s) for name, s in e["routers"].items()},
             "random_10_runs": pick(e["random"]),
             "oracle": pick(e["oracle"]),
@@ -98,17 +197,34 @@ def quality_summary(results: dict[str, Any]) -> dict[str, Any]:
             "weak": e["weak"],
             "n": e["n"],
         }
-        for bench, e in results.items()
-    }
+        if "length" in e:
+            compact[bench]["length_baseline"] = pick(e["length"])
+        if "bootstrap" in e:
+            compact[bench]["bootstrap"] = e["bootstrap"]
+    return compact
 
 
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None or not math.isfinite(value) else fmt.format(value)
 
 
+def _apgr_cell(summary: dict[str, Any]) -> str:
+    """APGR, followed by its [low, high] interval when there is one."""
+    point = _cell(summary["apgr"], "{:.3f}")
+    interval = summary.get("apgr_ci95")
+    if interval is None or not all(v is not None and math.isfinite(v) for v in interval):
+        return point
+    return f"{point} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """Paper-style text table: one row per (benchmark, router), random and oracle last."""
-    header = ("benchmark", "router", "APGR", "vs random", "CPT(50%)", "CPT(80%)", "APGR dense")
+    """Paper-style text table: one row per (benchmark, router), the references last.
+
+    With a bootstrap the APGR cell carries its 95 % interval and P>length, P>random are the paired bootstrap
+    shares of resamples where the router's APGR beats the baseline's.
+    """
+    header = ("benchmark", "router", "APGR [95% CI]", "vs random", "P>length", "P>random", "CPT(50%)", "CPT(80%)",
+              "APGR dense")
     rows = [header]
     for bench, entry in results.items():
         for name, summary in _rows(entry):
@@ -116,8 +232,10 @@ def format_table(results: dict[str, Any]) -> str:
             rows.append((
                 bench,
                 name,
-                _cell(summary["apgr"], "{:.3f}"),
+                _apgr_cell(summary),
                 _cell(improvement, "{:+.1%}"),
+                _cell(summary.get("p_gt_length"), "{:.3f}"),
+                _cell(summary.get("p_gt_random"), "{:.3f}"),
                 _cell(summary["cpt50"], "{:.1%}"),
                 _cell(summary["cpt80"], "{:.1%}"),
                 _cell(summary["apgr_dense"], "{:.3f}"),
@@ -126,12 +244,21 @@ def format_table(results: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    footer = [f"{bench}: n={e['n']}, strong {e['strong']:.4f}, weak {e['weak']:.4f}" for bench, e in results.items()]
+    footer = []
+    for bench, e in results.items():
+        line = f"{bench}: n={e['n']}, strong {e['strong']:.4f}, weak {e['weak']:.4f}"
+        if "bootstrap" in e:
+            boot = e["bootstrap"]
+            line += f", {boot['n']} prompt resamples (seed {boot['seed']}, {boot['skipped']} skipped)"
+        footer.append(line)
     return "\n".join(lines + [""] + footer)
 
 
 def plot_curves(bench_result: dict[str, Any], path: Path) -> Path:
-    """Quality vs strong-call % for every router, random and oracle, with the strong/weak levels dashed."""
+    """Quality vs strong-call % for every router and reference, the strong/weak levels dashed.
+
+    With a bootstrap each curve has a shaded 95 % pointwise band and its legend the APGR interval.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -140,16 +267,25 @@ def plot_curves(bench_result: dict[str, Any], path: Path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     curves = _rows(bench_result)
-    style = {RANDOM_LABEL: {"linestyle": ":", "color": "tab:gray"}, "oracle": {"linestyle": "-.", "color": "black"}}
+    style = {RANDOM_LABEL: {"linestyle": ":", "color": "tab:gray"}, "oracle": {"linestyle": "-.", "color": "black"},
+             LENGTH_LABEL: {"linestyle": "--", "color": "tab:brown"}}
     for name, summary in curves:
         share, quality = summary["curve"]["strong_share"], summary["curve"]["quality"]
-        ax.plot(100 * np.asarray(share), quality, marker=".", label=f"{name} (APGR {summary['apgr']:.3f})",
-                **style.get(name, {}))
+        (line,) = ax.plot(100 * np.asarray(share), quality, marker=".", label=f"{name} (APGR {_apgr_cell(summary)})",
+                          **style.get(name, {}))
+        band = summary.get("curve_band")
+        if band is not None:
+            ax.fill_between(100 * np.asarray(band["strong_share"], dtype=np.float64),
+                            np.asarray(band["low"], dtype=np.float64), np.asarray(band["high"], dtype=np.float64),
+                            color=line.get_color(), alpha=0.15, linewidth=0)
     ax.axhline(bench_result["strong"], linestyle="--", color="red", label=f"strong: {bench_result['strong_model']}")
     ax.axhline(bench_result["weak"], linestyle="--", color="grey", label=f"weak: {bench_result['weak_model']}")
     ax.set_xlabel("Strong model calls (%)")
     ax.set_ylabel("Quality of served answers")
-    ax.set_title(f"{bench_result['benchmark']} (n={bench_result['n']})")
+    title = f"{bench_result['benchmark']} (n={bench_result['n']})"
+    if "bootstrap" in bench_result:
+        title += f", bands: 95 % over {bench_result['bootstrap']['n']} prompt resamples"
+    ax.set_title(title)
     ax.legend(fontsize="small")
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

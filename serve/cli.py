@@ -1,4 +1,4 @@
-"""`turnout` command line: data build, train, eval, calibrate, serve.
+"""`turnout` command line: data build, train, eval, calibrate, coverage, serve.
 
 Every user-fixable problem (unknown name, missing file, broken artifact) is a `TurnoutError`: one line on
 stderr, exit code 2, no traceback. Heavy modules are imported inside the commands that need them.
@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from models.base import DEFAULT_STRONG, DEFAULT_WEAK
 from models.errors import ArtifactError, ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
@@ -40,9 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     build = data_sub.add_parser("build", help="turn ../shared/data into the battles table, tiers and decontamination report")
     _common(build)
     build.add_argument("--arena", help="extra battles in the Hugging Face Arena schema: a local file or a hub dataset id")
-    build.add_argument("--sources", default="alpaca-eval-1,routerdc,routerbench",
-                       help="comma list of training sources: alpaca-eval-1, alpaca-eval-2 (self-judged by the strong model; off by default), routerdc, routerbench")
+    build.add_argument("--sources", help="comma list of training sources (default: all but alpaca-eval-2, which the "
+                       "strong model judged itself): alpaca-eval-1, alpaca-eval-2, routerdc, routerbench, mmlu-pro, "
+                       "faithful-cot, theoremqa")
     build.add_argument("--tiers", type=int, default=10, help="number of equal-count strength tiers (RouteLLM uses 10)")
+    build.add_argument("--tier-weighting", default="correctness", choices=("battles", "sources", "correctness"),
+                       help="what the global tier fit counts (default correctness: the correctness sources, "
+                       "source-weighted; models/data.py says why)")
+    build.add_argument("--add", action="append", metavar="FILE",
+                       help="your own labelled prompts (.jsonl/.csv/.parquet; repeatable): prompt, model, score "
+                       "or prompt, model_a, model_b, winner (see models/user_data.py)")
 
     train = sub.add_parser("train", help="train a router")
     train.add_argument("router", choices=TRAINABLE)
@@ -57,17 +65,34 @@ def _parser() -> argparse.ArgumentParser:
                        "(default gpt-4-1106-preview); serving checks it against routers.strong_model")
     train.add_argument("--weak", help="bert, causal_llm: weak model (default Mixtral-8x7B-Instruct-v0.1)")
 
-    ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation on MT-Bench, MMLU, GSM8K")
+    ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation: the dev benchmarks, MT-Bench, MMLU, GSM8K, "
+                        "your own held-out files, and the obvious-prompts check")
     _common(ev)
     ev.add_argument("--router", default="mf,sw_ranking,length,random", help="comma list of routers")
-    ev.add_argument("--bench", default="mt-bench,mmlu,gsm8k", help="comma list of benchmarks")
+    ev.add_argument("--bench", default="all",
+                    help="comma list of benchmarks (all = the dev benchmarks mmlu-pro-dev, faithful-cot-dev, "
+                    "routerbench-dev, routerdc-dev, then mt-bench, mmlu, gsm8k) and/or held-out files of your "
+                    "traffic (.jsonl/.csv/.parquet: prompt, model, score, or prompt plus one score column per model)")
+    ev.add_argument("--no-obvious", action="store_true",
+                    help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
+    ev.add_argument("--strong", default=DEFAULT_STRONG, help=f"strong model of --bench files (default {DEFAULT_STRONG})")
+    ev.add_argument("--weak", default=DEFAULT_WEAK, help=f"weak model of --bench files (default {DEFAULT_WEAK})")
     ev.add_argument("--out", help="folder for results.json and one PNG per benchmark (default: <home>/eval)")
+    ev.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                    help="prompt resamples for the 95%% APGR intervals and P(router > length / random); 0: none")
 
     cal = sub.add_parser("calibrate", help="threshold for a target strong-call share")
     _common(cal)
     cal.add_argument("--router", required=True)
     cal.add_argument("--strong-ratio", type=float, required=True, help="target share of calls sent to the strong model, in [0, 1]")
     cal.add_argument("--reference", default="training", help="reference prompts: training (train prompts), a benchmark name, or a .txt/.jsonl file")
+
+    cov = sub.add_parser("coverage", help="how close the training prompts come to your traffic "
+                         "(RouteLLM's benchmark-dataset similarity), per training source")
+    _common(cov)
+    cov.add_argument("--prompts", required=True, help="your traffic: .txt (one prompt per line) or .jsonl/.csv/.parquet with a prompt column")
+    cov.add_argument("--router", help="router whose training prompts to compare with (every trained router uses all of <home>/data)")
+    cov.add_argument("--out", help="JSON report (default: <home>/coverage.json)")
 
     srv = sub.add_parser("serve", help="run the HTTP service (Ray Serve) locally until Ctrl-C")
     srv.add_argument("--config", help="Ray Serve config file with the turnout application (default: the embedded CPU, offline config; see --print-config)")
@@ -94,7 +119,10 @@ def _context(args: argparse.Namespace):
 
 
 def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 10, rebuild: bool = False,
-                   sources: str | None = None):
+                   sources: str | None = None, extra_battles: list | None = None, extra_scores: list | None = None,
+                   added: list[dict] | None = None, tier_weighting: str = "correctness"):
+    """<home>/data, built first when absent or `rebuild`. `extra_battles`/`extra_scores`: user files' tables
+    (models.user_data.UserData.battles/.scores); `added`: their summaries, kept in the report."""
     from models import data as training
     from models.benchmarks import evaluation_prompts
     from models.registry import parse_names
@@ -105,7 +133,11 @@ def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers
     data_path = data()
     embed = lambda texts: embedder.embed(texts, progress=True)  # noqa: E731
     chosen = tuple(parse_names(sources, list(training.SOURCES), "source")) if sources else training.DEFAULT_SOURCES
-    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers, sources=chosen)
+    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers, sources=chosen,
+                        extra_battles=list(extra_battles or []), extra_scores=list(extra_scores or []),
+                        tier_weighting=tier_weighting)
+    if added:
+        td.report["added"] = added
     td.report["data_hash"] = training.save(td, folder)
     return td
 
@@ -149,10 +181,11 @@ def _data_hash(folder: Path, meta_file: str) -> str | None:
         return None  # absent or unreadable: the loader that needs it reports it properly
 
 
-def load_router(name: str, home: Path, data, embedder, build_missing: bool = True):
+def load_router(name: str, home: Path, data, embedder, build_missing: bool = True, **pair):
     """A router by registry name; trained routers come from <home>/routers, (re)built first if absent or stale.
 
     Stale means trained on other training data than <home>/data now holds (`turnout data build` was rerun).
+    `pair`: strong=/weak= for a trained router that routes another pair than the default one.
     """
     from models.registry import router_class
 
@@ -169,8 +202,8 @@ def load_router(name: str, home: Path, data, embedder, build_missing: bool = Tru
         if not build_missing:
             raise ArtifactError(f"{name} artifact under {root} {why}; run `turnout train {name}`")
         log.warning("%s artifact %s: training it first", name, why)
-        _train(name, home, data, embedder)
-    return cls.from_artifacts(root, embedder=embedder)
+        _train(name, home, data, embedder, **pair)
+    return cls.from_artifacts(root, embedder=embedder, **pair)
 
 
 def _print_report(td) -> None:
@@ -198,9 +231,45 @@ def _print_report(td) -> None:
 # ------------------------------------------------------------------------------------------ commands
 
 
+def _read_added(paths: list[str]) -> list:
+    """Every --add file read and checked before anything is built, so a bad one leaves <home>/data as it was."""
+    from models.user_data import format_bad_rows, read_user_file
+
+    added = [read_user_file(p) for p in paths]
+    sources = [u.source for u in added]
+    twice = sorted({s for s in sources if sources.count(s) > 1})
+    if twice:
+        raise ConfigError(f"--add files share a name ({', '.join(twice)}): each file's stem names its source; rename one")
+    for user in added:
+        if user.bad_rows:
+            log.warning("%s", format_bad_rows(user.path, user.bad_rows, user.n_rows))
+    return added
+
+
+def _print_added(added: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    table = Table(title="your files (--add)")
+    for col in ("file", "source", "kind", "rows", "bad rows", "battles", "prompts"):
+        table.add_column(col, justify="left" if col in ("file", "source", "kind") else "right")
+    for user in added:
+        s = user.summary()
+        table.add_row(s["file"], s["source"], s["kind"], *(str(s[k]) for k in ("rows", "bad_rows", "battles", "prompts")))
+    console.print(table)
+
+
 def cmd_data_build(args: argparse.Namespace) -> None:
+    added = _read_added(args.add or [])
     home, data, embedder = _context(args)
-    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True, sources=args.sources)
+    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True, sources=args.sources,
+                        extra_battles=[u.battles for u in added], extra_scores=[u.scores for u in added if len(u.scores)],
+                        added=[u.summary() for u in added], tier_weighting=args.tier_weighting)
+    if added:
+        _print_added(added)
     _print_report(td)
     print(f"wrote {home / 'data'} ({len(td.battles)} battles, data hash {td.report['data_hash']})")
 
@@ -212,18 +281,110 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"wrote {folder}")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+def _benches(value: str, strong: str, weak: str) -> tuple[list, dict[str, str]]:
+    """--bench: known benchmark names stay names; .jsonl/.csv/.parquet paths become Benchmark objects of the
+    --strong/--weak pair. Also returns the pair routers must be loaded for ({} for the default pair)."""
     from models.benchmarks import BENCHMARKS
+    from models.model_names import canonical
+    from models.registry import parse_names
+    from models.user_data import SUFFIXES, read_bench_file
+
+    items = [b.strip() for b in value.split(",") if b.strip()]
+    if "all" in items:  # every shared-data benchmark, in the order they are read: dev ones first
+        items = [b for i in items for b in (BENCHMARKS if i == "all" else (i,))]
+    files = [b for b in items if b not in BENCHMARKS and b.lower().endswith(SUFFIXES)]
+    names = [b for b in items if b not in files]
+    if names or not files:
+        parse_names(",".join(names), list(BENCHMARKS), "benchmark")
+    strong, weak = canonical(strong), canonical(weak)
+    default = (strong, weak) == (DEFAULT_STRONG, DEFAULT_WEAK)
+    if not default and names:
+        raise ConfigError(f"--strong/--weak apply to --bench files only; {', '.join(names)} have their own strong/weak "
+                          "pair: evaluate them in a separate run")
+    loaded = {f: read_bench_file(Path(f), strong, weak) for f in files}
+    taken = [loaded[f].name for f in files] + names
+    twice = sorted({n for n in taken if taken.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--bench names {', '.join(twice)} more than once (a file is named by its stem); rename the file")
+    return [loaded.get(b, b) for b in items], ({} if default else {"strong": strong, "weak": weak})
+
+
+def _warn_trained_on(benches: list, home: Path) -> None:
+    """A held-out file whose prompts the routers were trained on (added with --add) reads too well: say so."""
+    from models import data as training
+
+    files = [b for b in benches if not isinstance(b, str)]
+    if not files or not (home / "data" / "models.json").exists():
+        return
+    seen = set(training.load(home / "data").battles["prompt"].map(training.normalize))
+    for bench in files:
+        shared = sum(training.normalize(p) in seen for p in bench.prompts)
+        if shared:
+            log.warning("%s: %d of %d prompts are in the training data (<home>/data): its APGR is biased upward; "
+                        "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
+
+
+def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[str, str]):
+    """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
+
+    A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
+    it was trained for (its ranking of prompts is what APGR reads), and `scored_pairs[bench][router]` says so.
+    """
+    cache: dict[tuple[str, str], dict] = {}
+    fallbacks: dict[tuple[str, str], list[str]] = {}
+    scored_pairs: dict[str, dict[str, tuple[str, str]]] = {}
+
+    def routers_for(bench) -> dict:
+        key = (bench.strong_model, bench.weak_model) if not pair else (pair["strong"], pair["weak"])
+        if key not in cache:
+            built, fallbacks[key] = {}, []
+            for name in names:
+                try:
+                    built[name] = load_router(name, home, data, embedder, strong=key[0], weak=key[1])
+                except ConfigError as exc:
+                    if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
+                        raise
+                    log.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
+                    built[name] = load_router(name, home, data, embedder)
+                    fallbacks[key].append(name)
+            cache[key] = built
+        for name in fallbacks[key]:
+            scored_pairs.setdefault(bench.name, {})[name] = (DEFAULT_STRONG, DEFAULT_WEAK)
+        return cache[key]
+
+    return routers_for, scored_pairs
+
+
+def _obvious_check(routers_for, out: Path, bootstrap: int) -> None:
+    """AUC of every router on the obvious-prompts file (served pair), table printed, `<out>/obvious.json` written."""
+    from models.benchmarks import Benchmark
+    from models.obvious import format_obvious, obvious_report
+    from models.paths import atomic_path
+
+    served = Benchmark("obvious", [], None, None)  # only the pair matters: the default one, as served
+    report = obvious_report(routers_for(served), n_bootstrap=max(bootstrap, 1))
+    with atomic_path(out / "obvious.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    print(format_obvious(report))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
     from models.evaluation import evaluate, format_table, quality_summary, write_results
     from models.registry import ROUTERS, parse_names
 
     names = parse_names(args.router, ROUTERS, "router")
-    benches = parse_names(args.bench, list(BENCHMARKS), "benchmark")
+    benches, pair = _benches(args.bench, args.strong, args.weak)
     home, data, embedder = _context(args)
-    data_path = data()
-    routers = {name: load_router(name, home, data, embedder) for name in names}
+    data_path = data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
+    _warn_trained_on(benches, home)
     out = Path(args.out) if args.out else home / "eval"
-    results = evaluate(routers, benches, data_path, out)
+    routers_for, scored_pairs = _routers_by_pair(names, home, data, embedder, pair)
+    results = evaluate(routers_for, benches, data_path, out, bootstrap=args.bootstrap)
+    for bench, entry in results.items():
+        for name, used in scored_pairs.get(bench, {}).items():
+            entry["routers"][name]["scored_pair"] = list(used)
+    if not args.no_obvious:
+        _obvious_check(routers_for, out, args.bootstrap)
     write_results(quality_summary(results), out / "quality.json")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'quality.json'} and {len(benches)} plots")
@@ -249,6 +410,72 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
           f"on {result['n']} reference prompts (target {args.strong_ratio}); wrote {out}")
 
 
+LEAST_COVERED = 10  # prompts listed in the coverage report with their nearest training prompt
+
+
+def cmd_coverage(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from models import coverage
+    from models import data as training
+    from models.paths import atomic_path
+    from models.registry import ROUTERS, parse_names
+    from models.user_data import read_prompts
+
+    router = None
+    if args.router:
+        names = parse_names(args.router, ROUTERS, "router")
+        if len(names) != 1:
+            raise ConfigError(f"--router takes one router, got {', '.join(names)}")
+        router = names[0]
+    prompts = read_prompts(Path(args.prompts))
+    home, _, embedder = _context(args)
+    td = training.load(home / "data")  # every trained router is trained on all of it: --router changes nothing yet
+    train_prompts = td.battles["prompt"].unique()
+    position = {p: i for i, p in enumerate(train_prompts)}
+    members = {source: np.unique(group.map(position).to_numpy())
+               for source, group in td.battles.groupby("source")["prompt"]}
+    train_vectors = embedder.embed(list(train_prompts), progress=True)
+    prompt_vectors = embedder.embed(prompts, progress=True)
+    sources, similarity, index = coverage.nearest_by_source(prompt_vectors, {s: train_vectors[m] for s, m in members.items()})
+    report = coverage.summarize_nearest(sources, similarity, {s: len(m) for s, m in members.items()})
+    report["overall"]["n_train"] = len(train_prompts)  # a prompt in two sources counts once here
+    owner = similarity.argmax(axis=1)
+    least = np.argsort(similarity.max(axis=1), kind="stable")[:LEAST_COVERED]
+    report.update(
+        prompts_file=str(args.prompts), embedder=embedder.name, router=router, data_hash=td.report.get("data_hash"),
+        least_covered=[{
+            "prompt": prompts[i], "similarity": float(similarity[i, owner[i]]), "source": sources[owner[i]],
+            "nearest_training_prompt": str(train_prompts[members[sources[owner[i]]][index[i, owner[i]]]]),
+        } for i in least],
+    )
+    out = Path(args.out) if args.out else home / "coverage.json"
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    _print_coverage(report)
+    print(f"wrote {out}")
+
+
+def _print_coverage(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    low = report["low_cosine"]
+    table = Table(title=f"coverage of {report['n_prompts']} prompts (mean nearest-neighbour cosine, RouteLLM §5.2; "
+                  f"embedder {report['embedder']})")
+    for col in ("training source", "prompts", "coverage", f"share < {low}", "nearest for"):
+        table.add_column(col, justify="left" if col == "training source" else "right")
+    rows = sorted(report["sources"].items(), key=lambda item: -item[1]["score"])
+    for source, row in rows:
+        table.add_row(source, str(row["n_train"]), f"{row['score']:.3f}", f"{row['share_below']:.1%}", f"{row['nearest_share']:.1%}")
+    overall = report["overall"]
+    table.add_row("all", str(overall["n_train"]), f"{overall['score']:.3f}", f"{overall['share_below']:.1%}", "100.0%", style="bold")
+    console.print(table)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from serve.config import DEFAULT_CONFIG_YAML
     from serve.launch import configure, serve_forever
@@ -266,7 +493,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve_forever(served, metrics_port=args.metrics_port, on_status=lambda line: print(line, flush=True))
 
 
-COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve}
+COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
+            "coverage": cmd_coverage}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from models.base import DEFAULT_WEAK as W
 
 from models.benchmarks import (
     EVALS_DIR,
-    BENCHMARKS,
+    DEV_BENCHMARKS,
+    PAPER_BENCHMARKS,
     evaluation_prompts,
     load_benchmark,
     mt_bench_contaminated_ids,
@@ -137,7 +138,7 @@ def test_write_results_turns_nan_into_null(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def benches(real_data: Path) -> dict:
-    return {name: load_benchmark(name, real_data) for name in BENCHMARKS}
+    return {name: load_benchmark(name, real_data) for name in PAPER_BENCHMARKS}
 
 
 @pytest.mark.real_data
@@ -198,6 +199,23 @@ def test_real_length_router_apgr(benches, name, expected):
 
 @pytest.mark.real_data
 def test_real_evaluate_random_reference(real_data: Path):
-    results = evaluate({}, list(BENCHMARKS), real_data, None)
+    results = evaluate({}, list(PAPER_BENCHMARKS), real_data, None)
     for entry in results.values():
         assert entry["random"]["apgr"] == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.real_data
+def test_dev_benchmarks_are_the_held_out_share_of_their_source(real_data: Path):
+    from models import data as training
+
+    for name in DEV_BENCHMARKS:
+        bench = load_benchmark(name, real_data)
+        source = name.removesuffix("-dev")
+        battles, _ = training.CORRECTNESS_LOADERS[source](real_data)
+        share = len(bench) / battles["prompt"].nunique()
+        assert 0.15 < share < 0.25, (name, share)  # the 20 % dev split, less prompts a model of the pair skipped
+        rows = battles[battles["prompt"].isin(set(bench.prompts))]
+        assert rows["prompt"].nunique() == len(bench) and training.is_dev(rows["key"].tolist()).all()  # never trained on
+        assert bench.strong.mean() > bench.weak.mean()
+        assert len(set(bench.prompts)) == len(bench)
+    assert load_benchmark("mmlu-pro-dev", real_data).strong_model == "gpt-4o-2024-05-13"

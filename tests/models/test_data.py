@@ -118,3 +118,80 @@ def test_load_refuses_missing_and_corrupted(tmp_path):
     (tmp_path / "scores.parquet").write_bytes(b"")
     with pytest.raises(ArtifactError, match="unreadable"):
         data.load(tmp_path)
+
+
+def test_dev_split_is_seeded_by_question_and_about_a_fifth():
+    keys = [f"question {i}" for i in range(20_000)]
+    dev = data.is_dev(keys)
+    assert 0.19 < dev.mean() < 0.21
+    np.testing.assert_array_equal(dev, data.is_dev(list(keys)))  # stable: a hash, no global random state
+    # formatting does not move a question to the other side
+    assert data.is_dev([data.split_key("What is 2+2?")]) == data.is_dev([data.split_key("  what is 2 + 2 ? ")])
+
+
+def _battles(prompts, source, winner="model_a"):
+    return pd.DataFrame({"prompt": prompts, "model_a": "m-strong", "model_b": "m-weak", "winner": winner,
+                         "source": source})
+
+
+def test_build_keeps_dev_prompts_out_and_copies_across_sources_once(tmp_path, monkeypatch):
+    prompts = [f"shared question number {i}" for i in range(400)]
+    monkeypatch.setattr(data, "CORRECTNESS_LOADERS", {
+        "routerdc": lambda _: (_battles(prompts, "routerdc/x"), pd.DataFrame(columns=["prompt", "model", "score", "source"])),
+        "routerbench": lambda _: (_battles(prompts[:100], "routerbench/y", "tie"), pd.DataFrame(columns=["prompt", "model", "score", "source"])),
+    })
+    user = _battles([f"user prompt {i}" for i in range(50)], "user:mine")
+    td = data.build(tmp_path, [], None, sources=("routerdc", "routerbench"), extra_battles=[user])
+    trained = set(td.battles["prompt"])
+    held = {p for p in prompts if data.is_dev([data.split_key(p)])[0]}
+    assert held and not (held & trained)  # the dev share is never trained on
+    assert set(prompts) - held <= trained
+    assert td.report["cross_source_copies_dropped"] == {"routerbench": 100}  # the same text counted once
+    assert (td.battles["source"] == "routerbench/y").sum() == 0
+    assert (td.battles["source"] == "user:mine").sum() == 50  # a user's own file trains in full
+    assert td.report["sources"]["routerdc/x"]["dev_prompts"] == len(held)
+
+
+def test_source_weights_give_each_family_the_same_total():
+    table = pd.concat([_battles(["a"] * 90, "mmlu-pro"), _battles(["b"] * 5, "routerdc/x"), _battles(["c"] * 5, "routerdc/y")])
+    w = data.source_weights(table.reset_index(drop=True))
+    assert w[:90].sum() == pytest.approx(w[90:].sum()) and w.mean() == pytest.approx(1.0)
+
+
+def test_unknown_source_and_tier_weighting_are_config_errors(tmp_path):
+    from models.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown or no sources"):
+        data.build(tmp_path, [], None, sources=("nope",))
+    with pytest.raises(ConfigError, match="tier weighting"):
+        data.build(tmp_path, [], None, sources=("routerdc",), tier_weighting="nope")
+
+
+@pytest.mark.real_data
+def test_real_correctness_sources(real_data):
+    pro, pro_scores = data.load_mmlu_pro(real_data)
+    assert pro["prompt"].nunique() == 3887 and "\nJ. " in pro["prompt"].iloc[0] or "\nA. " in pro["prompt"].iloc[0]
+    assert {"gpt-4o-2024-05-13", "mistralai/Mixtral-8x7B-Instruct-v0.1"} <= set(pro_scores["model"])
+    assert not any(m in set(pro_scores["model"]) for m in data.MMLU_PRO_SKIP)
+    cot, cot_scores = data.load_faithful_cot(real_data)
+    assert set(cot_scores["model"]) == {"gpt-4-0613", "gpt-3.5-turbo-0613", "text-davinci-003", "text-davinci-002",
+                                        "code-davinci-002", "code-davinci-001"}
+    assert cot_scores.groupby("model")["score"].mean()["gpt-4-0613"] > 0.9  # NL+SL: the paper's GPT-4 accuracy
+    tqa, _ = data.load_theoremqa(real_data)
+    assert tqa["prompt"].nunique() == 800 - 53  # pictures dropped
+    # MMLU-Pro's theoremQA-* rows are TheoremQA's problems: same key, so the same side of the dev split
+    shared = set(pro["key"]) & set(tqa["key"])
+    assert len(shared) >= 590
+    keys = sorted(shared)
+    np.testing.assert_array_equal(data.is_dev(keys), data.is_dev(keys))
+
+
+@pytest.mark.real_data
+def test_real_tiers_follow_correctness(real_data):
+    td = data.build(real_data, [], None)
+    t = td.tiers
+    assert t["gpt-4o-2024-05-13"] == t["gpt-4-1106-preview"] == 0
+    assert t["gpt-4-1106-preview"] < t["mistralai/Mixtral-8x7B-Instruct-v0.1"]
+    assert t["gpt-4-0613"] < t["gpt-3.5-turbo-0613"] < t["text-davinci-002"]
+    # AlpacaEval-1-only models are rated by beating text-davinci-003 under a GPT-4 judge: no tier from that
+    assert "tulu-2-dpo-70b" not in t and "Mistral-7B+RAHF-DUAL+LoRA" not in t

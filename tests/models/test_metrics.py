@@ -10,15 +10,21 @@ from models.errors import InputError
 from models.metrics import (
     apgr,
     auc,
+    bootstrap_curves,
     cpt,
+    curve_band,
     curve_points,
+    curves_apgr,
     dense_sweep,
     oracle_curve,
+    p_greater,
+    percentile_interval,
     pgr,
     qcut_curve,
     qcut_thresholds,
     random_curve,
     summarize,
+    weighted_qcut_curves,
 )
 
 # Ten items ranked by p_strong = 0.05, 0.15, ..., 0.95. Weak is right on items 0-5 (0.6); strong also on 8 and 9
@@ -194,3 +200,179 @@ def test_summarize_keys_and_validation():
         summarize(P_UP[:5], STRONG, WEAK)
     with pytest.raises(InputError):
         summarize(np.full(10, np.nan), STRONG, WEAK)
+
+
+# --- prompt bootstrap -------------------------------------------------------------------------------------------
+
+
+def _synthetic(rng, n, judge=False):
+    """Quality arrays of a strong/weak pair: 0/1 correctness or 1-10 judge scores averaged over two turns."""
+    if judge:
+        return rng.integers(1, 11, (2, n)).mean(axis=0), rng.integers(1, 11, (2, n)).mean(axis=0)
+    weak = (rng.random(n) < 0.6).astype(float)
+    return np.maximum(weak, rng.random(n) < 0.5).astype(float), weak
+
+
+def _tied_scores(rng, n):
+    """Scores with many ties (rounded to 0-2 decimals), the case where qcut edges repeat."""
+    return np.round(rng.random(n), int(rng.integers(0, 3)))
+
+
+@pytest.mark.parametrize("judge", [False, True], ids=["correctness", "judge-score"])
+def test_weighted_curve_with_unit_weights_is_the_paper_protocol(judge):
+    rng = np.random.default_rng(10)
+    for n in [*range(2, 40), 101, 997]:
+        strong, weak = _synthetic(rng, n, judge)
+        if strong.mean() == weak.mean():
+            continue
+        for p in (rng.random(n), _tied_scores(rng, n)):
+            share, quality = weighted_qcut_curves(p, strong, weak, np.ones(n, dtype=int))
+            expected = qcut_curve(p, strong, weak)
+            # The same points, repeated ones kept (they select the same items).
+            unique, index = np.unique(share[0], return_index=True)
+            np.testing.assert_allclose(unique, expected[0], rtol=0, atol=1e-12)
+            np.testing.assert_allclose(quality[0, index], expected[1], rtol=0, atol=1e-12)
+            got = curves_apgr(share, quality, strong.mean(), weak.mean())[0]
+            assert got == pytest.approx(summarize(p, strong, weak)["apgr"], abs=1e-12)
+
+
+@pytest.mark.parametrize("judge", [False, True], ids=["correctness", "judge-score"])
+def test_weighted_resample_is_summarize_on_the_repeated_arrays(judge):
+    # Small n hits the cases where an edge falls exactly on an order statistic (pandas' one-ulp nudge of the
+    # quantile levels decides `>=` there) and where repeated draws make edges repeat (np.quantile fallback).
+    rng = np.random.default_rng(11)
+    compared = 0
+    for n in [*range(3, 45), 200]:
+        strong, weak = _synthetic(rng, n, judge)
+        p = _tied_scores(rng, n) if n % 2 else rng.random(n)
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(8)])
+        share, quality = weighted_qcut_curves(p, strong, weak, counts)
+        for row, count in enumerate(counts):
+            rs, rw, rp = np.repeat(strong, count), np.repeat(weak, count), np.repeat(p, count)
+            if rs.mean() == rw.mean():
+                assert np.isnan(curves_apgr(share[row], quality[row], rs.mean(), rw.mean())[0])
+                continue
+            got = curves_apgr(share[row], quality[row], rs.mean(), rw.mean())[0]
+            assert got == pytest.approx(summarize(rp, rs, rw)["apgr"], abs=1e-9)
+            compared += 1
+    assert compared > 250
+
+
+def test_weighted_curve_validation():
+    with pytest.raises(InputError, match="shape"):
+        weighted_qcut_curves(P_UP, STRONG, WEAK, np.ones(9, dtype=int))
+    with pytest.raises(InputError, match="same positive number"):
+        weighted_qcut_curves(P_UP, STRONG, WEAK, np.array([[1] * 10, [2] * 10]))
+    with pytest.raises(InputError, match="whole numbers"):
+        weighted_qcut_curves(P_UP, STRONG, WEAK, np.full(10, 0.5))
+
+
+def _bench(n=2000, seed=12):
+    """0/1 quality where the strong model's gain rises with a hidden difficulty that scores can see."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.random(n)
+    weak = (rng.random(n) < 0.8 - 0.4 * difficulty).astype(float)
+    strong = np.maximum(weak, rng.random(n) < 0.6 * difficulty).astype(float)
+    return rng, difficulty, strong, weak
+
+
+def test_oracle_ranked_router_beats_random_on_every_resample():
+    rng, _, strong, weak = _bench()
+    oracle_like = strong - weak + 1e-3 * rng.random(len(strong))
+    boot = bootstrap_curves([oracle_like], strong, weak, 300)
+    assert p_greater(boot.apgr[0], boot.random_apgr) == 1.0
+    assert percentile_interval(boot.apgr[0])[0] > percentile_interval(boot.random_apgr)[1]
+
+
+def test_a_router_identical_to_the_baseline_is_a_coin_flip():
+    rng, difficulty, strong, weak = _bench()
+    length_like = np.round(difficulty, 2)
+    boot = bootstrap_curves([length_like, length_like.copy()], strong, weak, 200)
+    np.testing.assert_array_equal(boot.apgr[0], boot.apgr[1])  # same draws for every router: paired
+    assert p_greater(boot.apgr[0], boot.apgr[1]) == 0.5
+
+
+def test_interval_contains_the_point_estimate_and_random_centres_on_one_half():
+    rng, difficulty, strong, weak = _bench()
+    scores = [difficulty + 0.5 * rng.random(len(strong)), rng.random(len(strong)), np.round(difficulty, 1)]
+    boot = bootstrap_curves(scores, strong, weak, 400, seed=3)
+    assert boot.n_skipped == 0 and boot.apgr.shape == (3, 400)
+    for p, values in zip(scores, boot.apgr):
+        low, high = percentile_interval(values)
+        assert low < summarize(p, strong, weak)["apgr"] < high
+        assert high - low < 0.2
+    # Given any resample the random router's expected APGR is exactly 1/2; what varies is its own draws.
+    assert np.mean(boot.random_apgr) == pytest.approx(0.5, abs=0.005)
+    assert p_greater(boot.apgr[0], boot.random_apgr) > 0.95
+
+
+def test_random_reference_is_random_curve_on_the_resamples():
+    # Same distribution as running random_curve (10 runs of U(0, 1) scores, qcut per run) on each resample.
+    rng = np.random.default_rng(13)
+    n = 60
+    strong, weak = _synthetic(rng, n)
+    boot = bootstrap_curves([rng.random(n)], strong, weak, 2000, seed=4)
+    np.testing.assert_array_equal(boot.random_share, random_curve(strong, weak)[0])
+    explicit = []
+    for i in range(120):  # pd.qcut per run makes the explicit version slow; 120 resamples pin the SD to ~7 %
+        draw = rng.integers(0, n, n)
+        rs, rw = strong[draw], weak[draw]
+        if rs.mean() != rw.mean():
+            explicit.append(apgr(*random_curve(rs, rw, seed=i), rs.mean(), rw.mean()))
+    ours = boot.random_apgr[np.isfinite(boot.random_apgr)]
+    assert np.mean(ours) == pytest.approx(np.mean(explicit), abs=4 * np.std(explicit) / np.sqrt(len(explicit)))
+    # A wrong number of averaged runs (1 instead of 10) would move the SD by a factor of ~3.
+    assert np.std(ours) == pytest.approx(np.std(explicit), rel=0.2)
+
+
+def test_degenerate_resamples_are_skipped_and_counted():
+    # Items 0 and 2 have opposite gains: a resample drawing them equally often has no strong-weak gap.
+    strong, weak = np.array([1.0, 0.0, 0.0, 1.0]), np.array([0.0, 0.0, 1.0, 0.0])
+    boot = bootstrap_curves([np.array([0.9, 0.5, 0.1, 0.7])], strong, weak, 500, seed=5)
+    assert 0 < boot.n_skipped < 500
+    assert np.all(np.isnan(boot.apgr[0][boot.skipped])) and np.all(np.isfinite(boot.apgr[0][~boot.skipped]))
+    assert np.all(np.isnan(boot.random_apgr[boot.skipped]))
+    assert all(np.isfinite(percentile_interval(boot.apgr[0])))
+
+
+def test_bootstrap_is_seeded_and_validated():
+    _, difficulty, strong, weak = _bench(300)
+    first, again = (bootstrap_curves([difficulty], strong, weak, 50, seed=6) for _ in range(2))
+    np.testing.assert_array_equal(first.apgr, again.apgr)
+    np.testing.assert_array_equal(first.random_apgr, again.random_apgr)
+    assert not np.array_equal(first.apgr, bootstrap_curves([difficulty], strong, weak, 50, seed=7).apgr)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="n_resamples"):
+            bootstrap_curves([difficulty], strong, weak, bad)
+    with pytest.raises(InputError):
+        bootstrap_curves([difficulty[:-1]], strong, weak, 10)
+
+
+def test_p_greater_and_interval_helpers():
+    assert p_greater(np.array([1.0, 2.0, 3.0, np.nan]), np.array([0.0, 2.0, 4.0, 1.0])) == pytest.approx(0.5)
+    assert p_greater(np.array([1.0, 1.0]), np.array([0.0, 1.0])) == pytest.approx(0.75)
+    assert np.isnan(p_greater(np.array([np.nan]), np.array([1.0])))
+    with pytest.raises(InputError):
+        p_greater(np.zeros(2), np.zeros(3))
+    assert percentile_interval(np.arange(1001.0)) == pytest.approx([25.0, 975.0])
+    assert all(np.isnan(percentile_interval(np.array([np.nan]))))
+
+
+def test_curve_band_brackets_the_curves():
+    _, difficulty, strong, weak = _bench(500)
+    boot = bootstrap_curves([difficulty], strong, weak, 200)
+    at = qcut_curve(difficulty, strong, weak)[0]
+    low, high = curve_band(boot.strong_share[0], boot.quality[0], at)
+    assert low.shape == high.shape == at.shape and np.all(low <= high)
+    point = qcut_curve(difficulty, strong, weak)[1]
+    assert np.all((low <= point + 1e-12) & (point <= high + 1e-12))
+    low, high = curve_band(boot.random_share, boot.random_quality, boot.random_share)
+    assert np.all(low < high)
+    # In PGR units the band pins both ends (0 at all-weak, 1 at all-strong on every resample) and keeps the curve.
+    low, high = curve_band(boot.strong_share[0], boot.quality[0], at, strong_mean=boot.strong_mean,
+                           weak_mean=boot.weak_mean)
+    np.testing.assert_allclose([low[0], high[0], low[-1], high[-1]], [0.0, 0.0, 1.0, 1.0], atol=1e-12)
+    point_pgr = pgr(point, strong.mean(), weak.mean())
+    assert np.all((low <= point_pgr + 1e-12) & (point_pgr <= high + 1e-12))
+    with pytest.raises(InputError, match="both"):
+        curve_band(boot.strong_share[0], boot.quality[0], at, strong_mean=boot.strong_mean)

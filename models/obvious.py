@@ -1,0 +1,203 @@
+"""Obvious-prompt check: does a router rank clearly hard prompts above clearly easy ones?
+
+RouteLLM's metrics (APGR, CPT; `models.metrics`) average over benchmark items whose difficulty is mostly in the
+middle, so a router can score well there and still send "Prove Sylow's first theorem." to the weak model and a
+chatty greeting to the strong one. This check asks the plainest question instead: the AUC of p_strong for
+telling "hard" from "easy" prompts, i.e. the probability that a random hard prompt gets a higher p_strong than a
+random easy one (ties count half).
+
+The prompts live in `obvious_prompts.jsonl` next to this module, written by hand for this check and never used
+for training. Each line is {"prompt", "label": "hard"|"easy", "kind", "balanced"}:
+- "easy": any cheap 7B chat model answers it perfectly (greetings, thanks, sorting a list, capital of France);
+- "hard": a frontier model is clearly needed (proofs, olympiad math, graduate physics, tricky algorithms, law);
+- "balanced": the length-balanced subset of short hard prompts and long easy ones, on which the easy prompts are
+  longer, so that prompt length alone ranks them the wrong way (the length router's AUC there is near 0).
+
+Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
+balanced subset. Measured figures belong in BENCHMARKS.md, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.base import Router
+from models.errors import DataNotFoundError, InputError
+
+log = logging.getLogger(__name__)
+
+OBVIOUS_PATH = Path(__file__).with_name("obvious_prompts.jsonl")
+LABELS = ("hard", "easy")
+COLUMNS = ("prompt", "label", "kind", "balanced")
+TARGET_AUC = 0.8
+TARGET_AUC_BALANCED = 0.7
+# The length baseline is computed here (p_strong = characters), so the report always shows the floor.
+LENGTH = "length"
+
+
+def load_obvious(path: Path | None = None) -> pd.DataFrame:
+    """The check prompts as a DataFrame: prompt, label, kind, balanced (bool) and is_hard (bool)."""
+    path = Path(path) if path is not None else OBVIOUS_PATH
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read obvious-prompt file {path}: {exc.strerror or exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataNotFoundError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        rows.append(_check_row(row, path, number))
+    if not rows:
+        raise DataNotFoundError(f"obvious-prompt file {path} has no prompts")
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    missing = [label for label in LABELS if not (frame["label"] == label).any()]
+    if missing:
+        raise DataNotFoundError(f"obvious-prompt file {path} has no {' or '.join(missing)} prompts")
+    frame["balanced"] = frame["balanced"].astype(bool)
+    frame["is_hard"] = frame["label"] == "hard"
+    return frame
+
+
+def _check_row(row: Any, path: Path, number: int) -> dict[str, Any]:
+    where = f"{path}:{number}"
+    if not isinstance(row, dict):
+        raise DataNotFoundError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [key for key in COLUMNS if key not in row]
+    if missing:
+        raise DataNotFoundError(f"{where}: missing {', '.join(missing)}")
+    if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+        raise DataNotFoundError(f"{where}: prompt must be a non-empty string")
+    if row["label"] not in LABELS:
+        raise DataNotFoundError(f"{where}: label must be 'hard' or 'easy', got {row['label']!r}")
+    if not isinstance(row["balanced"], bool):
+        raise DataNotFoundError(f"{where}: balanced must be true or false, got {row['balanced']!r}")
+    return {key: row[key] for key in COLUMNS}
+
+
+def _pair(p_strong: Any, is_hard: Any) -> tuple[np.ndarray, np.ndarray]:
+    """float64 p_strong and bool is_hard, equal length, finite, both classes present."""
+    p_strong = np.asarray(p_strong, dtype=np.float64)
+    is_hard = np.asarray(is_hard)
+    if p_strong.ndim != 1 or is_hard.shape != p_strong.shape:
+        raise InputError(f"p_strong and is_hard must be 1-d of equal length, got {p_strong.shape} and {is_hard.shape}")
+    if not np.isfinite(p_strong).all():
+        raise InputError("p_strong must be finite")
+    if is_hard.dtype != bool:
+        if not np.isin(is_hard, (0, 1)).all():
+            raise InputError("is_hard must be boolean (or 0/1)")
+        is_hard = is_hard.astype(bool)
+    if is_hard.all() or not is_hard.any():
+        raise InputError("AUC needs at least one hard and one easy prompt")
+    return p_strong, is_hard
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given the mean of the ranks they span (what scipy.stats.rankdata does by default)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse]
+
+
+def _auc(p_strong: np.ndarray, is_hard: np.ndarray) -> float:
+    n_hard = int(is_hard.sum())
+    n_easy = len(is_hard) - n_hard
+    rank_sum = _average_ranks(p_strong)[is_hard].sum()
+    return float((rank_sum - n_hard * (n_hard + 1) / 2.0) / (n_hard * n_easy))
+
+
+def auc(p_strong: Any, is_hard: Any) -> float:
+    """P(p_strong of a random hard prompt > that of a random easy one), ties counting half (Mann-Whitney U)."""
+    return _auc(*_pair(p_strong, is_hard))
+
+
+def auc_interval(p_strong: Any, is_hard: Any, n_bootstrap: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the AUC, bootstrapping hard and easy prompts separately (class sizes fixed)."""
+    p_strong, is_hard = _pair(p_strong, is_hard)
+    if n_bootstrap < 1:
+        raise InputError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    hard, easy = p_strong[is_hard], p_strong[~is_hard]
+    labels = np.concatenate([np.ones(len(hard), dtype=bool), np.zeros(len(easy), dtype=bool)])
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_bootstrap)
+    for i in range(n_bootstrap):
+        sample = np.concatenate([rng.choice(hard, len(hard)), rng.choice(easy, len(easy))])
+        draws[i] = _auc(sample, labels)
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def _entry(p_strong: np.ndarray, frame: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    is_hard = frame["is_hard"].to_numpy()
+    balanced = frame["balanced"].to_numpy()
+    entry: dict[str, Any] = {
+        "auc": auc(p_strong, is_hard),
+        "auc_ci95": auc_interval(p_strong, is_hard, n_bootstrap, seed),
+        "n": int(len(frame)),
+        "n_balanced": int(balanced.sum()),
+    }
+    if is_hard[balanced].any() and not is_hard[balanced].all():
+        entry["auc_balanced"] = auc(p_strong[balanced], is_hard[balanced])
+        entry["auc_balanced_ci95"] = auc_interval(p_strong[balanced], is_hard[balanced], n_bootstrap, seed)
+    else:
+        entry["auc_balanced"] = float("nan")
+        entry["auc_balanced_ci95"] = (float("nan"), float("nan"))
+    return entry
+
+
+def obvious_report(
+    routers: dict[str, Router], path: Path | None = None, n_bootstrap: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """{router: {auc, auc_ci95, auc_balanced, auc_balanced_ci95, n, n_balanced}}, "length" always included.
+
+    Each router scores the whole file in one `router.score(prompts)` batch. "length" (p_strong = characters) is
+    computed here unless `routers` brings its own; any monotone length map gives the same AUC.
+    """
+    frame = load_obvious(path)
+    prompts = frame["prompt"].tolist()
+    report: dict[str, dict[str, Any]] = {}
+    if LENGTH not in routers:
+        chars = frame["prompt"].str.len().to_numpy(dtype=np.float64)
+        report[LENGTH] = _entry(chars, frame, n_bootstrap, seed)
+    for name, router in routers.items():
+        log.info("scoring %d obvious prompts with %s", len(prompts), name)
+        report[name] = _entry(router.score(prompts), frame, n_bootstrap, seed)
+    return report
+
+
+def format_obvious(report: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table of `obvious_report`, one row per router, with whether it meets both targets."""
+    header = ("router", "AUC", "95% CI", "AUC balanced", "95% CI", "n", "n_bal", "meets target")
+    rows = [header]
+    for name, entry in report.items():
+        meets = entry["auc"] >= TARGET_AUC and entry["auc_balanced"] >= TARGET_AUC_BALANCED
+        rows.append(
+            (
+                name,
+                f"{entry['auc']:.3f}",
+                _interval(entry["auc_ci95"]),
+                f"{entry['auc_balanced']:.3f}",
+                _interval(entry["auc_balanced_ci95"]),
+                str(entry["n"]),
+                str(entry["n_balanced"]),
+                "yes" if meets else "no",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append(f"targets: AUC >= {TARGET_AUC}, balanced AUC >= {TARGET_AUC_BALANCED} (served default router)")
+    return "\n".join(lines)
+
+
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"

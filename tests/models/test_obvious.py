@@ -1,0 +1,137 @@
+"""The obvious-prompt check (models/obvious.py) and its hand-written file (models/obvious_prompts.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from models import obvious
+from models.base import Router
+from models.errors import DataNotFoundError, InputError
+from models.length_router import LengthRouter
+
+HARD_WORDS = re.compile(r"\b(prove|derive|show that|find all|algorithm|compute|np-complete)\b", re.IGNORECASE)
+
+
+class KeywordRouter(Router):
+    """Toy router: p_strong = 0.9 when the prompt contains a 'hard' keyword, else 0.1."""
+
+    name = "keyword"
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        return np.array([0.9 if HARD_WORDS.search(p) else 0.1 for p in prompts])
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return obvious.load_obvious()
+
+
+def test_file_loads_with_both_labels_and_a_balanced_subset(frame):
+    assert len(frame) >= 150
+    counts = frame["label"].value_counts()
+    assert set(counts.index) == {"hard", "easy"}
+    assert abs(counts["hard"] - counts["easy"]) <= 0.1 * len(frame)
+    balanced = frame[frame["balanced"]]
+    assert len(balanced) >= 60
+    assert set(balanced["label"]) == {"hard", "easy"}
+    assert abs(balanced["is_hard"].sum() - (~balanced["is_hard"]).sum()) <= 2
+    assert not frame["prompt"].duplicated().any()
+    assert not frame["prompt"].str.strip().str.lower().duplicated().any()
+    assert frame["kind"].map(lambda k: isinstance(k, str) and bool(k)).all()
+
+
+def test_balanced_easy_prompts_are_longer_so_length_alone_fails(frame):
+    balanced = frame[frame["balanced"]]
+    chars = balanced["prompt"].str.len()
+    assert chars[~balanced["is_hard"]].mean() > chars[balanced["is_hard"]].mean()
+    # The length router itself (not just raw characters) must fail the balanced subset.
+    p_strong = LengthRouter().score(balanced["prompt"].tolist())
+    assert obvious.auc(p_strong, balanced["is_hard"]) <= 0.3
+
+
+def test_auc_hand_cases():
+    is_hard = np.array([True, True, False, False])
+    assert obvious.auc([0.9, 0.8, 0.2, 0.1], is_hard) == 1.0
+    assert obvious.auc([0.1, 0.2, 0.8, 0.9], is_hard) == 0.0
+    assert obvious.auc([0.5, 0.5, 0.5, 0.5], is_hard) == 0.5
+    # 4 pairs: (0.9 > 0.5), (0.9 > 0.1), (0.3 < 0.5), (0.3 > 0.1) -> 3/4; a tie adds half a pair.
+    assert obvious.auc([0.9, 0.3, 0.5, 0.1], is_hard) == 0.75
+    assert obvious.auc([0.5, 0.3, 0.5, 0.1], is_hard) == pytest.approx(2.5 / 4)
+    assert obvious.auc([1, 0, 0], [1, 0, 0]) == 1.0
+
+
+def test_auc_matches_pairwise_count():
+    rng = np.random.default_rng(3)
+    p_strong = rng.integers(0, 5, 60) / 4.0  # many ties
+    is_hard = rng.random(60) < 0.4
+    hard, easy = p_strong[is_hard], p_strong[~is_hard]
+    diff = hard[:, None] - easy[None, :]
+    expected = ((diff > 0) + 0.5 * (diff == 0)).mean()
+    assert obvious.auc(p_strong, is_hard) == pytest.approx(expected)
+
+
+def test_auc_rejects_bad_input():
+    with pytest.raises(InputError):
+        obvious.auc([0.1, 0.2], [True, True])
+    with pytest.raises(InputError):
+        obvious.auc([0.1, 0.2, 0.3], [True, False])
+    with pytest.raises(InputError):
+        obvious.auc([0.1, float("nan")], [True, False])
+
+
+def test_auc_interval_contains_estimate_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    is_hard = np.arange(80) < 40
+    p_strong = rng.normal(is_hard.astype(float), 1.0)
+    point = obvious.auc(p_strong, is_hard)
+    low, high = obvious.auc_interval(p_strong, is_hard, n_bootstrap=300, seed=1)
+    assert 0.0 <= low <= point <= high <= 1.0
+    assert high - low > 0.0
+    assert obvious.auc_interval(p_strong, is_hard, n_bootstrap=300, seed=1) == (low, high)
+    assert obvious.auc_interval([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0], n_bootstrap=50) == (1.0, 1.0)
+
+
+def test_report_on_toy_router_is_finite_and_includes_length():
+    report = obvious.obvious_report({"keyword": KeywordRouter()}, n_bootstrap=200)
+    assert set(report) == {"length", "keyword"}
+    for entry in report.values():
+        assert set(entry) == {"auc", "auc_ci95", "auc_balanced", "auc_balanced_ci95", "n", "n_balanced"}
+        pairs = ((entry["auc"], entry["auc_ci95"]), (entry["auc_balanced"], entry["auc_balanced_ci95"]))
+        for point, (low, high) in pairs:
+            assert np.isfinite([point, low, high]).all()
+            assert 0.0 <= low <= point <= high <= 1.0
+        assert entry["n"] >= 150 and entry["n_balanced"] >= 60
+    assert report["length"]["auc_balanced"] <= 0.3
+    assert report["keyword"]["auc_balanced"] > 0.7  # the keywords are in the hard prompts, not their length
+    table = obvious.format_obvious(report)
+    assert "keyword" in table and "length" in table and "meets target" in table
+
+
+def test_report_uses_a_given_length_router_instead_of_adding_one():
+    report = obvious.obvious_report({"length": LengthRouter()}, n_bootstrap=20)
+    assert list(report) == ["length"]
+    direct = obvious.obvious_report({}, n_bootstrap=20)["length"]
+    assert report["length"]["auc"] == pytest.approx(direct["auc"])
+
+
+def test_load_rejects_missing_and_malformed_files(tmp_path):
+    with pytest.raises(DataNotFoundError, match="cannot read"):
+        obvious.load_obvious(tmp_path / "absent.jsonl")
+    good = {"prompt": "hi", "label": "easy", "kind": "greeting", "balanced": False}
+    cases = {
+        "not-json": "{oops\n",
+        "missing-key": json.dumps({"prompt": "hi", "label": "easy"}) + "\n",
+        "bad-label": json.dumps({**good, "label": "medium"}) + "\n",
+        "empty-prompt": json.dumps({**good, "prompt": " "}) + "\n",
+        "one-label": json.dumps(good) + "\n",
+        "empty": "\n",
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(DataNotFoundError):
+            obvious.load_obvious(path)
