@@ -76,14 +76,14 @@ class MiniLMEmbedder(Embedder):
 
     `precision` ("auto", "fp32", "bf16"; default from $TURNOUT_EMBED_PRECISION, else "auto") runs the forward
     pass under bf16 autocast; "auto" picks bf16 where the device computes it natively (AVX512-BF16/AMX CPUs,
-    bf16-capable GPUs). Measured on this repo's evaluation prompts: 2.6x the fp32 throughput on a Zen 4 core
-    with cosine >= 0.99998 to the fp32 vectors, so both precisions share one name, cache and index.
+    bf16-capable GPUs). Measured on this repo's evaluation prompts, it multiplies the fp32 throughput on a Zen 4
+    core and its vectors are practically identical to the fp32 ones (cosine; see BENCHMARKS.md, 'Speed' and
+    'Serving'), so both precisions share one name, cache and index.
 
     A model whose pipeline is a transformer, mean pooling and optionally normalisation (all-MiniLM-L6-v2 and most
     sentence-transformers models) runs its forward pass directly rather than through `encode`, whose per-call
-    bookkeeping costs ~0.6 ms of a ~10 ms single-prompt embedding on one CPU thread (192 evaluation prompts, median of
-    three interleaved rounds: p50 9.8 -> 9.2 ms, mean 11.9 -> 11.3 ms); the vectors are the same. Other pipelines
-    use `encode`.
+    bookkeeping is a small but measurable share of a single-prompt embedding on one CPU thread (see BENCHMARKS.md,
+    'Figures moved from code comments'); the vectors are the same. Other pipelines use `encode`.
     """
 
     def __init__(self, model: str | None = None, device: str | None = None, max_seq_length: int | None = None,

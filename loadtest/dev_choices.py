@@ -20,26 +20,30 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 TIER_WEIGHTINGS = ("battles", "sources", "correctness")
+CORRECTNESS = ("routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa")
 SOURCE_SETS = {
-    "all": ("alpaca-eval-1", "routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa"),
-    "no-alpaca": ("routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa"),
+    "alpaca-pass-fail": ("alpaca-eval-1", *CORRECTNESS),  # AlpacaEval-1 as pass/fail against its baseline
+    "alpaca-raw": ("alpaca-eval-1-raw", *CORRECTNESS),  # AlpacaEval-1 as the judge's model-vs-baseline battles
+    "no-alpaca": CORRECTNESS,
 }
 GAMMAS = (10.0, 100.0, 1e3, 1e4, 1e5)
 
 
-def sw_router(td, embedder, strong: str, weak: str, gamma: float):
-    """An SW router over td's battles, index in memory; None when the pair shares a tier or has none."""
+def sw_routers(td, embedder, pairs: list[tuple[str, str]]) -> dict:
+    """SW routers over td's battles for each pair (one in-memory index); None for a pair that shares a tier."""
     from index.store import VectorStore
     from models import bradley_terry
     from models.sw_ranking import SWRankingRouter
 
-    if strong not in td.tiers or weak not in td.tiers or td.tiers[strong] == td.tiers[weak]:
-        return None
     prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
     vectors = embedder.embed(list(prompts))
     store = VectorStore.build(vectors, embedder=embedder.name)
-    return SWRankingRouter(store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers, embedder,
-                           strong=strong, weak=weak, gamma=gamma)
+    routers = {}
+    for strong, weak in pairs:
+        ok = strong in td.tiers and weak in td.tiers and td.tiers[strong] != td.tiers[weak]
+        routers[(strong, weak)] = SWRankingRouter(store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers,
+                                                  embedder, strong=strong, weak=weak) if ok else None
+    return routers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,12 +74,16 @@ def main(argv: list[str] | None = None) -> None:
     for sources, weighting in itertools.product(args.source_sets, args.tier_weightings):
         td = training.build(data, eval_prompts, lambda t: embedder.embed(t), sources=SOURCE_SETS[sources],
                             tier_weighting=weighting)
+        pairs = [(b.strong_model, b.weak_model) for b in benches.values()] + [(DEFAULT_STRONG, DEFAULT_WEAK)]
+        routers = sw_routers(td, embedder, pairs)
         for gamma in args.gammas:
             row = {"sources": sources, "tier_weighting": weighting, "gamma": gamma, "apgr": {}}
+            for router in filter(None, routers.values()):
+                router.gamma = gamma
             for name, bench in benches.items():
-                router = sw_router(td, embedder, bench.strong_model, bench.weak_model, gamma)
+                router = routers[(bench.strong_model, bench.weak_model)]
                 row["apgr"][name] = None if router is None else summarize(router.score(bench.prompts), bench.strong, bench.weak)["apgr"]
-            router = sw_router(td, embedder, DEFAULT_STRONG, DEFAULT_WEAK, gamma)
+            router = routers[(DEFAULT_STRONG, DEFAULT_WEAK)]
             if router is not None:
                 p = router.score(obvious["prompt"].tolist())
                 row["obvious_auc"] = auc(p, hard)

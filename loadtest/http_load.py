@@ -43,7 +43,7 @@ async def _client(session, url: str, body: dict, prompts: list[str], stop_at: fl
 async def run_level(url: str, router: str, prompts: list[str], clients: int, duration: float, warmup: float,
                     honour_retry_after: bool = False) -> dict:
     # aiohttp: the generator shares this machine's cores with the service, so it must be cheap per request;
-    # `client_cpu_share` reports what it took (0.01-0.02 of a core at 30-50 req/s here).
+    # `client_cpu_share` reports what it took (recorded per level in benchmarks/serving*.json).
     import aiohttp
 
     body = {"router": router}

@@ -2,10 +2,10 @@
 
     python -m loadtest.label_probe [--home DIR] [--prior 5 20 100] [--out benchmarks/label_probe.json]
 
-Fine-tuning bert or causal_llm takes 10–20 minutes per try on a CPU, so label designs are compared first with
-a ridge regression from the (cached) MiniLM embedding of each training prompt to its label, evaluated with the
-RouteLLM protocol (APGR) on MT-Bench, MMLU and GSM8K. A label that a linear probe cannot rank evaluation
-prompts with is unlikely to train a good classifier. Compared:
+Fine-tuning bert or causal_llm takes many minutes per try on a CPU (see BENCHMARKS.md, 'Classifier routers'),
+so label designs are compared first with a ridge regression from the (cached) MiniLM embedding of each training
+prompt to its label, evaluated with the RouteLLM protocol (APGR) on MT-Bench, MMLU and GSM8K. A label that a
+linear probe cannot rank evaluation prompts with is unlikely to train a good classifier. Compared:
 
 - `pair`: models/labels.py, the per-prompt Bradley–Terry gap between the strong and the weak tier, for each
   prior strength in --prior (pseudo-battles);

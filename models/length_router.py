@@ -1,8 +1,9 @@
 """Length router: p_strong rises with prompt length. No learning at all.
 
 It is the floor a learned router must beat: on RouteLLM's evaluation files longer prompts are harder, so this
-alone reaches APGR ≈ 0.58 (MMLU), 0.60 (GSM8K), 0.56 (MT-Bench). The map chars -> (0, 1) is monotone, so only
-the ranking matters; `scale` sets where p_strong crosses 0.5 (a typical prompt length in characters).
+alone routes well above random (its APGR per benchmark: see BENCHMARKS.md, 'Routing quality'). The map
+chars -> (0, 1) is monotone, so only the ranking matters; `scale` sets where p_strong crosses 0.5 (a typical
+prompt length in characters).
 """
 
 from __future__ import annotations

@@ -6,14 +6,16 @@ scores the reference prompts with every router held by the controller. Those ref
 calibration: they map `strong_ratio` to the starting threshold and seed the controller window. Replicas only
 read (`load_routers`, `load_reference`); they never train, so many replicas can start at once.
 
-causal_llm is never trained here (~16 minutes on a 2-core CPU): without a checkpoint `prepare` stops with one
-line naming `turnout train causal_llm`. Its reference scores are computed here like the others', from a smaller
-sample (`classifier.reference_prompts`, default 256: ~40 s on a 2-core CPU), with a transformers forward pass in
-the serving dtype rather than vLLM. That equals the classify runner within 1e-3 in float32 (0.001 on average in
-bfloat16, whose scores sit 0.016 above float32's and would skew the starting threshold), loads in seconds, and
-keeps a vLLM engine (which also sets up OpenMP threads) out of the process that goes on to run Ray. The file is
-keyed by checkpoint version and dtype, so the cost is paid once per checkpoint, not per start. Scoring lazily in
-the classifier replica instead would leave the router's controller without its offline start.
+causal_llm is never trained here (it takes many minutes on a CPU; see BENCHMARKS.md, 'Classifier routers'):
+without a checkpoint `prepare` stops with one line naming `turnout train causal_llm`. Its reference scores are
+computed here like the others', from a smaller sample (`classifier.reference_prompts`, default 256, quick to
+score on a CPU), with a transformers forward pass in the serving dtype rather than vLLM. That equals the classify
+runner within 1e-3 in float32 and stays about as close in bfloat16, whose scores sit systematically off
+float32's and would skew the starting threshold if the dtypes differed (see BENCHMARKS.md, 'Figures moved from
+code comments'); it loads in seconds, and keeps a vLLM engine (which also sets up OpenMP threads) out of the
+process that goes on to run Ray. The file is keyed by checkpoint version and dtype, so the cost is paid once per
+checkpoint, not per start. Scoring lazily in the classifier replica instead would leave the router's controller
+without its offline start.
 
 Layout: `<home>/serve/reference/<router>.npz` holds `p_strong` and `key`, a JSON string of everything the scores
 depend on (router, model pair, embedder, reference set, artifact version); a replica ignores a file whose key
@@ -90,7 +92,7 @@ def _reference_key(config: TurnoutConfig, name: str) -> str:
         "max_prompts": reference_limit(config, name),
         "artifact": _artifact_version(folder),
     }
-    if name in CLASSIFIER_ROUTERS:  # bfloat16 shifted p_strong by +0.016 on average; the same dtype offline: 0.001
+    if name in CLASSIFIER_ROUTERS:  # bfloat16 shifts p_strong; only the same dtype offline matches the engine
         key["dtype"] = config.classifier.dtype
     return json.dumps(key, sort_keys=True)
 

@@ -5,7 +5,8 @@ engine step). What pays is to gather the requests that queued during the previou
 
 - `@serve.batch` in Ray 2.60 closes a batch as soon as its wait expires and queues it for the next free slot,
   so it does not gather what arrives while the previous batch holds the model. With no wait, 8 callers got
-  batches of 1.07 requests on average (classifier, measured); with a wait, a lone request pays it.
+  batches of barely more than one request on average (classifier; see BENCHMARKS.md, 'causal_llm route'); with
+  a wait, a lone request pays it.
 - Here one task takes up to `max_batch_size` waiting requests whenever the previous call returns, so batch size
   follows load by itself: 1 when idle, up to the maximum under overload.
 

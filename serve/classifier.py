@@ -16,16 +16,12 @@ once, and requests past their deadline never reach the engine. That is what the 
 - Not `AsyncLLM`: in vLLM 0.32 it has no in-process engine client (it always starts the engine core in a child
   process), and on CPU the model then runs in a third process (the CPU platform always uses the multiprocessing
   executor), so every step crosses two process hops and three processes share the cores. Measured on the 2-core
-  machine (trained SmolLM2-135M checkpoint, evaluation prompts, closed-loop callers in one process, 12 s per
-  level, load average ~2 from other jobs), p50 in ms:
-
-      callers                       1                4                 8
-      AsyncLLM (its scheduler)      7.3 req/s, 132   9.1 req/s, 434    10.0 req/s, 731
-      LLM + this batching           8.8 req/s, 102   12.0 req/s, 328   15.3 req/s, 502
-
-  and AsyncLLM took ~20 s to start against ~7 s. Classify requests are prefill only, so continuous batching has
-  no decode steps to interleave them with: one engine call per micro-batch loses nothing.
-- Not `@serve.batch`: see `serve.batching` (batches of 1.07 requests at 8 callers, measured here).
+  machine with closed-loop callers, the in-process `LLM` with this batching had more throughput and a lower p50
+  than AsyncLLM at 1, 4 and 8 callers, and started much faster (see BENCHMARKS.md, 'causal_llm route'; the p50s
+  per level in BENCHMARKS.md, 'Figures moved from code comments'). Classify requests are prefill only, so
+  continuous batching has no decode steps to interleave them with: one engine call per micro-batch loses nothing.
+- Not `@serve.batch`: see `serve.batching` (its batches stayed at about one request even at 8 callers; see
+  BENCHMARKS.md, 'causal_llm route').
 
 A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind()` site).
 """

@@ -214,10 +214,11 @@ def _print_report(td) -> None:
     if not console.is_terminal:  # logs and pipes: never truncate model or source names to 80 columns
         console = Console(width=200)
     table = Table(title="battles per source (after decontamination)")
-    for col in ("source", "battles", "prompts", "contaminated battles", "contaminated prompts"):
+    for col in ("source", "battles", "prompts", "dev prompts (held out)", "contaminated battles", "contaminated prompts"):
         table.add_column(col, justify="left" if col == "source" else "right")
     for source, row in sorted(td.report["sources"].items()):
-        table.add_row(source, *(str(row[k]) for k in ("battles", "prompts", "contaminated_battles", "contaminated_prompts")))
+        table.add_row(source, *(str(row.get(k, "-")) for k in ("battles", "prompts", "dev_prompts", "contaminated_battles",
+                                                                "contaminated_prompts")))
     console.print(table)
     tiers = Table(title=f"strength tiers (global Bradley–Terry, Elo scale; {td.n_tiers} tiers)")
     for col in ("tier", "models (rating)"):

@@ -8,7 +8,8 @@ The file is what `serve run`, `serve deploy` and KubeRay's `serveConfigV2` read:
 `DEFAULT_CONFIG_YAML` is the embedded default: CPU, offline, the packaged MiniLM embedder, routers sw_ranking,
 mf, length and random, a strong-call share of 0.5 held by the live controller, upstreams on localhost.
 `turnout serve --print-config` writes it out as a starting point. causal_llm is opt-in (it needs a checkpoint
-that `turnout train causal_llm` takes ~16 CPU minutes to build): `deploy/causal.yaml` enables it.
+that `turnout train causal_llm` takes many CPU minutes to build; see BENCHMARKS.md, 'Classifier routers'):
+`deploy/causal.yaml` enables it.
 """
 
 from __future__ import annotations
@@ -116,9 +117,10 @@ class RoutingConfig(_Strict):
         ge=1,
         description="routing calls one ingress replica has outstanding; past this, a request is refused at the "
         "door (/v1/route: 503 with Retry-After; chat: the fallback model) without costing the router or the "
-        "backends anything. Size it well inside what they finish within timeout_s: one retrieval replica does ~50 "
-        "req/s on 2 cores, so 32 in flight wait ~0.65 s (128 clients honouring Retry-After: 41 req/s answered, "
-        "p99 1.0 s; at 64, 19 req/s: the admitted ones timed out)",
+        "backends anything. Size it well inside what they finish within timeout_s: the last admitted request "
+        "waits about max_in_flight divided by one retrieval replica's throughput, and a limit they cannot clear "
+        "within timeout_s makes the admitted requests time out instead of being answered (see BENCHMARKS.md, "
+        "'Serving', and BENCHMARKS.md, 'Figures moved from code comments')",
     )
 
     @field_validator("thresholds")
@@ -215,7 +217,8 @@ class DeploymentOptions(_Strict):
     max_ongoing_requests: int = Field(
         64,
         ge=1,
-        description="requests a replica works on at once; Ray's default (5) made 32 clients 10x slower",
+        description="requests a replica works on at once; Ray's default (5) held concurrent clients back to a few "
+        "slots and was far slower at 32 clients (see BENCHMARKS.md, 'Figures moved from code comments')",
     )
     max_queued_requests: int = Field(
         -1,
@@ -262,7 +265,8 @@ class BatchConfig(_Strict):
         8,
         ge=1,
         description="a batch is sorted by length and embedded in chunks of this size: one forward pass over 32 "
-        "random prompts pads all of them to the longest and ran at 33 prompts/s on one core, chunks of 4-8 at 70",
+        "random prompts pads all of them to the longest, and length-sorted chunks of 4-8 were much faster on one "
+        "core (see BENCHMARKS.md, 'Serving')",
     )
 
 
@@ -293,8 +297,9 @@ class ClassifierConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
         description="engine dtype (the reference scores for calibration use the same). float32 scores as the "
-        "offline router does (within 1e-3); bfloat16 is faster where the hardware has it (GPU, AVX512-BF16/AMX CPU: "
-        "1-caller route p50 120 -> 84 ms on the 2-core EPYC) and moves p_strong by ~0.02 (rank correlation 0.997)",
+        "offline router does (within 1e-3); bfloat16 is faster where the hardware has it (GPU, AVX512-BF16/AMX CPU; "
+        "see BENCHMARKS.md, 'causal_llm route') and moves p_strong slightly while keeping its ranking (see "
+        "BENCHMARKS.md, 'Figures moved from code comments')",
     )
     max_batch_size: int = Field(
         32,
@@ -313,9 +318,9 @@ class ClassifierConfig(_Strict):
         None,
         ge=1,
         description="torch threads of the engine (CPU). null: the replica's num_cpus rounded up. A prefill uses all "
-        "of them, so on a small machine more threads than reserved CPUs pays while the other replicas idle: 2 cores, "
-        "evaluation prompts, 1 caller: 1 thread 6.4 req/s (p50 133 ms), 2 threads 9.0 req/s (p50 96 ms); 8 callers: "
-        "8.4 vs 13.4 req/s",
+        "of them, so on a small machine more threads than reserved CPUs pays while the other replicas idle: on "
+        "2 cores, 2 threads beat 1 in throughput and latency at 1 and at 8 callers (see BENCHMARKS.md, 'Figures "
+        "moved from code comments')",
     )
     cpu_threads_bind: str = Field(
         "nobind",
@@ -329,8 +334,8 @@ class ClassifierConfig(_Strict):
         ge=10,
         description="reference prompts scored for causal_llm's offline calibration (at most calibration.max_prompts). "
         "`turnout serve` scores them once per checkpoint with a transformers forward pass before Ray starts; "
-        "256 (~40 s on a 2-core CPU, SmolLM2-135M) place the starting threshold within a few points of the "
-        "target ratio, which the live controller then corrects",
+        "256 are quick to score on a CPU (see BENCHMARKS.md, 'Figures moved from code comments') and place the "
+        "starting threshold within a few points of the target ratio, which the live controller then corrects",
     )
 
 
@@ -429,8 +434,8 @@ applications:
           ray_actor_options: {num_cpus: 0.25}
         retrieval:
           num_replicas: 1
-          # one replica routes ~50 req/s here: 64 in flight is ~1.3 s of work, inside routing.timeout_s; a burst
-          # beyond that gets an immediate 503 / fallback instead of queueing into a timeout
+          # 64 in flight (ongoing + queued) is what one replica clears well inside routing.timeout_s (BENCHMARKS.md,
+          # 'Serving'); a burst beyond that gets an immediate 503 / fallback instead of queueing into a timeout
           max_ongoing_requests: 32
           max_queued_requests: 32
           ray_actor_options: {num_cpus: 0.5}

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METRICS_PORT = 8080  # what KubeRay and the Prometheus scrape config expect on every Ray pod
 # Ray Serve settings read from the environment by every Ray process; the KubeRay manifests set the same.
-# gRPC between proxy and replicas instead of Ray actor calls: measured here with the length router (Ray overhead
-# only), 32 clients 216 -> 265 req/s and 1-client p50 8.6 -> 7.1 ms. It is one of the settings of Ray's own
-# RAY_SERVE_THROUGHPUT_OPTIMIZED mode; the rest of that mode (direct ingress, user code on the main loop) was
-# slower here.
+# gRPC between proxy and replicas instead of Ray actor calls: measured with the length router (Ray overhead
+# only), it raised the 32-client throughput and cut the 1-client p50 (see BENCHMARKS.md, 'Serving'). It is one of
+# the settings of Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode; the rest of that mode (direct ingress, user code
+# on the main loop) was slower here (same section).
 RAY_SERVE_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
 
 

@@ -50,8 +50,8 @@ class RetrievalDeployment:
 
         Blocks the event loop on purpose rather than running in a worker thread: a forward pass is hundreds of
         small torch ops, each taking the GIL back, and next to the replica's busy I/O thread that convoy cost
-        73 -> 60 req/s at 32 clients (measured). Requests arriving meanwhile wait in Ray's queue and form the
-        next batch.
+        throughput at 32 clients (see BENCHMARKS.md, 'Serving'). Requests arriving meanwhile wait in Ray's queue
+        and form the next batch.
         """
         texts = [text for text, _ in items]
         names = np.asarray([name for _, name in items], dtype=object)

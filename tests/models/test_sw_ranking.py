@@ -56,12 +56,13 @@ def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
     return 1 / (1 + np.exp(-(xi[0] - xi[2])))
 
 
-def test_k_all_equals_brute_force(trained):
+@pytest.mark.parametrize("gamma", [10.0, sw_ranking.GAMMA])  # RouteLLM's γ and the one chosen on dev
+def test_k_all_equals_brute_force(trained, gamma):
     td, embedder, _ = trained
-    router = _router(trained, k=10_000)
+    router = _router(trained, k=10_000, gamma=gamma)
     queries = ["math equation algebra item 5", "chat greeting hello item 8", "something else entirely"]
     got = router.score(queries)
-    want = [_brute_force(td, embedder, q) for q in queries]
+    want = [_brute_force(td, embedder, q, gamma=gamma) for q in queries]
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
