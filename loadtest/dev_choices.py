@@ -13,6 +13,7 @@ import argparse
 import itertools
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s", row)
             results.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    command = "python -m loadtest.dev_choices " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

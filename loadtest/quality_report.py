@@ -46,7 +46,8 @@ def obvious_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def choices_table(rows: list[dict]) -> str:
+def choices_table(choices: dict) -> str:
+    rows = choices["rows"]
     benches = list(rows[0]["apgr"])
     lines = ["| sources | tier fit | γ | " + " | ".join(benches) + " | mean | obvious AUC | balanced |",
              "|---|---|---|" + "---|" * (len(benches) + 3)]

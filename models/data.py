@@ -411,6 +411,18 @@ def _drop_cross_source_copies(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[s
     return table.loc[~copy], {str(k): int(v) for k, v in dropped.items()}
 
 
+def _read_source(name: str, loader: Callable[[Path], tuple[pd.DataFrame, pd.DataFrame]],
+                 data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One source's (battles, scores); a file that exists but cannot be parsed is a one-line DataNotFoundError."""
+    try:
+        return loader(data)
+    except DataNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
+        raise DataNotFoundError(f"source {name!r} in {data} is unreadable ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})") from exc
+
+
 def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
           arena: str | Path | None = None, n_tiers: int = 10, sources: tuple[str, ...] = DEFAULT_SOURCES,
           extra_battles: list[pd.DataFrame] | None = None, extra_scores: list[pd.DataFrame] | None = None,
@@ -444,7 +456,7 @@ def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.n
             battles.append(ae[ae["source"] == "alpaca-eval-2"])
     for name, loader in CORRECTNESS_LOADERS.items():
         if name in sources:
-            b, sc = loader(data)
+            b, sc = _read_source(name, loader, data)
             battles.append(b)
             scores.append(sc)
     if arena is not None:

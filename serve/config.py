@@ -50,7 +50,8 @@ class RoutersConfig(_Strict):
         description="routers this service loads; a request may name any of them",
         min_length=1,
     )
-    default: str = Field("mf", description="router used when a request names none (and for model 'turnout')")
+    default: str = Field("sw_ranking", description="router used when a request names none (and for model 'turnout'); "
+                         "chosen on the dev benchmarks and the obvious-prompts check (BENCHMARKS.md)")
     strong_model: str = Field(
         "gpt-4-1106-preview",
         description="the strong model as named in the training data: p_strong = P(it beats weak_model)",
@@ -403,7 +404,7 @@ applications:
     args:
       routers:
         enabled: [sw_ranking, mf, length, random]   # + causal_llm after `turnout train causal_llm`: deploy/causal.yaml
-        default: sw_ranking   # best measured quality here (BENCHMARKS.md)
+        default: sw_ranking   # chosen on the dev benchmarks and the obvious-prompts check (BENCHMARKS.md)
         strong_model: gpt-4-1106-preview
         weak_model: mistralai/Mixtral-8x7B-Instruct-v0.1
       routing:

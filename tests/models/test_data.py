@@ -195,3 +195,26 @@ def test_real_tiers_follow_correctness(real_data):
     assert t["gpt-4-0613"] < t["gpt-3.5-turbo-0613"] < t["text-davinci-002"]
     # AlpacaEval-1-only models are rated by beating text-davinci-003 under a GPT-4 judge: no tier from that
     assert "tulu-2-dpo-70b" not in t and "Mistral-7B+RAHF-DUAL+LoRA" not in t
+
+
+def test_unreadable_source_file_is_one_line_error_and_keeps_artifacts(tmp_path, real_data):
+    from serve.cli import main
+
+    broken = tmp_path / "data"
+    (broken / "faithful-cot").mkdir(parents=True)
+    (broken / "faithful-cot" / "faithful_cot.csv").write_bytes(b"dataset,id\n\xff\xfe\x00garbage")
+    for folder in ("routellm-evals", "fastchat-mt-bench"):
+        (broken / folder).symlink_to(real_data / folder)
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "models.json").write_text("{\"kept\": true}")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["data", "build", "--sources", "faithful-cot", "--data-dir", str(broken), "--home", str(home),
+                     "--embedder", "hash-64"])
+    assert code == 2
+    assert err.getvalue().count("\n") == 1 and "faithful-cot" in err.getvalue() and "unreadable" in err.getvalue()
+    assert (home / "data" / "models.json").read_text() == "{\"kept\": true}"
