@@ -33,7 +33,8 @@ a question shared by two sources lands on the same side) is never trained on; mo
 correctness sources' dev prompts into in-domain benchmarks where design choices are made.
 
 Every training prompt that matches an evaluation prompt (normalised exact match, or embedding cosine ≥ 0.95)
-is dropped. Strength tiers come from one global Bradley–Terry fit over all battles.
+is dropped. Strength tiers come from one global Bradley–Terry fit, by default over the correctness sources
+only, each source family weighted equally (`build`'s `tier_weighting` says why).
 """
 
 from __future__ import annotations
