@@ -28,7 +28,7 @@ def faithful_probes(data: Path, embedder) -> dict:
     from models.metrics import summarize
 
     bench = load_benchmark("faithful-cot-dev", data)
-    _, scores = training.load_faithful_cot(data)
+    scores = training.correctness_scores(training.faithful_cot_matrices(data))
     train_side = scores[~training.is_dev(scores["key"].tolist())]
     wide = train_side.pivot_table(index="prompt", columns="model", values="score")
     wide = wide[[bench.strong_model, bench.weak_model]].dropna()

@@ -136,7 +136,7 @@ def _dev_benchmark(name: str, data: Path) -> Benchmark:
     from models import data as training
 
     source = name.removesuffix("-dev")
-    _, scores = training.CORRECTNESS_LOADERS[source](data)
+    scores = training.correctness_scores(training.CORRECTNESS_MATRICES[source](data))
     if DEV_PAIRS[name] is None:
         train_side = scores[~training.is_dev(scores["key"].tolist())]
         accuracy = train_side.groupby("model")["score"].mean().sort_values()

@@ -48,6 +48,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,15 @@ def is_dev(keys: "pd.Series | list[str]") -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- sources
+
+
+class CorrectnessMatrix(NamedTuple):
+    """One file of a correctness source: per-prompt scores of every model, before it becomes battles."""
+
+    prompts: list[str]
+    correct: pd.DataFrame  # prompt × model (source spelling; NaN = not run)
+    source: str
+    keys: list[str] | None = None  # what the dev split is decided on (default: the prompts)
 
 
 def _pairwise_battles(prompts: list[str], scores: pd.DataFrame, source: str,
@@ -158,22 +168,19 @@ def alpaca_pass_fail(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     matrix = pd.DataFrame({"prompt": battles["prompt"], "model": battles["model_b"], "score": score})
     wide = matrix.pivot_table(index="prompt", columns="model", values="score", aggfunc="mean")
     wide[baseline] = 0.5
-    return _correctness_source(wide.index.tolist(), wide.reset_index(drop=True), "alpaca-eval-1")
+    return correctness_battles([CorrectnessMatrix(wide.index.tolist(), wide.reset_index(drop=True), "alpaca-eval-1")])
 
 
-def load_routerdc(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def routerdc_matrices(data: Path) -> list[CorrectnessMatrix]:
     folder = data / "routerdc" / "datasets" / "split2_model7"
-    battles, scores = [], []
+    matrices = []
     for name in ROUTERDC_TRAIN:
         rows = json.loads(require_file(folder / f"{name}.json").read_text())
         prompts = [r["question"] for r in rows]
         matrix = pd.DataFrame([r["scores"] for r in rows], dtype=np.float64)
         correct = (matrix >= 0.5) if name in FRACTION_SCORED else (matrix > 0)
-        correct = correct.astype(np.float64).where(matrix.notna())
-        b, s = _correctness_source(prompts, correct, f"routerdc/{name}")
-        battles.append(b)
-        scores.append(s)
-    return pd.concat(battles, ignore_index=True), pd.concat(scores, ignore_index=True)
+        matrices.append(CorrectnessMatrix(prompts, correct.astype(np.float64).where(matrix.notna()), f"routerdc/{name}"))
+    return matrices
 
 
 def _strip_shared(texts: list[str]) -> list[str]:
@@ -198,18 +205,15 @@ def _unwrap(text: str) -> str:
     return text
 
 
-def load_routerbench(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def routerbench_matrices(data: Path) -> list[CorrectnessMatrix]:
     folder = data / "routerdc" / "datasets" / "routerbench_zs"
-    battles, scores = [], []
+    matrices = []
     for name in ROUTERBENCH_TRAIN:
         frame = pd.read_csv(require_file(folder / f"{name}.csv"))
         models = [c for c in frame.columns if "|" not in c and c not in {"Unnamed: 0", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"}]
         prompts = _strip_shared([_unwrap(p) for p in frame["prompt"].astype(str)])
-        correct = frame[models].astype(np.float64)
-        b, s = _correctness_source(prompts, correct, f"routerbench/{name}")
-        battles.append(b)
-        scores.append(s)
-    return pd.concat(battles, ignore_index=True), pd.concat(scores, ignore_index=True)
+        matrices.append(CorrectnessMatrix(prompts, frame[models].astype(np.float64), f"routerbench/{name}"))
+    return matrices
 
 
 def _long_scores(prompts: list[str], matrix: pd.DataFrame, source: str, keys: list[str] | None = None) -> pd.DataFrame:
@@ -221,11 +225,16 @@ def _long_scores(prompts: list[str], matrix: pd.DataFrame, source: str, keys: li
     return long
 
 
-def _correctness_source(prompts: list[str], correct: pd.DataFrame, source: str,
-                        keys: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(battles, long scores) of one correctness matrix, model names canonical."""
-    correct = correct.rename(columns=canonical)
-    return _pairwise_battles(prompts, correct, source, keys), _long_scores(prompts, correct, source, keys)
+def correctness_battles(matrices: list[CorrectnessMatrix]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(battles, long scores) of a source's correctness matrices: every model pair on a prompt is a battle."""
+    battles = [_pairwise_battles(m.prompts, m.correct, m.source, m.keys) for m in matrices]
+    return pd.concat(battles, ignore_index=True), correctness_scores(matrices)
+
+
+def correctness_scores(matrices: list[CorrectnessMatrix]) -> pd.DataFrame:
+    """The long (prompt, key, model, score, source) table alone: what a dev benchmark needs, without the battles
+    (MMLU-Pro's 32 runs make ~1.4M of them)."""
+    return pd.concat([_long_scores(m.prompts, m.correct, m.source, m.keys) for m in matrices], ignore_index=True)
 
 
 def mmlu_pro_prompt(question: str, options: str) -> str:
@@ -239,29 +248,29 @@ def mmlu_pro_prompt(question: str, options: str) -> str:
     return "\n".join([question.strip(), *lines])
 
 
-def load_mmlu_pro(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def mmlu_pro_matrices(data: Path) -> list[CorrectnessMatrix]:
     frame = pd.read_csv(require_file(data / "mmlu-pro" / "mmlu_pro_nonmmlu.csv"))
     meta = {"question_id", "category", "src", "question", "options", "answer"}
     models = [c for c in frame.columns if c not in meta and c not in MMLU_PRO_SKIP]
     prompts = [mmlu_pro_prompt(q, o) for q, o in zip(frame["question"].astype(str), frame["options"].astype(str))]
     # Keyed on the question alone: its `theoremQA-*` rows are TheoremQA's problems with options added.
-    return _correctness_source(prompts, frame[models].astype(np.float64), "mmlu-pro", frame["question"].astype(str).tolist())
+    return [CorrectnessMatrix(prompts, frame[models].astype(np.float64), "mmlu-pro", frame["question"].astype(str).tolist())]
 
 
-def load_faithful_cot(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def faithful_cot_matrices(data: Path) -> list[CorrectnessMatrix]:
     frame = pd.read_csv(require_file(data / "faithful-cot" / "faithful_cot.csv"))
     columns = [c for c in frame.columns if c.endswith(f"|{FAITHFUL_PROMPT}")]
     correct = frame[columns].astype(np.float64)
     correct.columns = [FAITHFUL_MODELS.get(c.split("|")[0], c.split("|")[0]) for c in columns]
-    return _correctness_source(frame["question"].astype(str).tolist(), correct, "faithful-cot")
+    return [CorrectnessMatrix(frame["question"].astype(str).tolist(), correct, "faithful-cot")]
 
 
-def load_theoremqa(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def theoremqa_matrices(data: Path) -> list[CorrectnessMatrix]:
     frame = pd.read_csv(require_file(data / "theoremqa" / "theoremqa.csv"))
     # A text router cannot see the picture these questions need; their labels would be noise to it.
     frame = frame[~frame["has_picture"].astype(str).str.lower().isin({"true", "1"})]
     runs = [c for c in frame.columns if c in THEOREMQA_RUNS]
-    return _correctness_source(frame["question"].astype(str).tolist(), frame[runs].astype(np.float64), "theoremqa")
+    return [CorrectnessMatrix(frame["question"].astype(str).tolist(), frame[runs].astype(np.float64), "theoremqa")]
 
 
 def load_arena(path: str | Path) -> pd.DataFrame:
@@ -379,9 +388,13 @@ class TrainingData:
         return max(self.tiers.values()) + 1
 
 
+CORRECTNESS_MATRICES: dict[str, Callable[[Path], list[CorrectnessMatrix]]] = {
+    "routerdc": routerdc_matrices, "routerbench": routerbench_matrices, "mmlu-pro": mmlu_pro_matrices,
+    "faithful-cot": faithful_cot_matrices, "theoremqa": theoremqa_matrices,
+}
 CORRECTNESS_LOADERS: dict[str, Callable[[Path], tuple[pd.DataFrame, pd.DataFrame]]] = {
-    "routerdc": load_routerdc, "routerbench": load_routerbench, "mmlu-pro": load_mmlu_pro,
-    "faithful-cot": load_faithful_cot, "theoremqa": load_theoremqa,
+    name: (lambda data, matrices=matrices: correctness_battles(matrices(data)))
+    for name, matrices in CORRECTNESS_MATRICES.items()
 }
 TIER_WEIGHTINGS = ("battles", "sources", "correctness")
 PREFERENCE_FAMILIES = {"alpaca-eval-1", "alpaca-eval-1-raw", "alpaca-eval-2", "arena"}  # a judge's verdicts
@@ -417,8 +430,6 @@ def _read_source(name: str, loader: Callable[[Path], tuple[pd.DataFrame, pd.Data
     """One source's (battles, scores); a file that exists but cannot be parsed is a one-line DataNotFoundError."""
     try:
         return loader(data)
-    except DataNotFoundError:
-        raise
     except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as exc:
         raise DataNotFoundError(f"source {name!r} in {data} is unreadable ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})") from exc

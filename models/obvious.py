@@ -29,6 +29,7 @@ import pandas as pd
 
 from models.base import Router
 from models.errors import DataNotFoundError, InputError
+from models.metrics import percentile_interval
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ def auc_interval(p_strong: Any, is_hard: Any, n_bootstrap: int = 1000, seed: int
     for i in range(n_bootstrap):
         sample = np.concatenate([rng.choice(hard, len(hard)), rng.choice(easy, len(easy))])
         draws[i] = _auc(sample, labels)
-    low, high = np.quantile(draws, [0.025, 0.975])
-    return float(low), float(high)
+    low, high = percentile_interval(draws)
+    return low, high
 
 
 def _entry(p_strong: np.ndarray, frame: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:

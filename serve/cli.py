@@ -213,13 +213,18 @@ def load_router(name: str, home: Path, data, embedder, build_missing: bool = Tru
     return cls.from_artifacts(root, embedder=embedder, **pair)
 
 
-def _print_report(td) -> None:
+def _console():
+    """A rich console; in logs and pipes 200 columns wide, so model and source names are never cut to 80."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # logs and pipes: never truncate model or source names to 80 columns
-        console = Console(width=200)
+    return console if console.is_terminal else Console(width=200)
+
+
+def _print_report(td) -> None:
+    from rich.table import Table
+
+    console = _console()
     table = Table(title="battles per source (after decontamination)")
     for col in ("source", "battles", "prompts", "dev prompts (held out)", "contaminated battles", "contaminated prompts"):
         table.add_column(col, justify="left" if col == "source" else "right")
@@ -255,12 +260,9 @@ def _read_added(paths: list[str]) -> list:
 
 
 def _print_added(added: list) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = _console()
     table = Table(title="your files (--add)")
     for col in ("file", "source", "kind", "rows", "bad rows", "battles", "prompts"):
         table.add_column(col, justify="left" if col in ("file", "source", "kind") else "right")
@@ -470,12 +472,9 @@ def cmd_coverage(args: argparse.Namespace) -> None:
 
 
 def _print_coverage(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = _console()
     low = report["low_cosine"]
     table = Table(title=f"coverage of {report['n_prompts']} prompts (mean nearest-neighbour cosine, RouteLLM §5.2; "
                   f"embedder {report['embedder']})")

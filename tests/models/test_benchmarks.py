@@ -211,7 +211,7 @@ def test_dev_benchmarks_are_the_held_out_share_of_their_source(real_data: Path):
     for name in DEV_BENCHMARKS:
         bench = load_benchmark(name, real_data)
         source = name.removesuffix("-dev")
-        battles, _ = training.CORRECTNESS_LOADERS[source](real_data)
+        battles = training.correctness_scores(training.CORRECTNESS_MATRICES[source](real_data))
         share = len(bench) / battles["prompt"].nunique()
         assert 0.15 < share < 0.25, (name, share)  # the 20 % dev split, less prompts a model of the pair skipped
         rows = battles[battles["prompt"].isin(set(bench.prompts))]

@@ -169,15 +169,15 @@ def test_unknown_source_and_tier_weighting_are_config_errors(tmp_path):
 
 @pytest.mark.real_data
 def test_real_correctness_sources(real_data):
-    pro, pro_scores = data.load_mmlu_pro(real_data)
+    pro, pro_scores = data.CORRECTNESS_LOADERS["mmlu-pro"](real_data)
     assert pro["prompt"].nunique() == 3887 and "\nJ. " in pro["prompt"].iloc[0] or "\nA. " in pro["prompt"].iloc[0]
     assert {"gpt-4o-2024-05-13", "mistralai/Mixtral-8x7B-Instruct-v0.1"} <= set(pro_scores["model"])
     assert not any(m in set(pro_scores["model"]) for m in data.MMLU_PRO_SKIP)
-    cot, cot_scores = data.load_faithful_cot(real_data)
+    cot, cot_scores = data.CORRECTNESS_LOADERS["faithful-cot"](real_data)
     assert set(cot_scores["model"]) == {"gpt-4-0613", "gpt-3.5-turbo-0613", "text-davinci-003", "text-davinci-002",
                                         "code-davinci-002", "code-davinci-001"}
     assert cot_scores.groupby("model")["score"].mean()["gpt-4-0613"] > 0.9  # NL+SL: the paper's GPT-4 accuracy
-    tqa, _ = data.load_theoremqa(real_data)
+    tqa, _ = data.CORRECTNESS_LOADERS["theoremqa"](real_data)
     assert tqa["prompt"].nunique() == 800 - 53  # pictures dropped
     # MMLU-Pro's theoremQA-* rows are TheoremQA's problems: same key, so the same side of the dev split
     shared = set(pro["key"]) & set(tqa["key"])
