@@ -1,6 +1,6 @@
-"""Embedders and the FAISS vector store. Heavy libraries (torch, faiss) load on first use, not on import."""
+"""The bottom layer: embedders, the FAISS vector store, and the base every package sits on (errors, paths).
 
-from index.embedder import CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
-from index.store import VectorStore
-
-__all__ = ["CachedEmbedder", "Embedder", "HashEmbedder", "MiniLMEmbedder", "VectorStore", "load_embedder"]
+`index.errors` and `index.paths` import nothing of turnout, so `models/` and `serve/` both build on this
+package without an import circle. Import the modules themselves (`from index.embedder import load_embedder`);
+this file imports nothing, so `import index.errors` stays cheap.
+"""

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     from models.benchmarks import load_benchmark
-    from models.paths import artifacts_dir, data_dir
+    from index.paths import artifacts_dir, data_dir
     from models.registry import router_class
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

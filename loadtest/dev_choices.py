@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.metrics import summarize
     from models.obvious import auc, load_obvious
-    from models.paths import artifacts_dir, data_dir
+    from index.paths import artifacts_dir, data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/dev_choices.json"))

@@ -72,7 +72,7 @@ async def run_level(url: str, router: str, prompts: list[str], clients: int, dur
 
 def main(argv: list[str] | None = None) -> int:
     from models.benchmarks import BENCHMARKS, load_benchmark
-    from models.paths import data_dir
+    from index.paths import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")

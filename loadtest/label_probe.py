@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.bradley_terry import tier_battles
     from models.labels import OUTCOMES, p_strong_from_outcomes, prompt_outcomes, split_prompts
     from models.metrics import summarize
-    from models.paths import artifacts_dir, data_dir
+    from index.paths import artifacts_dir, data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home")

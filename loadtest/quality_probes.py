@@ -59,7 +59,7 @@ def obvious_by_kind(home: Path, embedder) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from index.embedder import load_embedder
-    from models.paths import artifacts_dir, data_dir
+    from index.paths import artifacts_dir, data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/quality_probes.json"))

@@ -31,10 +31,9 @@ def _rate(fn, items: np.ndarray, batch: int, repeats: int = 3) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from index.embedder import MiniLMEmbedder, load_embedder
+    from index.embedder import MiniLMEmbedder
+    from models import pipeline
     from models.benchmarks import BENCHMARKS, load_benchmark
-    from models.paths import artifacts_dir, data_dir
-    from serve.cli import load_router
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home")
@@ -43,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/speed.json")
     args = parser.parse_args(argv)
 
-    home, data = artifacts_dir(args.home), data_dir(args.data_dir)
-    embedder = load_embedder("minilm", cache_dir=home / "embeddings")
+    ws = pipeline.workspace(args.home, args.data_dir)
+    data, embedder = ws.data(), ws.embedder
     prompts = [p for b in BENCHMARKS for p in load_benchmark(b, data).prompts]
     queries = embedder.embed(prompts)  # cached: the routing step is what is timed below
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": date.today().isoformat(),
               "prompts": len(prompts), "batch": args.batch, "routers": {}}
     for name in ("sw_ranking", "mf"):
-        router = load_router(name, home, lambda: data, embedder, build_missing=False)
+        router = pipeline.load(ws, name, build_missing=False)
         entry = {"prompts_per_s_from_embeddings": round(_rate(router.score_embeddings, queries, args.batch), 1)}
         if name == "sw_ranking":
             entry.update(index_prompts=router.store.ntotal, index_battles=router.store.manifest.get("battles"), k=router.k)

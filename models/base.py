@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.errors import InputError
+from index.errors import InputError
 
 DEFAULT_STRONG = "gpt-4-1106-preview"
 DEFAULT_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"

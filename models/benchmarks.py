@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK
-from models.errors import ConfigError, DataNotFoundError
-from models.paths import require_file
+from index.errors import ConfigError, DataNotFoundError
+from index.paths import require_file
 
 logger = logging.getLogger(__name__)
 

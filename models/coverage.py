@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.errors import InputError
+from index.errors import InputError
 
 LOW_COSINE = 0.5
 CHUNK_BYTES = 1 << 27  # ~128 MiB of float32 similarities per block

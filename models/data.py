@@ -55,9 +55,9 @@ import numpy as np
 import pandas as pd
 
 from models import bradley_terry
-from models.errors import ArtifactError, ConfigError, DataNotFoundError
+from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.model_names import canonical
-from models.paths import atomic_path, require_file
+from index.paths import atomic_path, require_file
 
 log = logging.getLogger(__name__)
 

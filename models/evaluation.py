@@ -23,7 +23,7 @@ import numpy as np
 
 from models.base import Router
 from models.benchmarks import Benchmark, load_benchmark
-from models.errors import ConfigError
+from index.errors import ConfigError
 from models.length_router import LengthRouter
 from models.metrics import (
     BootstrapCurves,
@@ -37,7 +37,7 @@ from models.metrics import (
     random_curve,
     summarize,
 )
-from models.paths import atomic_path
+from index.paths import atomic_path
 
 logger = logging.getLogger(__name__)
 

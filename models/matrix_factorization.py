@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from models.errors import ArtifactError, ConfigError
-from models.paths import atomic_dir
+from index.errors import ArtifactError, ConfigError
+from index.paths import atomic_dir
 
 log = logging.getLogger(__name__)
 

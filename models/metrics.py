@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.errors import InputError
+from index.errors import InputError
 
 QCUT_BINS = 10
 RANDOM_ITERS = 10

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from models.base import Router
-from models.errors import DataNotFoundError, InputError
+from index.errors import DataNotFoundError, InputError
 from models.metrics import percentile_interval
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,9 @@ import pandas as pd
 
 from models.benchmarks import Benchmark
 from models.data import BATTLE_COLUMNS, _first_turn, _pairwise_battles
-from models.errors import ConfigError
+from index.errors import ConfigError
 from models.model_names import canonical
-from models.paths import require_file
+from index.paths import require_file
 
 log = logging.getLogger(__name__)
 

@@ -1,42 +1,38 @@
 """The turnout Ray Serve application: `build_app(config)` is the only place deployments are bound.
 
-    ingress (FastAPI) ──▶ router (thresholds, live controller, local routers) ──▶ retrieval (embedder + FAISS)
-                                                                               └──▶ classifier (vLLM, causal_llm)
+    ingress (FastAPI: routing, thresholds, live controller, decisions, metrics, local routers, upstream proxy)
+      ├──▶ embedding (embedder + FAISS: sw_ranking, mf; bert's encoder)
+      └──▶ classifier (vLLM classify runner: causal_llm)
 
-`serve run FILE` / `serve deploy FILE` / KubeRay import `serve.app:build_app` and pass the file's `args`; Ray
-validates them against the `TurnoutConfig` annotation before calling it. `turnout serve` validates the whole
-file and prepares artifacts first (`serve.artifacts.prepare`), then calls the same builder.
+`serve run FILE`, KubeRay's serveConfigV2 and `turnout serve` all deploy the same file: Ray imports
+`serve.app:build_app`, validates the file's `args` against the `TurnoutConfig` annotation, calls it, and applies
+the file's `deployments:` overrides on top of the options bound here (`serve.config.DEPLOYMENT_DEFAULTS`).
 
-Each backend deployment is bound only when one of its routers is enabled: retrieval for sw_ranking / mf, the
-causal classifier (vLLM classify runner) for causal_llm.
+A backend deployment is bound only when an enabled router has that backend (`models.registry`).
 """
 
 # No `from __future__ import annotations`: Ray reads the builder's annotation as a class to validate `args`.
 
 import logging
 
-from serve.config import TurnoutConfig, parse_app_args
+from serve.config import CLASSIFIER, DEPLOYMENT_DEFAULTS, EMBEDDING, INGRESS, TurnoutConfig, parse_app_args
 
 log = logging.getLogger(__name__)
 
 
 def build_app(config: TurnoutConfig):
-    """Bind retrieval and classifier (when one of their routers is enabled), router and ingress into one Application."""
+    """Bind the backend deployments this config needs and the ingress holding their handles."""
     from ray import serve
 
     from serve.classifier import ClassifierDeployment
+    from serve.embedding import EmbeddingDeployment
     from serve.ingress import IngressDeployment
-    from serve.retrieval import RetrievalDeployment
-    from serve.router import RouterDeployment
 
     config = parse_app_args(config)
-    options = config.deployments
-    retrieval = None
-    if config.retrieval_routers:
-        retrieval = serve.deployment(RetrievalDeployment).options(**options.retrieval.ray_options()).bind(config)
-    classifier = None
-    if config.classifier_routers:
-        classifier = serve.deployment(ClassifierDeployment).options(**options.classifier.ray_options()).bind(config)
-    router = serve.deployment(RouterDeployment).options(**options.router.ray_options()).bind(config, retrieval, classifier)
-    ingress = serve.deployment(serve.ingress()(IngressDeployment)).options(**options.ingress.ray_options())
-    return ingress.bind(config, router)
+
+    def deployment(cls, name: str):
+        return serve.deployment(cls, name=name).options(**DEPLOYMENT_DEFAULTS[name])
+
+    embedding = deployment(EmbeddingDeployment, EMBEDDING).bind(config) if config.embedding_routers else None
+    classifier = deployment(ClassifierDeployment, CLASSIFIER).bind(config) if config.classifier_routers else None
+    return deployment(serve.ingress()(IngressDeployment), INGRESS).bind(config, embedding, classifier)

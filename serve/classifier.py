@@ -63,7 +63,7 @@ class ClassifierDeployment:
         # engine is built in that thread too: vLLM's CPU worker sets up OpenMP (threads, binding) for the thread
         # that creates it, and OpenMP teams are per calling thread.
         self.engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-classify")
-        threads = settings.threads or max(1, math.ceil(config.deployments.classifier.ray_actor_options.num_cpus))
+        threads = settings.threads or max(1, math.ceil(_reserved_cpus()))
 
         def start_engine() -> CausalLLMRouter:
             import torch
@@ -72,7 +72,8 @@ class ClassifierDeployment:
             # The offline router itself (prompt building, truncation count, label tokens) on the vLLM backend.
             return CausalLLMRouter.from_artifacts(
                 home_dir(config) / "routers", strong=config.routers.strong_model, weak=config.routers.weak_model,
-                backend="vllm", batch_size=settings.max_batch_size, dtype=settings.dtype)
+                backend="vllm", batch_size=settings.max_batch_size, dtype=settings.dtype, device=settings.device,
+                gpu_memory_utilization=settings.gpu_memory_utilization, enforce_eager=settings.enforce_eager)
 
         self.router = self.engine_thread.submit(start_engine).result()
         self.metrics = ServeMetrics()
@@ -84,7 +85,7 @@ class ClassifierDeployment:
                  self.router.folder, settings.dtype, self.router.max_length, settings.max_batch_size, threads)
 
     async def score(self, text: str, deadline: float | None = None) -> dict | None:
-        """{"p_strong", "classify_ms"}, or None when `deadline` (time.time() s) passed before the engine got to it."""
+        """{"p_strong", "stages": {"classify": ms}}, or None when `deadline` (time.time() s) passed before the engine got to it."""
         return await self.batcher.submit(text, deadline)
 
     async def _score_batch(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -93,7 +94,16 @@ class ClassifierDeployment:
         classify_ms = (time.perf_counter() - t0) * 1000.0
         for _ in texts:
             self.metrics.stage("classify", ROUTER, classify_ms)
-        return [{"p_strong": float(p), "classify_ms": classify_ms} for p in p_strong]
+        return [{"p_strong": float(p), "stages": {"classify": classify_ms}} for p in p_strong]
 
     def ready(self) -> list[str]:
         return [ROUTER]
+
+
+def _reserved_cpus() -> float:
+    """CPUs Ray reserved for this replica (its ray_actor_options.num_cpus); 1 outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return 1.0
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))

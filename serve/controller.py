@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.errors import ConfigError
+from index.errors import ConfigError
 
 
 def _check_ratio(value: float, what: str = "strong_ratio") -> float:

@@ -1,4 +1,18 @@
-"""IngressDeployment: the HTTP API (FastAPI), request validation, error mapping and the upstream proxy.
+"""IngressDeployment: the routing deployment. HTTP API (FastAPI), thresholds, decisions, metrics, upstream proxy.
+
+The decision lives where the request already is: p_strong comes from the router's backend (registry
+`backend`: local routers score in this process, embedding routers through the embedding deployment, the causal
+classifier through its deployment, one hop each), and the threshold, the live controller, the decision and its
+metrics are here. Only work that needs its own resources (a model, an index, a GPU) is another deployment.
+
+Each router has a `StrongRatioController` (`serve.controller`): a fixed threshold from the config, or the
+configured strong_ratio held on live traffic, starting from the offline calibration (reference scores written
+by `turnout prepare` / `turnout serve`, else `turnout calibrate`'s threshold, else 1 - strong_ratio). A request
+may bring its own threshold or strong_ratio; its decision still counts in the window and in the realised ratio.
+Controllers are per replica: with N ingress replicas each holds the target on the traffic it sees (Serve spreads
+requests evenly, so each sees a sample of the same mix and the fleet's share converges to the same target, more
+slowly, each window filling at 1/N of the rate); /v1/routers shows the answering replica's window. Thresholds and
+strong_ratio change on running replicas through the deployment's `user_config` (`reconfigure`), no model reloaded.
 
 Endpoints:
 - `POST /v1/route` {messages | prompt, router?, threshold? | strong_ratio?} -> RouteResponse
@@ -23,8 +37,9 @@ import os
 import time
 from typing import Any
 
-from models.errors import ConfigError, TurnoutError
+from index.errors import ConfigError, TurnoutError
 from serve.config import SIDES, TurnoutConfig
+from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
     ChatCompletionRequest,
@@ -49,17 +64,26 @@ class UpstreamError(TurnoutError):
 
 
 class IngressDeployment:
-    def __init__(self, config: TurnoutConfig, router):
+    def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
         import httpx
 
+        from serve.artifacts import load_routers
         from serve.metrics import ServeMetrics
 
         self.config = config
-        self.router = router
+        self.entries = config.routers.entries()
+        self.backends = {"embedding": embedding, "classifier": classifier}
+        for backend, handle in self.backends.items():
+            if config.backend_routers(backend) and handle is None:
+                raise ConfigError(f"routers {config.backend_routers(backend)} need the {backend} deployment")
+        self.local = load_routers(config, config.local_routers)
         self.metrics = ServeMetrics()
+        self.routing = config.routing
+        self.controllers = self._controllers(self.routing)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
         self.api_keys: dict[str, str | None] = {}
         self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
+        self.replica = _replica_id()
         for side in SIDES:
             upstream = getattr(config.upstreams, side)
             key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
@@ -70,29 +94,97 @@ class IngressDeployment:
     def __serve_build_asgi_app__(self):
         return build_api(self)
 
-    # --------------------------------------------------------------------------------------------- routing
+    def reconfigure(self, user_config: dict) -> None:
+        """Ray calls this with the deployment's user_config, at start and on every change: new thresholds and
+        strong_ratio take effect here, without restarting the replica or reloading any model."""
+        from serve.config import live_routing
+
+        self.routing = live_routing(user_config or {}, self.config)
+        self.controllers = self._controllers(self.routing)
+        log.info("routing reconfigured: strong_ratio %s, thresholds %s", self.routing.strong_ratio, self.routing.thresholds)
+
+    # ---------------------------------------------------------------------------------------------- routing
+
+    def _controllers(self, routing) -> dict[str, StrongRatioController]:
+        controllers = {name: self._controller(name, routing) for name in self.config.routers.enabled}
+        for name, controller in controllers.items():
+            self.metrics.controller(name, controller.threshold, controller.realised_ratio)
+            log.info("%s: %s", name, controller.state())
+        return controllers
+
+    def _controller(self, name: str, routing) -> StrongRatioController:
+        from serve.artifacts import calibrated_threshold, load_reference
+
+        window, min_live = routing.controller.window, routing.controller.min_live
+        if name in routing.thresholds:
+            return StrongRatioController(threshold=routing.thresholds[name], window=window)
+        ratio = routing.strong_ratio
+        reference = load_reference(self.config, name)
+        if reference is not None:
+            return StrongRatioController(strong_ratio=ratio, window=window, reference=reference, min_live=min_live)
+        start = calibrated_threshold(self.config, name, ratio)
+        if start is None:
+            start = 1.0 - ratio  # exact for uniform scores (random); the window corrects the rest
+            log.warning("%s: no offline calibration for strong_ratio %s; starting at threshold %.3f", name, ratio, start)
+        return StrongRatioController(strong_ratio=ratio, window=window, initial_threshold=start, min_live=min_live)
+
+    def check_router(self, name: str | None) -> str:
+        name = name or self.config.routers.default
+        if name not in self.controllers:
+            raise ConfigError(f"unknown router {name!r}; this service has: {', '.join(self.config.routers.enabled)}")
+        return name
 
     async def route(self, text: str, router: str | None, threshold: float | None, strong_ratio: float | None) -> dict:
-        """Ask the router deployment, within the routing budget; request errors pass through as TurnoutErrors.
+        """Score and decide within the routing budget. Returns model, p_strong, threshold, threshold_source,
+        router and stage times; request errors pass through as TurnoutErrors, backend failures become
+        RoutingUnavailable (timeout, overload, error).
 
-        The deadline travels with the request so that a replica skips work nobody waits for any more: without
+        The deadline travels with the request so that a backend skips work nobody waits for any more: without
         it, an overloaded service spends its time on requests that already timed out and then none succeed.
         """
+        name = self.check_router(router)
+        routing = self.routing
+        if self.in_flight >= routing.max_in_flight:
+            # Refused here, a request costs nothing downstream; queued behind capacity it would time out anyway.
+            raise RoutingOverloaded(f"routing is overloaded ({self.in_flight} requests in flight); retry later")
+        self.in_flight += 1
+        try:
+            p_strong, stages = await self._score(name, text, routing.timeout_s)
+        finally:
+            self.in_flight -= 1
+        t0 = time.perf_counter()
+        controller = self.controllers[name]
+        if threshold is not None:
+            source = "request"
+        elif strong_ratio is not None:
+            threshold, source = controller.threshold_for(strong_ratio), "request_strong_ratio"
+        else:
+            source = controller.mode
+        strong, used = controller.decide([p_strong], threshold)
+        model = "strong" if strong[0] else "weak"
+        stages["decide"] = (time.perf_counter() - t0) * 1000.0
+        self.metrics.stage("decide", name, stages["decide"])
+        self.metrics.decision(name, model)
+        self.metrics.controller(name, controller.threshold, controller.realised_ratio)
+        return {"model": model, "p_strong": p_strong, "threshold": float(used[0]), "threshold_source": source,
+                "router": name, "stages": stages}
+
+    async def _score(self, name: str, text: str, budget: float) -> tuple[float, dict[str, float]]:
+        """p_strong and the backend's stage times; local routers cost microseconds and run right here."""
         from ray.serve.exceptions import BackPressureError
 
-        routing = self.config.routing
-        if self.in_flight >= routing.max_in_flight:
-            # Refused here, a request costs one hop; queued behind capacity it would time out anyway.
-            raise RoutingOverloaded(f"routing is overloaded ({self.in_flight} requests in flight); retry later")
-        budget = routing.timeout_s
-        self.in_flight += 1
-        response = self.router.route.remote(text, router, threshold, strong_ratio, time.time() + budget)
+        backend = self.entries[name].backend
+        if backend == "local":  # microseconds: no stage of its own
+            return float(self.local[name].score([text])[0]), {}
+        handle = self.backends[backend]
+        deadline = time.time() + budget
+        response = handle.score.remote(text, name, deadline) if backend == "embedding" else handle.score.remote(text, deadline)
 
         async def result():
             return await response
 
         try:
-            return await asyncio.wait_for(result(), budget)
+            scored = await asyncio.wait_for(result(), budget)
         except asyncio.TimeoutError:
             response.cancel()
             raise RoutingTimeout(f"routing took longer than {budget}s") from None
@@ -101,17 +193,23 @@ class IngressDeployment:
             if isinstance(cause, TurnoutError):
                 raise cause from None
             if isinstance(cause, BackPressureError):
-                raise RoutingOverloaded("routing is overloaded (queue full); retry later") from None
-            log.warning("router deployment failed: %s", _one_line(exc))
-            raise RoutingUnavailable(f"router unavailable: {type(cause).__name__}") from exc
-        finally:
-            self.in_flight -= 1
+                raise RoutingOverloaded(f"the {backend} deployment is overloaded (queue full); retry later") from None
+            log.warning("%s deployment failed: %s", backend, _one_line(exc))
+            raise RoutingUnavailable(f"the {backend} deployment is unavailable: {type(cause).__name__}") from exc
+        if scored is None:
+            raise RoutingTimeout(f"deadline passed while queued for the {backend} deployment")
+        return scored["p_strong"], dict(scored["stages"])
 
-    def check_router(self, name: str | None) -> str:
-        name = name or self.config.routers.default
-        if name not in self.config.routers.enabled:
-            raise ConfigError(f"unknown router {name!r}; this service has: {', '.join(self.config.routers.enabled)}")
-        return name
+    def state(self) -> dict:
+        """Per router: threshold, target, realised strong ratio over the window (this replica's view)."""
+        return {name: controller.state() for name, controller in self.controllers.items()}
+
+    async def ready(self) -> dict:
+        routers = list(self.local)
+        for handle in self.backends.values():
+            if handle is not None:
+                routers += await handle.ready.remote()
+        return {"routers": sorted(routers)}
 
     # -------------------------------------------------------------------------------------------- upstream
 
@@ -127,6 +225,16 @@ class IngressDeployment:
             "POST", f"{upstream.base_url}/chat/completions", content=json.dumps({**body, "model": upstream.model}),
             headers=headers, timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s))
         return await self.http.send(request, stream=True)
+
+
+def _replica_id() -> str | None:
+    """This Serve replica's id (which window /v1/routers shows); None outside Serve."""
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - Ray raises RayServeException outside a replica
+        return None
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -208,15 +316,14 @@ def build_api(ingress: IngressDeployment):
     @app.get("/readyz", summary="routers loaded and answering")
     async def readyz():
         try:
-            ready = await asyncio.wait_for(_await(ingress.router.ready.remote()), 5.0)
+            ready = await asyncio.wait_for(ingress.ready(), 5.0)
         except Exception as exc:
             return JSONResponse({"status": "not ready", "reason": _one_line(_cause(exc)) or type(exc).__name__}, status_code=503)
         return {"status": "ready", **ready}
 
-    @app.get("/v1/routers", summary="thresholds and realised strong ratios (one router replica's window)")
+    @app.get("/v1/routers", summary="thresholds and realised strong ratios (the answering ingress replica's window)")
     async def routers():
-        state = await asyncio.wait_for(_await(ingress.router.state.remote()), 5.0)
-        return {"default": config.routers.default, "routers": state}
+        return {"default": config.routers.default, "replica": ingress.replica, "routers": ingress.state()}
 
     @app.get("/v1/models", summary="model names accepted by /v1/chat/completions")
     async def models():
@@ -282,10 +389,6 @@ def build_api(ingress: IngressDeployment):
 
 def _add_fallback(headers: dict, reason: str) -> None:
     headers["x-turnout-fallback"] = ",".join(filter(None, [headers.get("x-turnout-fallback"), reason]))
-
-
-async def _await(response):
-    return await response
 
 
 async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: dict):

@@ -14,8 +14,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from models.errors import ConfigError, TurnoutError
-from serve.config import ServeFile, load_serve_file, parse_app_args
+from index.errors import ConfigError, TurnoutError
+from serve.config import ServeFile, TurnoutConfig, load_serve_file, parse_app_args
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +73,17 @@ def _check_port(host: str, port: int, what: str) -> None:
 
 def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
                   on_status: Callable[[str], None] = log.info, stop: threading.Event | None = None) -> None:
-    """Prepare, start Ray + Serve, report the URL through `on_status`, block until SIGINT/SIGTERM or `stop`."""
+    """Prepare, start Ray + Serve, deploy the file, report the URL through `on_status`, block until SIGINT/SIGTERM or `stop`."""
     from serve.artifacts import prepare
 
     _check_port(served.host, served.port, "HTTP")
     _check_port("127.0.0.1", metrics_port, "metrics")
     on_status(f"preparing artifacts ({served.config.artifacts.embedder} embedder) ...")
-    config = prepare(served.config)
+    config = prepare(served.config, on_status)
     on_status(f"artifacts ready in {config.artifacts.home}; starting Ray Serve ...")
 
     import ray
     from ray import serve
-
-    from serve.app import build_app
 
     stop = stop or threading.Event()
     previous = {}
@@ -96,16 +94,7 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
         if threading.current_thread() is threading.main_thread():  # after ray.init, which sets its own handlers
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
-        http_options = {**served.document.get("http_options", {}), "host": served.host, "port": served.port}
-        serve.start(http_options=http_options, proxy_location=served.document.get("proxy_location", "HeadOnly"))
-        app = served.app
-        try:
-            serve.run(build_app(config), name=app.get("name", "turnout"), route_prefix=served.route_prefix,
-                      logging_config=app.get("logging_config") or served.document.get("logging_config"))
-        except Exception as exc:  # Ray's message is a multi-line traceback of the replica; the log keeps it
-            log.error("deploying failed: %s", exc)
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise DeployError(f"the application did not start: {first.strip()} (run with -v for details)") from None
+        deploy(served, config, on_status, stop)
         prefix = served.route_prefix.rstrip("/")
         url = f"http://{served.host}:{served.port}{prefix}"
         on_status(f"turnout is serving at {url} (docs {url}/docs, metrics http://127.0.0.1:{metrics_port}/metrics); "
@@ -120,3 +109,58 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
             ray.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def deploy(served: ServeFile, config: TurnoutConfig, on_status: Callable[[str], None] = log.info,
+           stop: threading.Event | None = None) -> None:
+    """Start Serve with the file's HTTP options and deploy the file with the turnout args replaced by the
+    prepared `config`; returns once it runs."""
+    from ray.serve._private.api import serve_start
+
+    document = dict(served.document)
+    apps = [dict(app) for app in document["applications"]]
+    apps[served.app_index]["args"] = config.model_dump(mode="json")
+    document["applications"] = apps
+    document["http_options"] = {**document.get("http_options", {}), "host": served.host, "port": served.port}
+    client = serve_start(http_options=document["http_options"], proxy_location=document.get("proxy_location", "HeadOnly"))
+    run_document(document, client, on_status, stop)
+
+
+def run_document(document: dict, client=None, on_status: Callable[[str], None] = log.info,
+                 stop: threading.Event | None = None, timeout_s: float | None = None) -> None:
+    """Deploy a whole Serve config document the way `serve run FILE` does (Ray builds each application from its
+    import_path and args and applies its `deployments:` overrides); return once every application runs.
+
+    Declarative, as Ray's config files are: applications running but absent from `document` are removed.
+    DeployError with the first line of Ray's message when one fails.
+    """
+    import time
+
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(document)
+    (client or _get_global_client()).deploy_apps(schema)
+    names = [app.name for app in schema.applications]
+    start = last = time.monotonic()
+    while stop is None or not stop.is_set():
+        apps = serve.status().applications
+        statuses = {n: apps[n].status if n in apps else ApplicationStatus.NOT_STARTED for n in names}
+        if all(status == ApplicationStatus.RUNNING for status in statuses.values()):
+            return
+        for name, status in statuses.items():
+            if status in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+                message = apps[name].message
+                log.error("deploying %s failed: %s", name, message)
+                first = next((line for line in message.splitlines() if line.strip()), status.value)
+                raise DeployError(f"application {name!r} did not start: {first.strip()} (run with -v for details)")
+        now = time.monotonic()
+        if timeout_s is not None and now - start > timeout_s:
+            raise DeployError(f"applications did not start within {timeout_s:.0f}s: "
+                              f"{ {n: s.value for n, s in statuses.items()} }")
+        if now - last >= 10.0:
+            on_status(f"waiting for the deployments ({now - start:.0f}s): "
+                      f"{', '.join(f'{n} {s.value}' for n, s in statuses.items())}")
+            last = now
+        time.sleep(0.25)

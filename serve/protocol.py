@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.errors import ConfigError, InputError, TurnoutError
+from index.errors import ConfigError, InputError, TurnoutError
 
 
 class RoutingUnavailable(TurnoutError):

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from models.benchmarks import EVALS_DIR
-from models.errors import DataNotFoundError
-from models.paths import data_dir
+from index.errors import DataNotFoundError
+from index.paths import data_dir
 
 
 @pytest.fixture(scope="session")

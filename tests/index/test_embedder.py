@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from index.embedder import CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
-from models.errors import ConfigError, InputError
+from index.errors import ConfigError, InputError
 
 TEXTS = ["route this prompt", "solve 2 + 2", "write a sonnet about trains", ""]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from index.store import VectorStore
-from models.errors import ArtifactError, ConfigError, InputError
+from index.errors import ArtifactError, ConfigError, InputError
 
 DIM = 32
 

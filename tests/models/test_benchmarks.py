@@ -24,7 +24,7 @@ from models.benchmarks import (
     load_benchmark,
     mt_bench_contaminated_ids,
 )
-from models.errors import ConfigError, DataNotFoundError
+from index.errors import ConfigError, DataNotFoundError
 from models.evaluation import evaluate, format_table, write_results
 from models.length_router import LengthRouter
 from models.metrics import apgr, cpt, oracle_curve, qcut_curve

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from models import bert
-from models.errors import ArtifactError, ConfigError
+from index.errors import ArtifactError, ConfigError
 from models.labels import prompt_outcomes, split_prompts
 from tests.models.test_sw_ranking import _training_data
 

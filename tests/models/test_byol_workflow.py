@@ -109,11 +109,9 @@ def workflow(real_data: Path, tmp_path_factory) -> dict:
     for needed in ("mmlu-pro/mmlu_pro_nonmmlu.csv", "faithful-cot/faithful_cot.csv"):
         if not (real_data / needed).is_file():
             pytest.skip(f"no {needed} in {real_data}")
-    from index.embedder import load_embedder
+    from models import pipeline
     from models.evaluation import evaluate, quality_summary, write_results
-    from models.paths import data_dir
     from models.user_data import read_bench_file
-    from serve.cli import load_router
 
     root = tmp_path_factory.mktemp("byol")
     home = root / "home"
@@ -129,9 +127,8 @@ def workflow(real_data: Path, tmp_path_factory) -> dict:
     _ok("train", "sw_ranking", *common)
     result["eval_before_cli"] = _cli("eval", "--router", "sw_ranking,length", "--bench", held_out, "--strong", STRONG,
                                      "--weak", WEAK, "--bootstrap", BOOTSTRAP, "--out", root / "eval_refused", *common)
-    embedder = load_embedder("minilm", cache_dir=home / "embeddings")  # what the CLI's commands load
-    base = load_router("sw_ranking", home, lambda: data_dir(str(real_data)), embedder, build_missing=False,
-                       strong=BASE_STRONG, weak=BASE_WEAK)
+    ws = pipeline.workspace(str(home), str(real_data))  # what the CLI's commands load
+    base = pipeline.load(ws, "sw_ranking", build_missing=False, strong=BASE_STRONG, weak=BASE_WEAK)
     bench = read_bench_file(held_out, STRONG, WEAK)
     before = evaluate({"sw_ranking": base}, [bench], None, root / "eval_before", bootstrap=BOOTSTRAP)
     write_results(quality_summary(before), root / "eval_before" / "quality.json")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models import causal_llm as cl
-from models.errors import ArtifactError, ConfigError, DataNotFoundError
+from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from tests.models.test_sw_ranking import _training_data
 
 # fp32 training: under bf16 autocast this 64-wide random model's label logits differ by less than bf16's

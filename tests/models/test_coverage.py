@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from models.coverage import coverage, nearest, nearest_by_source, summarize
-from models.errors import InputError
+from index.errors import InputError
 
 # Unit vectors at known angles in the plane: cos(0°) = 1, cos(60°) = 0.5, cos(90°) = 0.
 E1, E2 = np.array([1.0, 0.0]), np.array([0.0, 1.0])

@@ -6,8 +6,8 @@ import pytest
 
 from index.embedder import HashEmbedder
 from models import data
-from models.errors import ArtifactError, DataNotFoundError
-from models.paths import data_dir
+from index.errors import ArtifactError, DataNotFoundError
+from index.paths import data_dir
 
 FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -159,7 +159,7 @@ def test_source_weights_give_each_family_the_same_total():
 
 
 def test_unknown_source_and_tier_weighting_are_config_errors(tmp_path):
-    from models.errors import ConfigError
+    from index.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown or no sources"):
         data.build(tmp_path, [], None, sources=("nope",))

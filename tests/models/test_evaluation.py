@@ -9,7 +9,7 @@ import pytest
 
 from models.base import Router
 from models.benchmarks import Benchmark
-from models.errors import ConfigError
+from index.errors import ConfigError
 from models.evaluation import LENGTH_LABEL, RANDOM_LABEL, evaluate, format_table, quality_summary, write_results
 from models.length_router import LengthRouter
 from models.metrics import summarize

@@ -3,7 +3,7 @@ import pytest
 
 from index.embedder import HashEmbedder
 from models import matrix_factorization as mf
-from models.errors import ArtifactError, ConfigError
+from index.errors import ArtifactError, ConfigError
 from tests.models.test_sw_ranking import _training_data
 
 TINY = mf.MFConfig(dim=8, epochs=40, batch_size=128, lr=3e-2, weight_decay=0.0, seed=0)

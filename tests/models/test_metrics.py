@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import InputError
+from index.errors import InputError
 from models.metrics import (
     apgr,
     auc,

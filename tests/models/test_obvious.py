@@ -10,7 +10,7 @@ import pytest
 
 from models import obvious
 from models.base import Router
-from models.errors import DataNotFoundError, InputError
+from index.errors import DataNotFoundError, InputError
 from models.length_router import LengthRouter
 
 HARD_WORDS = re.compile(r"\b(prove|derive|show that|find all|algorithm|compute|np-complete)\b", re.IGNORECASE)

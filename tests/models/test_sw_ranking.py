@@ -5,7 +5,7 @@ import pytest
 from index.embedder import HashEmbedder
 from models import sw_ranking
 from models.data import TrainingData
-from models.errors import ArtifactError, ConfigError
+from index.errors import ArtifactError, ConfigError
 from tests.models.test_bradley_terry import _reference
 
 TIERS = {"strong-1": 0, "strong-2": 0, "mid": 1, "weak-1": 2, "weak-2": 2, "tiny": 3}

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from models import data
-from models.errors import ConfigError, DataNotFoundError
+from index.errors import ConfigError, DataNotFoundError
 from models.user_data import format_bad_rows, read_bench_file, read_prompts, read_user_file
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"

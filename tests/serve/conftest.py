@@ -40,10 +40,10 @@ def artifacts(tmp_path_factory):
 
 
 def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:
-    """The embedded default's args, pointed at the tiny artifacts and the given upstreams."""
-    from serve.config import DEFAULT_CONFIG_YAML
+    """The default args, pointed at the tiny artifacts and the given upstreams."""
+    from serve.config import TurnoutConfig
 
-    args = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_YAML)["applications"][0]["args"])
+    args = TurnoutConfig().model_dump(mode="json")
     # the tests pin their default router rather than follow the shipped one
     args["routers"].update(strong_model="strong-1", weak_model="weak-1", default="mf")
     args["artifacts"].update(home=str(home), embedder=EMBEDDER, build_missing=False)
@@ -51,13 +51,37 @@ def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:
     args["routing"]["controller"].update(window=50, min_live=10)
     args["upstreams"]["strong"].update(base_url=strong_url, api_key_env="TURNOUT_TEST_STRONG_KEY")
     args["upstreams"]["weak"].update(base_url=weak_url, api_key_env=None)
-    for deployment in ("ingress", "router", "retrieval"):
-        args["deployments"][deployment]["ray_actor_options"] = {"num_cpus": 0.1}
-        args["deployments"][deployment]["max_ongoing_requests"] = 32
     for key, value in overrides.items():
         section, _, field = key.partition("__")
         args[section][field] = value
     return args
+
+
+def small_deployments(config, **options) -> list[dict]:
+    """Ray overrides that fit several applications on the tests' 2-CPU Ray: 0.1 CPU, 32 ongoing requests each."""
+    return [{"name": name, "max_ongoing_requests": 32, "ray_actor_options": {"num_cpus": 0.1}, **options.get(name, {})}
+            for name in config.deployments()]
+
+
+def deploy_apps(apps: dict[str, tuple[str, dict, dict]], timeout_s: float = 300) -> dict:
+    """Prepare each application's args and deploy them all as one Serve config document, as `serve run FILE`
+    and `turnout serve` do (Ray builds them from the import path and applies the `deployments:` overrides).
+
+    apps: name -> (route_prefix, args, {deployment name: extra Ray options}). Returns name -> prepared config.
+    """
+    from serve.artifacts import prepare
+    from serve.config import APP_IMPORT_PATH, parse_app_args
+    from serve.launch import run_document
+
+    configs, documents = {}, []
+    for name, (prefix, args, options) in apps.items():
+        configs[name] = prepare(parse_app_args(args))
+        documents.append({"name": name, "route_prefix": prefix, "import_path": APP_IMPORT_PATH,
+                          "logging_config": {"enable_access_log": False},
+                          "args": configs[name].model_dump(mode="json"),
+                          "deployments": small_deployments(configs[name], **options)})
+    run_document({"applications": documents}, timeout_s=timeout_s)
+    return configs
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The application on a real local Ray: route, errors, proxy with streaming, fallbacks, health, metrics.
 
-Three applications share one Serve instance: `turnout` (all four routers, upstreams on the fake server), and
-for the fallback paths `broken` (local routers only, a routing budget nobody can meet, an unreachable strong
-upstream) and `down` (a strong upstream that answers 503, an unreachable weak one).
+Four applications, deployed as one Serve config document: `turnout` (all four routers, upstreams on the fake
+server), `tight` (an embedding queue of one), and for the fallback paths `broken` (mf only, a routing budget
+nobody can meet, an unreachable strong upstream) and `down` (a strong upstream that answers 503, an unreachable
+weak one).
 """
 
 import inspect
@@ -24,7 +25,8 @@ from serve.metrics import (
     exported,
     parse_prometheus,
 )
-from tests.serve.conftest import app_args
+from serve.config import EMBEDDING
+from tests.serve.conftest import app_args, deploy_apps
 from tests.serve.fakes import CHUNKS, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -35,34 +37,30 @@ CHAT = "chat greeting hello item 4 variant 2"
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, artifacts, upstream):
-    from ray import serve
-
-    from serve.app import build_app
-    from serve.artifacts import prepare
-
     home, reference = artifacts
-    config = prepare(parse_app_args(app_args(home, reference, upstream.base_url, upstream.base_url)))
-    start = time.perf_counter()
-    serve.run(build_app(config), name="turnout", route_prefix="/")
-    deploy_s = time.perf_counter() - start
+    main = app_args(home, reference, upstream.base_url, upstream.base_url)
 
     broken = app_args(home, reference, f"http://127.0.0.1:{free_port()}/v1", upstream.base_url)
-    broken["routers"].update(enabled=["length", "random"], default="length")
+    broken["routers"].update(enabled=["mf"], default="mf")  # a backend call, which the budget cannot cover
     broken["routing"].update(timeout_s=1e-6)
-    serve.run(build_app(prepare(parse_app_args(broken))), name="broken", route_prefix="/broken")
 
     down = app_args(home, reference, upstream.base_url, f"http://127.0.0.1:{free_port()}/v1")
     down["routers"].update(enabled=["length"], default="length")
     down["upstreams"]["strong"]["model"] = "fail-503"  # the fake upstream answers 503 for this model
-    serve.run(build_app(prepare(parse_app_args(down))), name="down", route_prefix="/down")
 
-    # one retrieval slot and one queue place per caller: the rest of a burst is rejected at once
+    # one embedding slot and one queue place per caller: the rest of a burst is rejected at once
     tight = app_args(home, reference, upstream.base_url, upstream.base_url)
     tight["routers"].update(enabled=["mf"], default="mf")
-    tight["deployments"]["retrieval"].update(max_ongoing_requests=1, max_queued_requests=1)
-    serve.run(build_app(prepare(parse_app_args(tight))), name="tight", route_prefix="/tight")
+    start = time.perf_counter()
+    configs = deploy_apps({
+        "turnout": ("/", main, {}),
+        "broken": ("/broken", broken, {}),
+        "down": ("/down", down, {}),
+        "tight": ("/tight", tight, {EMBEDDING: {"max_ongoing_requests": 1, "max_queued_requests": 1}}),
+    })
+    deploy_s = time.perf_counter() - start
     with httpx.Client(base_url=ray_cluster["http"], timeout=30) as client:
-        yield {"client": client, "config": config, "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
+        yield {"client": client, "config": configs["turnout"], "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
                "upstream": upstream}
 
 
@@ -246,56 +244,32 @@ def test_no_upstream_available_is_502_with_the_decision(service):
     assert response.headers["x-turnout-fallback"] == "upstream_unreachable"
 
 
-def test_remote_turnout_errors_keep_their_type(service):
-    """What a router replica raises reaches the ingress as the same TurnoutError (its message, its status)."""
-    from ray import serve
-
-    from models.errors import ConfigError
-    from serve.ingress import _cause
-
-    handle = serve.get_deployment_handle("RouterDeployment", app_name="turnout")
-    with pytest.raises(Exception) as info:
-        handle.route.remote("hi", "nope").result()
-    cause = _cause(info.value)
-    assert isinstance(cause, ConfigError) and str(cause).startswith("unknown router 'nope'")
-
-
 def test_requests_past_their_deadline_are_dropped_unprocessed(service):
     from ray import serve
 
-    from serve.ingress import _cause
-    from serve.protocol import RoutingTimeout
-
-    retrieval = serve.get_deployment_handle("RetrievalDeployment", app_name="turnout")
-    assert retrieval.score.remote(MATH, "mf", time.time() - 1.0).result() is None
-    live = retrieval.score.remote(MATH, "mf", time.time() + 30.0).result()
-    assert 0.0 <= live["p_strong"] <= 1.0 and live["embed_ms"] >= 0.0
-    router = serve.get_deployment_handle("RouterDeployment", app_name="turnout")
-    for name in ("mf", "length"):  # dropped at the router before any backend is asked
-        with pytest.raises(Exception) as info:
-            router.route.remote(MATH, name, None, None, time.time() - 1.0).result()
-        assert isinstance(_cause(info.value), RoutingTimeout)
+    embedding = serve.get_deployment_handle(EMBEDDING, app_name="turnout")
+    assert embedding.score.remote(MATH, "mf", time.time() - 1.0).result() is None
+    live = embedding.score.remote(MATH, "mf", time.time() + 30.0).result()
+    assert 0.0 <= live["p_strong"] <= 1.0 and set(live["stages"]) == {"embed", "search"}
 
 
 def test_a_full_queue_rejects_at_once(service):
-    """max_queued_requests: a burst beyond the retrieval replica's slot and queue fails fast, the rest succeed."""
-    from ray import serve
-    from ray.serve.exceptions import BackPressureError
+    """max_queued_requests: a burst beyond the embedding replica's slot and queue fails fast, the rest succeed."""
+    import asyncio
 
-    from serve.ingress import _cause
-    from serve.protocol import RoutingOverloaded
+    async def burst():
+        async with httpx.AsyncClient(base_url=str(service["client"].base_url), timeout=30) as client:
+            return await asyncio.gather(*(client.post("/tight/v1/route", json={"prompt": f"{MATH} {i}"})
+                                          for i in range(64)))
 
-    router = serve.get_deployment_handle("RouterDeployment", app_name="tight")
-    responses = [router.route.remote(f"{MATH} {i}", "mf") for i in range(64)]
-    outcomes = []
-    for response in responses:
-        try:
-            outcomes.append(response.result(timeout_s=30)["model"])
-        except Exception as exc:  # noqa: BLE001 - sorted below: only the overload error is acceptable
-            outcomes.append(_cause(exc))
-    rejected = [o for o in outcomes if not isinstance(o, str)]
-    assert rejected and len(rejected) < len(outcomes), outcomes[:5]
-    assert all(isinstance(o, (RoutingOverloaded, BackPressureError)) for o in rejected), rejected[:3]
+    responses = asyncio.run(burst())
+    ok = [r for r in responses if r.status_code == 200]
+    rejected = [r for r in responses if r.status_code != 200]
+    assert ok and rejected, [r.status_code for r in responses]
+    assert all(r.status_code == 503 and r.headers.get("retry-after") == "1" for r in rejected), rejected[0].text
+    messages = {r.json()["error"]["message"] for r in rejected}
+    # the embedding deployment's queue (1 ongoing + 1 queued) refused some of those the ingress admitted
+    assert "the embedding deployment is overloaded (queue full); retry later" in messages, messages
 
 
 def _missing_metrics(samples):
@@ -316,7 +290,7 @@ def _missing_metrics(samples):
                    labels(ERRORS, "reason")),
         "fallbacks": ({("router_timeout", "strong"), ("upstream_unreachable", "weak")},
                       labels(FALLBACKS, "reason", "model")),
-        "dropped": ({("retrieval",)}, labels(DROPPED, "component")),
+        "dropped": ({("embedding",)}, labels(DROPPED, "component")),
     }
     return {what: sorted(want - got) for what, (want, got) in expected.items() if want - got}
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from models.errors import ArtifactError, ConfigError
+from index.errors import ArtifactError, ConfigError
 from serve.config import DEFAULT_CONFIG_YAML, TurnoutConfig, load_serve_file, parse_app_args
 from serve.metrics import DROPPED, STAGE_LATENCY, exported, parse_prometheus
 from tests.serve.conftest import REFERENCE_PROMPTS, app_args

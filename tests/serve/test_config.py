@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from models.errors import ConfigError
+from index.errors import ConfigError
 from serve.config import DEFAULT_CONFIG_YAML, load_serve_file, parse_app_args
 
 

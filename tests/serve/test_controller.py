@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.calibration import threshold_for_ratio
-from models.errors import ConfigError
+from index.errors import ConfigError
 from serve.controller import ScoreWindow, StrongRatioController
 
 

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from models.errors import ConfigError, InputError
+from index.errors import ConfigError, InputError
 from serve.protocol import ChatMessage, RouteRequest, parse_model, scoring_text
 
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from models.errors import ArtifactError
+from index.errors import ArtifactError
 from serve.cli import main
 from serve.config import DEFAULT_CONFIG_YAML, parse_app_args
 from tests.serve.conftest import app_args

@@ -26,7 +26,7 @@ MESSAGES = [{"role": "user", "content": "Name one primary colour. Answer in one 
 def vllm_server(tmp_path_factory):
     pytest.importorskip("vllm")
     from models.causal_llm import default_base
-    from models.errors import DataNotFoundError
+    from index.errors import DataNotFoundError
 
     try:
         base = default_base()

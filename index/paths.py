@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.errors import DataNotFoundError
+from index.errors import DataNotFoundError
 
 DATA_ENV = "TURNOUT_DATA_DIR"
 HOME_ENV = "TURNOUT_HOME"

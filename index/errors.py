@@ -1,4 +1,4 @@
-"""One exception hierarchy for turnout.
+"""One exception hierarchy for turnout (in `index/`, the bottom layer, so that every package can raise it).
 
 The CLI maps every `TurnoutError` to one line on stderr and exit code 2; the HTTP layer maps them to 4xx codes.
 Anything else escaping is a bug and keeps its traceback.

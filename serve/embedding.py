@@ -1,0 +1,91 @@
+"""EmbeddingDeployment: the embedder and every router with the embedding backend (sw_ranking, mf, bert) in one replica.
+
+Routers that share the embedding (registry `shares_embedding`: sw_ranking, mf) score a prompt from its vector
+(`score_embeddings`), so a batch is embedded once and every such router is served from the same vectors; the
+others here (bert: its own fine-tuned encoder) score the batch's texts directly. Requests are micro-batched by
+`serve.batching.MicroBatcher` (what queued while the previous batch ran, up to `embedding.max_batch_size`; a lone
+request runs at once): at most one embedding call per batch, in length-sorted chunks of `embed_batch_size`, then
+one scoring call per router named in it. Requests past their deadline are dropped unprocessed.
+
+A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind()` site).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from serve.config import TurnoutConfig
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingDeployment:
+    def __init__(self, config: TurnoutConfig):
+        from index.embedder import load_embedder
+        from serve.artifacts import load_routers
+        from serve.batching import MicroBatcher
+        from serve.metrics import ServeMetrics
+
+        start = time.perf_counter()
+        self.config = config
+        entries = config.routers.entries()
+        self.shared = {name for name in config.embedding_routers if entries[name].shares_embedding}
+        # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more.
+        self.embedder = load_embedder(config.artifacts.embedder) if self.shared else None
+        self.routers = load_routers(config, config.embedding_routers, self.embedder)
+        self.metrics = ServeMetrics()
+        self.embed_batch_size = config.embedding.embed_batch_size
+        if self.embedder is not None:
+            self.embedder.embed(["warm-up"])  # load the model now, not on a request
+        for name in set(self.routers) - self.shared:
+            self.routers[name].score(["warm-up"])
+        self.batcher = MicroBatcher(self._score_batch, config.embedding.max_batch_size, "embedding",
+                                    on_drop=lambda n: self.metrics.dropped("embedding", n))
+        log.info("embedding ready in %.1fs: %s with %s", time.perf_counter() - start, list(self.routers), self.embedder)
+
+    async def score(self, text: str, router: str, deadline: float | None = None) -> dict | None:
+        """{"p_strong", "stages": {stage: ms}}, or None when `deadline` (time.time() s) passed while queued."""
+        return await self.batcher.submit((text, router), deadline)
+
+    async def _score_batch(self, items: list[tuple[str, str]]) -> list[dict]:
+        """p_strong for each (text, router) pair, with the embed and search/score time each request waited for.
+
+        Blocks the event loop on purpose rather than running in a worker thread: a forward pass is hundreds of
+        small torch ops, each taking the GIL back, and next to the replica's busy I/O thread that convoy cost
+        throughput at 32 clients (see BENCHMARKS.md, 'Serving'). Requests arriving meanwhile wait in Ray's queue
+        and form the next batch.
+        """
+        texts = [text for text, _ in items]
+        names = [name for _, name in items]
+        shared_rows = [i for i, name in enumerate(names) if name in self.shared]
+        embed_ms, vectors = 0.0, None
+        if shared_rows:
+            t0 = time.perf_counter()
+            vectors = self.embedder.embed([texts[i] for i in shared_rows], batch_size=self.embed_batch_size)
+            embed_ms = (time.perf_counter() - t0) * 1000.0
+        position = {row: i for i, row in enumerate(shared_rows)}
+        p_strong = np.empty(len(texts))
+        score_ms = {}
+        for name in dict.fromkeys(names):  # each router once, in first-seen order
+            rows = [i for i, n in enumerate(names) if n == name]
+            t1 = time.perf_counter()
+            if name in self.shared:
+                p_strong[rows] = self.routers[name].score_embeddings(vectors[[position[r] for r in rows]])
+            else:
+                p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
+            score_ms[name] = (time.perf_counter() - t1) * 1000.0
+        results = []
+        for p, name in zip(p_strong, names):
+            # Stages: the shared embedding, then the router's own step: "search" from a vector (FAISS and the fit,
+            # MF's head), "classify" from the text (bert's encoder pass).
+            stages = {"embed": embed_ms, "search": score_ms[name]} if name in self.shared else {"classify": score_ms[name]}
+            for stage, ms in stages.items():
+                self.metrics.stage(stage, name, ms)
+            results.append({"p_strong": float(np.clip(p, 0.0, 1.0)), "stages": stages})
+        return results
+
+    def ready(self) -> list[str]:
+        return list(self.routers)
