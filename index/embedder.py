@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ArtifactError, ConfigError, InputError
-from models.paths import atomic_path
+from index.errors import ArtifactError, ConfigError, InputError
+from index.paths import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,13 @@ class MiniLMEmbedder(Embedder):
         else:
             source = self._model_id
         try:
-            import torch
             from sentence_transformers import SentenceTransformer
 
-            device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+            from index.device import pick_device
+
+            # The GPU when torch sees one (the same rule as the routers' training and scoring); an explicit
+            # device, such as "cuda:1", is passed through as given.
+            device = self._device or pick_device("auto")
             model = SentenceTransformer(source, device=device)
         except Exception as exc:  # any failure here means the same thing to the user: no usable model
             raise ArtifactError(f"cannot load embedding model {source!r}: {_one_line(exc)}") from exc
@@ -194,7 +197,9 @@ def _native_bf16(device: str) -> bool:
     import torch
 
     if device.startswith("cuda"):
-        return bool(torch.cuda.is_bf16_supported())
+        from index.device import native_bf16
+
+        return native_bf16(device)  # not torch.cuda.is_bf16_supported(): that also counts emulated bf16
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # private probe; older or exotic builds lack it: stay exact

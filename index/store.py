@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import ArtifactError, ConfigError, InputError
-from models.paths import atomic_path
+from index.errors import ArtifactError, ConfigError, InputError
+from index.paths import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from models.errors import ArtifactError, ConfigError
+from index.device import autocast, pick_device
+from index.errors import ArtifactError, ConfigError
 from models.labels import (
     OUTCOMES,
     EarlyStopping,
@@ -63,6 +64,9 @@ class BertConfig:
     patience: int = 1  # evaluations without improvement before stopping
     evals_per_epoch: int = 2
     max_steps: int | None = None  # hard cap on optimiser steps (smoke runs, CI)
+    device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
+    # bf16 autocast for training. None: on CUDA where the GPU has native bf16; the CPU trains in fp32, as it always has
+    bf16: bool | None = None
     seed: int = 0
 
 
@@ -103,8 +107,11 @@ class BertRouter(Router):
 
     @classmethod
     def from_artifacts(cls, root: Path, embedder: Any = None, *, strong: str = DEFAULT_STRONG,
-                       weak: str = DEFAULT_WEAK, batch_size: int = 64, **options: Any) -> "BertRouter":
-        """Load `<root>/bert`; `embedder` is unused (the encoder is the model). Checks the strong/weak pair's tiers."""
+                       weak: str = DEFAULT_WEAK, batch_size: int = 64, device: str = "auto",
+                       **options: Any) -> "BertRouter":
+        """Load `<root>/bert`; `embedder` is unused (the encoder is the model). Checks the strong/weak pair's tiers.
+
+        device: auto (the GPU when torch sees one), cpu or cuda; the weights stay fp32 on every device."""
         folder = Path(root) / NAME
         hint = f"run `turnout train {NAME}`"
         meta = read_meta(folder, NAME, strong, weak)
@@ -117,6 +124,7 @@ class BertRouter(Router):
             raise ArtifactError(f"bert checkpoint at {folder} is missing or corrupted ({type(exc).__name__}); {hint}") from exc
         if model.config.num_labels != len(OUTCOMES):
             raise ArtifactError(f"bert checkpoint at {folder} has {model.config.num_labels} labels, expected 3; {hint}")
+        model.to(pick_device(device))
         return cls(model, tokenizer, max_length=int(meta.get("max_length", 128)), batch_size=batch_size)
 
 
@@ -130,8 +138,8 @@ def predict_proba(model: Any, tokenizer: Any, prompts: list[str], max_length: in
         for start in range(0, len(prompts), batch_size):
             idx = order[start: start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
-            out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).numpy()
+                            return_tensors="pt").to(model.device)
+            out[idx] = torch.softmax(model(**enc).logits.float(), dim=-1).cpu().numpy()
     return out
 
 
@@ -153,23 +161,31 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
     from tqdm.auto import tqdm
 
     config = config or BertConfig()
+    device = pick_device(config.device)  # before any loading: a bad value or a missing GPU fails at once
+    bf16 = device == "cuda" if config.bf16 is None else config.bf16
     base = config.base or default_base()
     rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     prompts = rows["prompt"].tolist()
     targets = torch.tensor(rows[list(OUTCOMES)].to_numpy(dtype=np.float32))
-    log.info("bert: %d labelled prompts (%d train, %d validation) from %d battles; base %s",
-             len(rows), len(train_idx), len(val_idx), int(rows["n"].sum()), base)
+    log.info("bert: %d labelled prompts (%d train, %d validation) from %d battles; base %s on %s",
+             len(rows), len(train_idx), len(val_idx), int(rows["n"].sum()), base, device)
 
     torch.manual_seed(config.seed)  # before the head is initialised
     tokenizer, model = _load_base(base, len(OUTCOMES))
     model.config.id2label = dict(enumerate(OUTCOMES))
     model.config.label2id = {k: i for i, k in enumerate(OUTCOMES)}
+    model.to(device)
     encoded = tokenizer(prompts, truncation=True, max_length=config.max_length)["input_ids"]
     lengths = np.array([len(ids) for ids in encoded])
 
     def collate(idx: np.ndarray) -> dict[str, Any]:
-        return tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+        return tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+
+    def log_probs(idx: np.ndarray) -> Any:
+        with autocast(device, bf16):
+            logits = model(**collate(idx)).logits
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def val_loss() -> float:
         if not len(val_idx):
@@ -179,8 +195,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
         with torch.inference_mode():
             for start in range(0, len(val_idx), 64):
                 idx = val_idx[start: start + 64]
-                logp = torch.log_softmax(model(**collate(idx)).logits.float(), dim=-1)
-                total += float(-(targets[idx] * logp).sum())
+                total += float(-(targets[idx].to(device) * log_probs(idx)).sum())
         model.train()
         return total / len(val_idx)
 
@@ -205,8 +220,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
     while step < total_steps and not stop:
         for idx in _batches(lengths[train_idx], config.batch_size, rng):
             idx = train_idx[idx]
-            logp = torch.log_softmax(model(**collate(idx)).logits.float(), dim=-1)
-            optimizer_step(-(targets[idx] * logp).sum(dim=-1).mean(), model.parameters(), opt, sched, bar)
+            loss = -(targets[idx].to(device) * log_probs(idx)).sum(dim=-1).mean()
+            optimizer_step(loss, model.parameters(), opt, sched, bar)
             step += 1
             if step % eval_every == 0 or step == total_steps:
                 stop = stopper.record(step, val_loss())

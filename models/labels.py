@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from models import bradley_terry
-from models.errors import ArtifactError, ConfigError
+from index.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_pair(tiers: dict[str, int], strong: str, weak: str) -> None:
 
 def write_checkpoint(folder: Path, model: Any, tokenizer: Any, meta: dict) -> Path:
     """Save a fine-tuned Hugging Face classifier router atomically: weights, tokenizer, then meta.json."""
-    from models.paths import atomic_dir
+    from index.paths import atomic_dir
 
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
@@ -161,7 +161,8 @@ class EarlyStopping:
         log.info("%s step %d: validation loss %.4f", self.name, step, validation_loss)
         if not validation_loss >= self.best:  # NaN (no validation split) counts as better: keep the last weights
             self.best, self.bad_evals = validation_loss, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            # kept in host memory: on a GPU a second copy of the weights would take memory that training needs
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             return False
         self.bad_evals += 1
         if self.bad_evals > self.patience:

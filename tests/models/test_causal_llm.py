@@ -119,3 +119,113 @@ def test_vllm_classify_equals_transformers_forward(trained):
     want = _router(trained).predict(prompts)
     got = _router(trained, backend="vllm", batch_size=4).predict(prompts)
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- GPU settings
+
+# What VLLMScorer passed to vLLM before the settings came from the config: the CPU mapping must stay exactly this.
+CPU_ENGINE_ARGS = {"model": "/ckpt", "runner": "pooling", "convert": "classify", "dtype": "float32", "enforce_eager": True,
+                   "max_model_len": 256, "max_num_seqs": 32, "seed": 0,
+                   "hf_overrides": {"classifier_from_token": list(cl.LABEL_TOKENS), "method": "no_post_processing"}}
+
+
+def test_vllm_engine_args_on_cpu_are_eager_without_gpu_settings():
+    assert cl.vllm_engine_args("/ckpt", 256, device="cpu") == CPU_ENGINE_ARGS
+    # GPU-only settings given on a CPU are dropped, not passed to an engine that would misread them
+    args = cl.vllm_engine_args("/ckpt", 256, device="cpu", dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.5)
+    assert "gpu_memory_utilization" not in args and "max_num_batched_tokens" not in args
+    assert args["enforce_eager"] is True and args["dtype"] == "bfloat16" and args["max_num_seqs"] == 8
+    assert cl.vllm_engine_args("/ckpt", 256, device="cpu", enforce_eager=False)["enforce_eager"] is False  # as set
+
+
+def test_vllm_engine_args_on_cuda_use_graphs_and_the_memory_share():
+    args = cl.vllm_engine_args("/ckpt", 256, device="cuda", dtype="bfloat16", max_num_seqs=16, gpu_memory_utilization=0.6)
+    assert args["enforce_eager"] is False  # CUDA graphs unless asked otherwise
+    assert args["gpu_memory_utilization"] == 0.6 and args["dtype"] == "bfloat16" and args["max_num_seqs"] == 16
+    assert args["max_num_batched_tokens"] == 16 * 256  # a full micro-batch of full-length prompts is one step
+    assert args["max_model_len"] == 256 and args["hf_overrides"] == CPU_ENGINE_ARGS["hf_overrides"]
+    assert cl.vllm_engine_args("/ckpt", 256, device="cuda", enforce_eager=True)["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in cl.vllm_engine_args("/ckpt", 256, device="cuda")  # None: vLLM's default
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(device="auto"), "cpu or cuda"),  # the mapping takes the detected device, never a request
+    (dict(device="tpu"), "cpu or cuda"),
+    (dict(device="cuda", gpu_memory_utilization=0.0), "gpu_memory_utilization"),
+    (dict(device="cuda", gpu_memory_utilization=1.5), "gpu_memory_utilization"),
+])
+def test_vllm_engine_args_refuse_bad_settings(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        cl.vllm_engine_args("/ckpt", 256, **kwargs)
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in `vllm` whose LLM records its keyword arguments and whose platform is settable."""
+    import sys
+    import types
+
+    module, platforms = types.ModuleType("vllm"), types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(device_type="cpu")
+    calls = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+
+    module.LLM, module.platforms = LLM, platforms
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
+    return platforms.current_platform, calls
+
+
+def test_vllm_device_follows_the_installed_build(fake_vllm):
+    platform, _ = fake_vllm
+    assert cl.vllm_device("auto") == "cpu" and cl.vllm_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'cuda' was asked for but the installed vLLM runs on 'cpu'"):
+        cl.vllm_device("cuda")
+    platform.device_type = "cuda"
+    assert cl.vllm_device("auto") == "cuda" and cl.vllm_device("cuda") == "cuda"
+    with pytest.raises(ConfigError, match="runs on 'cuda'"):
+        cl.vllm_device("cpu")
+    platform.device_type = ""  # the CUDA build where no GPU is visible
+    with pytest.raises(ConfigError, match="no device it runs on.*num_gpus"):
+        cl.vllm_device("auto")
+    with pytest.raises(ConfigError, match="auto, cpu, cuda"):
+        cl.vllm_device("gpu")
+
+
+def test_vllm_scorer_builds_its_engine_from_the_mapping(fake_vllm):
+    platform, calls = fake_vllm
+    scorer = cl.VLLMScorer("/ckpt", 256)
+    assert scorer.device == "cpu" and calls[-1] == CPU_ENGINE_ARGS == scorer.engine_args
+    platform.device_type = "cuda"
+    scorer = cl.VLLMScorer("/ckpt", 128, dtype="bfloat16", max_num_seqs=8, gpu_memory_utilization=0.7)
+    assert scorer.device == "cuda"
+    assert calls[-1] == cl.vllm_engine_args("/ckpt", 128, device="cuda", dtype="bfloat16", max_num_seqs=8,
+                                            gpu_memory_utilization=0.7)
+    assert calls[-1]["enforce_eager"] is False and calls[-1]["gpu_memory_utilization"] == 0.7
+
+
+def test_router_passes_the_engine_settings_through(trained, fake_vllm):
+    platform, calls = fake_vllm
+    platform.device_type = "cuda"
+    router = _router(trained, backend="vllm", batch_size=4, dtype="bfloat16", device="cuda",
+                     gpu_memory_utilization=0.5, enforce_eager=True)
+    assert router.backend == "vllm" and router.scorer.device == "cuda"
+    assert {k: calls[-1][k] for k in ("dtype", "max_num_seqs", "gpu_memory_utilization", "enforce_eager")} == {
+        "dtype": "bfloat16", "max_num_seqs": 4, "gpu_memory_utilization": 0.5, "enforce_eager": True}
+    with pytest.raises(ConfigError, match="runs on 'cuda'"):
+        _router(trained, backend="vllm", device="cpu")
+
+
+def test_transformers_scorer_runs_where_it_is_told(trained, monkeypatch):
+    import torch
+
+    router = _router(trained, device="cpu")
+    assert router.scorer.device == "cpu" and next(router.scorer.model.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(router.predict(["math equation algebra item 3"]),
+                               _router(trained).predict(["math equation algebra item 3"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        _router(trained, device="cuda")

@@ -34,9 +34,28 @@ def artifacts(tmp_path_factory):
     sw_ranking.train(_training_data(), embedder, home / "routers")
     tiny = mf.MFConfig(dim=8, epochs=10, batch_size=256, lr=3e-2, weight_decay=0.0, seed=0)
     mf.train(_training_data(n_battles=2000), embedder, home / "routers", tiny, progress=False)
+    _tiny_bert(home / "routers")
     reference = home / "reference.txt"
     reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")
     return home, reference
+
+
+def _tiny_bert(root) -> None:
+    """A random-init 2-layer, 32-wide bert checkpoint for the strong-1/weak-1 pair (served, not judged on quality)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    from models import bert
+    from models.labels import write_checkpoint
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(bert.default_base())
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                     num_labels=3)
+    write_checkpoint(root / bert.NAME, transformers.BertForSequenceClassification(config), tokenizer,
+                     {"router": bert.NAME, "max_length": 32, "tiers": {"strong-1": 0, "weak-1": 1},
+                      "pair": {"strong": "strong-1", "weak": "weak-1", "tiers": [0, 1]}})
 
 
 def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:

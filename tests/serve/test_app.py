@@ -25,7 +25,7 @@ from serve.metrics import (
     exported,
     parse_prometheus,
 )
-from serve.config import EMBEDDING
+from serve.config import EMBEDDING, INGRESS
 from tests.serve.conftest import app_args, deploy_apps
 from tests.serve.fakes import CHUNKS, free_port
 
@@ -51,17 +51,24 @@ def service(ray_cluster, artifacts, upstream):
     # one embedding slot and one queue place per caller: the rest of a burst is rejected at once
     tight = app_args(home, reference, upstream.base_url, upstream.base_url)
     tight["routers"].update(enabled=["mf"], default="mf")
-    start = time.perf_counter()
-    configs = deploy_apps({
+
+    # a router from another package, added by one registry entry; bert from its checkpoint
+    extra = app_args(home, reference, upstream.base_url, upstream.base_url)
+    extra["routers"].update(enabled=["toy", "bert"], default="toy", extra={"toy": "tests.serve.toy_router:TOY"})
+    extra["routing"].update(thresholds={"toy": 0.5})
+    apps = {
         "turnout": ("/", main, {}),
         "broken": ("/broken", broken, {}),
         "down": ("/down", down, {}),
         "tight": ("/tight", tight, {EMBEDDING: {"max_ongoing_requests": 1, "max_queued_requests": 1}}),
-    })
+        "extra": ("/extra", extra, {}),
+    }
+    start = time.perf_counter()
+    configs = deploy_apps(apps)
     deploy_s = time.perf_counter() - start
     with httpx.Client(base_url=ray_cluster["http"], timeout=30) as client:
         yield {"client": client, "config": configs["turnout"], "metrics": ray_cluster["metrics"], "deploy_s": deploy_s,
-               "upstream": upstream}
+               "upstream": upstream, "apps": apps}
 
 
 def _error(response, status, fragment):
@@ -244,6 +251,18 @@ def test_no_upstream_available_is_502_with_the_decision(service):
     assert response.headers["x-turnout-fallback"] == "upstream_unreachable"
 
 
+def test_a_registered_router_and_bert_are_served(service):
+    """A router is its file plus one registry entry: `routers.extra` names the toy one, the ingress serves it."""
+    client = service["client"]
+    proof = client.post("/extra/v1/route", json={"prompt": "Prove that sqrt(2) is irrational."}).json()
+    hello = client.post("/extra/v1/route", json={"prompt": "hi there"}).json()
+    assert (proof["router"], proof["p_strong"], proof["model"], proof["threshold_source"]) == ("toy", 0.9, "strong", "fixed")
+    assert (hello["p_strong"], hello["model"]) == (0.1, "weak")
+    assert client.get("/extra/readyz").json()["routers"] == ["bert", "toy"]
+    scored = client.post("/extra/v1/route", json={"prompt": MATH, "router": "bert"})
+    assert scored.status_code == 200 and 0.0 <= scored.json()["p_strong"] <= 1.0, scored.text
+
+
 def test_requests_past_their_deadline_are_dropped_unprocessed(service):
     from ray import serve
 
@@ -320,3 +339,28 @@ def test_metrics_reach_the_export_port(service):
 
 def test_deploy_time(service):
     assert service["deploy_s"] < 60  # tiny artifacts: Ray Serve overhead only
+
+
+def test_thresholds_change_live_without_restarting_a_replica(service):
+    """The ingress user_config (Ray's own deployment option) reaches `reconfigure()`: new thresholds and
+    strong_ratio apply on the running replica, which is not restarted and reloads nothing. Runs last: it leaves
+    the `turnout` app with other thresholds."""
+    client = service["client"]
+    before = client.get("/v1/routers").json()
+    assert before["replica"] and before["routers"]["mf"]["mode"] == "controller"
+    apps = dict(service["apps"])
+    prefix, args, options = apps["turnout"]
+    apps["turnout"] = (prefix, args, {**options, INGRESS: {"user_config": {"thresholds": {"mf": 0.25},
+                                                                         "strong_ratio": 0.2}}})
+    deploy_apps(apps)
+    deadline = time.monotonic() + 60
+    while True:
+        after = client.get("/v1/routers").json()
+        if after["routers"]["mf"]["mode"] == "fixed" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert after["replica"] == before["replica"]  # the same replica: reconfigured, not replaced
+    assert after["routers"]["mf"] == {**after["routers"]["mf"], "mode": "fixed", "threshold": 0.25}
+    assert after["routers"]["sw_ranking"]["strong_ratio_target"] == 0.2  # the live target moved too
+    decided = client.post("/v1/route", json={"prompt": MATH, "router": "mf"}).json()
+    assert decided["threshold"] == 0.25 and decided["threshold_source"] == "fixed"

@@ -5,7 +5,6 @@ and the five label tokens; its label rows are scaled up so that p_strong differs
 The served app is `causal` (routers causal_llm and length) under /causal.
 """
 
-import copy
 import importlib.util
 import time
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 import yaml
 
 from index.errors import ArtifactError, ConfigError
-from serve.config import DEFAULT_CONFIG_YAML, TurnoutConfig, load_serve_file, parse_app_args
+from serve.config import CLASSIFIER, DEPLOYMENT_DEFAULTS, TurnoutConfig, default_document, load_serve_file, parse_app_args
 from serve.metrics import DROPPED, STAGE_LATENCY, exported, parse_prometheus
-from tests.serve.conftest import REFERENCE_PROMPTS, app_args
+from tests.serve.conftest import REFERENCE_PROMPTS, app_args, deploy_apps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,12 +31,13 @@ REFERENCE_SAMPLE = 40
 def _causal_args(home, reference, **classifier) -> dict:
     args = app_args(home, reference, NOWHERE, NOWHERE)
     args["routers"].update(enabled=["causal_llm", "length"], default="causal_llm")
-    # 8 in the engine + 24 queued per caller; the router takes more than that at once, so a burst overflows
-    args["deployments"]["classifier"] = {"max_ongoing_requests": 8, "max_queued_requests": 24,
-                                         "ray_actor_options": {"num_cpus": 0.5}}
-    args["deployments"]["router"]["max_ongoing_requests"] = 128
     args["classifier"] = {"max_batch_size": 8, "reference_prompts": REFERENCE_SAMPLE, **classifier}
     return args
+
+
+# 8 in the engine + 24 queued per caller; the ingress admits more than that at once, so a burst overflows
+CAUSAL_DEPLOYMENTS = {CLASSIFIER: {"max_ongoing_requests": 8, "max_queued_requests": 24,
+                                   "ray_actor_options": {"num_cpus": 0.5}}}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -45,21 +45,20 @@ def _causal_args(home, reference, **classifier) -> dict:
 
 def test_causal_llm_is_servable_but_never_on_by_default():
     assert "causal_llm" not in load_serve_file().config.routers.enabled
-    assert "causal_llm" not in TurnoutConfig.model_validate({"upstreams": yaml.safe_load(DEFAULT_CONFIG_YAML)[
-        "applications"][0]["args"]["upstreams"]}).routers.enabled
-    args = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_YAML)["applications"][0]["args"])
+    assert "causal_llm" not in TurnoutConfig().routers.enabled
+    args = TurnoutConfig().model_dump(mode="json")
     args["routers"]["enabled"].append("causal_llm")
     config = parse_app_args(args)
-    assert config.classifier_routers == ["causal_llm"] and config.retrieval_routers == ["sw_ranking", "mf"]
+    assert config.classifier_routers == ["causal_llm"] and config.embedding_routers == ["sw_ranking", "mf"]
     assert config.classifier.dtype == "float32" and config.classifier.max_batch_size == 32
-    assert config.deployments.classifier.ray_options()["ray_actor_options"]["num_cpus"] == 1.0
+    assert CLASSIFIER in config.deployments() and DEPLOYMENT_DEFAULTS[CLASSIFIER]["ray_actor_options"]["num_cpus"] == 1.0
 
 
 def test_example_causal_config_is_valid():
     served = load_serve_file(path=REPO / "deploy" / "causal.yaml")
     config = served.config
     assert "causal_llm" in config.routers.enabled and config.classifier_routers == ["causal_llm"]
-    options = config.deployments.classifier.ray_options()
+    options = {d["name"]: d for d in served.filled()["applications"][0]["deployments"]}[CLASSIFIER]
     assert options["max_queued_requests"] == 32 and options["ray_actor_options"]["num_cpus"] == 1.0
     assert config.classifier.cpu_threads_bind == "nobind" and config.classifier.reference_prompts == 256
 
@@ -73,12 +72,10 @@ def test_example_causal_config_is_valid():
     (lambda a: a.update(classifier={"reference_prompts": 5}), "classifier.reference_prompts"),
     (lambda a: a.update(classifier={"cpu_threads_bind": ""}), "classifier.cpu_threads_bind"),
     (lambda a: a.update(classifier={"max_num_seqs": 8}), "classifier.max_num_seqs: Extra inputs are not permitted"),
-    (lambda a: a["deployments"].update(classifier={"ray_actor_options": {"num_cpus": -1}}), "deployments.classifier"),
-    (lambda a: a["deployments"].update(classifier={"num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}), "not both"),
-    (lambda a: a["routers"].update(enabled=["causal_llm", "bert"], default="causal_llm"), "not yet servable router"),
+    (lambda a: a["routers"].update(enabled=["causal_llm", "gpt"], default="causal_llm"), "unknown router(s) ['gpt']"),
 ])
 def test_bad_classifier_settings_are_one_line_config_errors(edit, fragment):
-    args = copy.deepcopy(yaml.safe_load(DEFAULT_CONFIG_YAML)["applications"][0]["args"])
+    args = TurnoutConfig().model_dump(mode="json")
     edit(args)
     with pytest.raises(ConfigError) as info:
         parse_app_args(args)
@@ -126,8 +123,8 @@ def test_missing_checkpoint_stops_prepare_with_one_line(tmp_path, capsys):
     assert time.perf_counter() - started < 5  # checked first, before embedders or reference scoring
     assert not (tmp_path / "routers" / "causal_llm").exists()  # never trained by serving
 
-    doc = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    doc["applications"][0]["args"] = args
+    doc = default_document()
+    doc["applications"][0].update(args=args, deployments=[])
     path = tmp_path / "causal.yaml"
     path.write_text(yaml.safe_dump(doc))
     code = main(["serve", "--config", str(path), "--port", str(free_port()), "--metrics-port", str(free_port())])
@@ -152,14 +149,8 @@ def test_checkpoint_for_another_pair_stops_prepare(causal_home):
 def service(causal_home, ray_cluster):
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vllm is not installed")
-    from ray import serve
-
-    from serve.app import build_app
-    from serve.artifacts import prepare
-
     home, reference = causal_home
-    config = prepare(parse_app_args(_causal_args(home, reference)))
-    serve.run(build_app(config), name="causal", route_prefix="/causal")
+    config = deploy_apps({"causal": ("/causal", _causal_args(home, reference), CAUSAL_DEPLOYMENTS)})["causal"]
     with httpx.Client(base_url=ray_cluster["http"] + "/causal", timeout=30) as client:
         yield {"client": client, "config": config, "metrics": ray_cluster["metrics"]}
 
@@ -202,30 +193,31 @@ def test_ready_and_controller_start_from_capped_reference(service):
 def test_concurrent_requests_share_engine_calls(service, offline):
     from ray import serve
 
-    classifier = serve.get_deployment_handle("ClassifierDeployment", app_name="causal")
-    responses = [classifier.score.remote(TEXTS[i % len(TEXTS)], time.time() + 30) for i in range(24)]
-    results = [r.result(timeout_s=30) for r in responses]
-    for i, result in enumerate(results):
-        assert abs(result["p_strong"] - offline[i % len(TEXTS)]) < 1e-3
-    times = [r["classify_ms"] for r in results]
-    # requests of one micro-batch report the same engine call: those queued behind the first one share calls
-    assert len(set(times)) <= len(times) // 2, sorted(times)
+    classifier = serve.get_deployment_handle(CLASSIFIER, app_name="causal")
+    # A burst of 24 sent at once queues behind the engine call of the first, so they share calls. How many
+    # arrive before that call ends depends on the machine's load; a few bursts make the check not flaky, and a
+    # batcher that never batches fails every one of them.
+    shared = []
+    for _ in range(3):
+        responses = [classifier.score.remote(TEXTS[i % len(TEXTS)], time.time() + 30) for i in range(24)]
+        results = [r.result(timeout_s=30) for r in responses]
+        for i, result in enumerate(results):
+            assert abs(result["p_strong"] - offline[i % len(TEXTS)]) < 1e-3
+        # requests of one micro-batch report the same engine call
+        times = [r["stages"]["classify"] for r in results]
+        shared.append(len(set(times)))
+        if shared[-1] <= len(times) // 2:
+            break
+    assert min(shared) <= 12, shared
 
 
 def test_requests_past_their_deadline_skip_the_engine(service):
     from ray import serve
 
-    from serve.ingress import _cause
-    from serve.protocol import RoutingTimeout
-
-    classifier = serve.get_deployment_handle("ClassifierDeployment", app_name="causal")
+    classifier = serve.get_deployment_handle(CLASSIFIER, app_name="causal")
     assert classifier.score.remote(TEXTS[0], time.time() - 1.0).result() is None
     live = classifier.score.remote(TEXTS[0], None).result()
-    assert 0.0 <= live["p_strong"] <= 1.0 and live["classify_ms"] > 0.0
-    router = serve.get_deployment_handle("RouterDeployment", app_name="causal")
-    with pytest.raises(Exception) as info:
-        router.route.remote(TEXTS[0], "causal_llm", None, None, time.time() - 1.0).result()
-    assert isinstance(_cause(info.value), RoutingTimeout)
+    assert 0.0 <= live["p_strong"] <= 1.0 and live["stages"]["classify"] > 0.0
 
     # the drop and the classify stage reach the metrics export (each replica exports on its own clock)
     deadline = time.monotonic() + 30
@@ -242,16 +234,16 @@ def test_requests_past_their_deadline_skip_the_engine(service):
 
 
 def test_a_burst_beyond_the_classifier_queue_is_refused_at_once(service, offline):
-    """max_queued_requests on the classifier: the router maps Ray's back-pressure to RoutingOverloaded (HTTP 503
-    at the ingress) instead of queueing without bound; what fits is scored as usual."""
+    """max_queued_requests on the classifier: Ray refuses a burst beyond it at once (the ingress turns that into
+    a 503 with Retry-After: tests/serve/test_app.py, the `tight` app) instead of queueing without bound; what
+    fits is scored as usual. Sent through the handle, so all 128 arrive within milliseconds."""
     from ray import serve
     from ray.serve.exceptions import BackPressureError
 
     from serve.ingress import _cause
-    from serve.protocol import RoutingOverloaded
 
-    router = serve.get_deployment_handle("RouterDeployment", app_name="causal")
-    responses = [router.route.remote(TEXTS[i % len(TEXTS)], "causal_llm") for i in range(128)]
+    classifier = serve.get_deployment_handle(CLASSIFIER, app_name="causal")
+    responses = [classifier.score.remote(TEXTS[i % len(TEXTS)], None) for i in range(128)]
     scored, refused = [], []
     for i, response in enumerate(responses):
         try:
@@ -260,6 +252,6 @@ def test_a_burst_beyond_the_classifier_queue_is_refused_at_once(service, offline
             refused.append(_cause(exc))
     # 8 running + 24 queued fit at any moment; a burst of 128 cannot
     assert len(scored) >= 32 and refused, (len(scored), len(refused))
-    assert all(isinstance(e, (RoutingOverloaded, BackPressureError)) for e in refused), refused[:3]
+    assert all(isinstance(e, BackPressureError) for e in refused), refused[:3]
     for i, p in scored:
         assert abs(p - offline[i % len(TEXTS)]) < 1e-3

@@ -13,7 +13,7 @@ import yaml
 
 from index.errors import ArtifactError
 from serve.cli import main
-from serve.config import DEFAULT_CONFIG_YAML, parse_app_args
+from serve.config import default_document, parse_app_args, render_yaml
 from tests.serve.conftest import app_args
 from tests.serve.fakes import free_port
 
@@ -27,8 +27,8 @@ def _run(capsys, *argv):
 
 
 def _config_file(path, args, port=8000):
-    doc = yaml.safe_load(DEFAULT_CONFIG_YAML)
-    doc["applications"][0]["args"] = args
+    doc = default_document()
+    doc["applications"][0].update(args=args, deployments=[])
     doc["http_options"]["port"] = port
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -36,7 +36,8 @@ def _config_file(path, args, port=8000):
 
 def test_print_config_is_the_embedded_default(capsys):
     code, out, _ = _run(capsys, "serve", "--print-config")
-    assert code == 0 and out == DEFAULT_CONFIG_YAML
+    assert code == 0 and out == render_yaml(default_document())
+    assert yaml.safe_load(out) == default_document()
 
 
 def test_check_validates_and_applies_overrides(capsys, tmp_path):
@@ -51,7 +52,7 @@ def test_check_validates_and_applies_overrides(capsys, tmp_path):
     (lambda doc: doc.update(http_options={"port": "x"}), "http_options.port"),
 ])
 def test_bad_config_file_is_one_line_error(capsys, tmp_path, edit, fragment):
-    doc = yaml.safe_load(DEFAULT_CONFIG_YAML)
+    doc = default_document()
     edit(doc)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -73,24 +74,24 @@ def test_missing_config_and_busy_port_are_one_line_errors(capsys, tmp_path):
 def test_prepare_builds_only_missing_artifacts(artifacts, tmp_path, monkeypatch):
     import shutil
 
+    from models import pipeline
     from serve import artifacts as serve_artifacts
-    from serve import cli
 
     home, reference = artifacts
     copy = tmp_path / "home"
     shutil.copytree(home / "routers", copy / "routers")
     shutil.rmtree(copy / "routers" / "mf")
     args = app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
-    with pytest.raises(ArtifactError, match="build_missing is false"):
+    with pytest.raises(ArtifactError, match=r"no mf artifact under .*; run `turnout train mf`$"):
         serve_artifacts.prepare(parse_app_args(args))
 
     trained = []
 
-    def fake_train(name, home_dir, data, embedder):
+    def fake_train(ws, name, options=None):  # the real one needs the shared data; tested in tests/serve/test_cli.py
         trained.append(name)
-        shutil.copytree(home / "routers" / name, home_dir / "routers" / name)
+        shutil.copytree(home / "routers" / name, ws.home / "routers" / name)
 
-    monkeypatch.setattr(cli, "_train", fake_train)
+    monkeypatch.setattr(pipeline, "train", fake_train)
     args["artifacts"]["build_missing"] = True
     config = serve_artifacts.prepare(parse_app_args(args))
     assert trained == ["mf"]
@@ -155,3 +156,56 @@ def test_reference_scores_follow_the_artifact_version(artifacts, tmp_path):
     assert serve_artifacts.load_reference(config, "sw_ranking") is not None
     other_pair = config.model_copy(update={"routers": config.routers.model_copy(update={"weak_model": "tiny"})})
     assert serve_artifacts.load_reference(other_pair, "sw_ranking") is None
+
+
+def test_serve_run_starts_calibrated_from_a_prepared_folder(artifacts, upstream, tmp_path, capsys):
+    """`turnout prepare --config F` then Ray's own `serve run F` (no turnout driver): the replicas find the folder
+    the config names and start from the offline calibration, not from 1 - strong_ratio."""
+    import shutil
+
+    import numpy as np
+
+    from serve import artifacts as serve_artifacts
+    from serve.controller import StrongRatioController
+
+    pytest.importorskip("ray.serve")
+    home, reference = artifacts
+    folder = tmp_path / "home"
+    shutil.copytree(home / "routers", folder / "routers")
+    port = free_port()
+    args = app_args(folder, reference, upstream.base_url, upstream.base_url)
+    path = _config_file(tmp_path / "serve.yaml", args, port)
+    code, out, err = _run(capsys, "prepare", "--config", str(path))
+    assert code == 0 and "offline calibration for sw_ranking, mf, length, random" in out, err
+    config = parse_app_args(args)
+    window = config.routing.controller.window
+    want = {name: StrongRatioController(strong_ratio=0.5, window=window, min_live=10,
+                                        reference=serve_artifacts.load_reference(config, name)).threshold
+            for name in ("mf", "sw_ranking")}
+    assert all(abs(t - 0.5) > 1e-3 for t in want.values())  # distinguishable from the uncalibrated 1 - strong_ratio
+
+    serve_bin = Path(sys.executable).with_name("serve")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen([str(serve_bin), "run", str(path)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, state = time.monotonic() + 180, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/routers", timeout=5)
+                if response.status_code == 200:
+                    state = response.json()["routers"]
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(1.0)
+        assert state is not None, "serve run did not come up"
+        for name, threshold in want.items():
+            assert state[name]["mode"] == "controller" and state[name]["reference_in_window"] == window, state[name]
+            assert np.isclose(state[name]["threshold"], threshold), (name, state[name], threshold)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()

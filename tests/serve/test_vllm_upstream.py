@@ -13,8 +13,8 @@ import time
 import httpx
 import pytest
 
-from serve.config import parse_app_args
-from tests.serve.conftest import app_args
+
+from tests.serve.conftest import app_args, deploy_apps
 from tests.serve.fakes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -65,15 +65,10 @@ def vllm_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(ray_cluster, artifacts, vllm_server):
-    from ray import serve
-
-    from serve.app import build_app
-    from serve.artifacts import prepare
-
     home, reference = artifacts
     args = app_args(home, reference, vllm_server, vllm_server)
     args["upstreams"]["strong"]["api_key_env"] = None
-    serve.run(build_app(prepare(parse_app_args(args))), name="turnout", route_prefix="/")
+    deploy_apps({"turnout": ("/", args, {})})
     with httpx.Client(base_url=ray_cluster["http"], timeout=120) as client:
         yield client
 
