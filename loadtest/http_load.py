@@ -71,7 +71,7 @@ async def run_level(url: str, router: str, prompts: list[str], clients: int, dur
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.benchmarks import BENCHMARKS, load_benchmark
+    from models.benchmarks import PAPER_BENCHMARKS, load_benchmark
     from index.paths import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     data = data_dir(args.data_dir)
-    prompts = [p for b in BENCHMARKS for p in load_benchmark(b, data).prompts]
+    prompts = [p for b in PAPER_BENCHMARKS for p in load_benchmark(b, data).prompts]
     url = args.url.rstrip("/") + "/v1/route"
     levels = []
     for router in args.router:

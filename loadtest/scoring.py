@@ -33,7 +33,7 @@ def _rate(fn, items: np.ndarray, batch: int, repeats: int = 3) -> float:
 def main(argv: list[str] | None = None) -> int:
     from index.embedder import MiniLMEmbedder
     from models import pipeline
-    from models.benchmarks import BENCHMARKS, load_benchmark
+    from models.benchmarks import PAPER_BENCHMARKS, load_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ws = pipeline.workspace(args.home, args.data_dir)
     data, embedder = ws.data(), ws.embedder
-    prompts = [p for b in BENCHMARKS for p in load_benchmark(b, data).prompts]
+    prompts = [p for b in PAPER_BENCHMARKS for p in load_benchmark(b, data).prompts]
     queries = embedder.embed(prompts)  # cached: the routing step is what is timed below
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": date.today().isoformat(),
               "prompts": len(prompts), "batch": args.batch, "routers": {}}

@@ -97,3 +97,34 @@ def coverage(prompt_vectors: np.ndarray, train_vectors_by_source: dict[str, np.n
     sources, similarity, _ = nearest_by_source(prompt_vectors, train_vectors_by_source)
     n_train = {s: len(train_vectors_by_source[s]) for s in sources}
     return summarize_nearest(sources, similarity, n_train, low)
+
+
+LEAST_COVERED = 10  # prompts listed in the coverage report with their nearest training prompt
+
+
+def coverage_report(ws, prompts: list[str], prompts_file: str, router: str | None = None) -> dict:
+    """`turnout coverage`: per training source of <home>/data, how close its prompts come to `prompts`, plus the
+    least-covered prompts with their nearest training prompt. `ws` is a models.pipeline.Workspace."""
+    from models import data as training
+
+    embedder = ws.embedder
+    td = training.load(ws.home / "data")  # every trained router is trained on all of it: `router` changes nothing yet
+    train_prompts = td.battles["prompt"].unique()
+    position = {p: i for i, p in enumerate(train_prompts)}
+    members = {source: np.unique(group.map(position).to_numpy())
+               for source, group in td.battles.groupby("source")["prompt"]}
+    train_vectors = embedder.embed(list(train_prompts), progress=True)
+    prompt_vectors = embedder.embed(prompts, progress=True)
+    sources, similarity, index = nearest_by_source(prompt_vectors, {s: train_vectors[m] for s, m in members.items()})
+    report = summarize_nearest(sources, similarity, {s: len(m) for s, m in members.items()})
+    report["overall"]["n_train"] = len(train_prompts)  # a prompt in two sources counts once here
+    owner = similarity.argmax(axis=1)
+    least = np.argsort(similarity.max(axis=1), kind="stable")[:LEAST_COVERED]
+    report.update(
+        prompts_file=prompts_file, embedder=embedder.name, router=router, data_hash=td.report.get("data_hash"),
+        least_covered=[{
+            "prompt": prompts[i], "similarity": float(similarity[i, owner[i]]), "source": sources[owner[i]],
+            "nearest_training_prompt": str(train_prompts[members[sources[owner[i]]][index[i, owner[i]]]]),
+        } for i in least],
+    )
+    return report

@@ -312,3 +312,95 @@ def write_results(results: dict[str, Any], path: Path) -> Path:
         tmp.write_text(json.dumps(_plain(results), indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s", path)
     return Path(path)
+
+
+# ------------------------------------------------------------------------- what `turnout eval` runs
+
+
+def parse_benches(value: str, strong: str, weak: str) -> tuple[list, dict[str, str]]:
+    """--bench: known benchmark names stay names; .jsonl/.csv/.parquet paths become Benchmark objects of the
+    --strong/--weak pair. Also returns the pair routers must be loaded for ({} for the default pair)."""
+    from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+    from models.benchmarks import BENCHMARKS
+    from models.model_names import canonical
+    from models.registry import parse_names
+    from models.user_data import SUFFIXES, read_bench_file
+
+    items = [b.strip() for b in value.split(",") if b.strip()]
+    if "all" in items:  # every shared-data benchmark, in the order they are read: dev ones first
+        items = [b for i in items for b in (BENCHMARKS if i == "all" else (i,))]
+    files = [b for b in items if b not in BENCHMARKS and b.lower().endswith(SUFFIXES)]
+    names = [b for b in items if b not in files]
+    if names or not files:
+        parse_names(",".join(names), list(BENCHMARKS), "benchmark")
+    strong, weak = canonical(strong), canonical(weak)
+    default = (strong, weak) == (DEFAULT_STRONG, DEFAULT_WEAK)
+    if not default and names:
+        raise ConfigError(f"--strong/--weak apply to --bench files only; {', '.join(names)} have their own strong/weak "
+                          "pair: evaluate them in a separate run")
+    loaded = {f: read_bench_file(Path(f), strong, weak) for f in files}
+    taken = [loaded[f].name for f in files] + names
+    twice = sorted({n for n in taken if taken.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--bench names {', '.join(twice)} more than once (a file is named by its stem); rename the file")
+    return [loaded.get(b, b) for b in items], ({} if default else {"strong": strong, "weak": weak})
+
+
+def warn_trained_on(benches: list, home: Path) -> None:
+    """A held-out file whose prompts the routers were trained on (added with --add) reads too well: say so."""
+    from models import data as training
+
+    files = [b for b in benches if not isinstance(b, str)]
+    if not files or not (home / "data" / "models.json").exists():
+        return
+    seen = set(training.load(home / "data").battles["prompt"].map(training.normalize))
+    for bench in files:
+        shared = sum(training.normalize(p) in seen for p in bench.prompts)
+        if shared:
+            logger.warning("%s: %d of %d prompts are in the training data (<home>/data): its APGR is biased upward; "
+                        "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
+
+
+def routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[str, dict] | None = None):
+    """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
+
+    A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
+    it was trained for (its ranking of prompts is what APGR reads), and `scored_pairs[bench][router]` says so.
+    """
+    from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+    from models.pipeline import load
+
+    cache: dict[tuple[str, str], dict] = {}
+    fallbacks: dict[tuple[str, str], list[str]] = {}
+    scored_pairs: dict[str, dict[str, tuple[str, str]]] = {}
+
+    def routers_for(bench) -> dict:
+        key = (bench.strong_model, bench.weak_model) if not pair else (pair["strong"], pair["weak"])
+        if key not in cache:
+            built, fallbacks[key] = {}, []
+            for name in names:
+                try:
+                    built[name] = load(ws, name, strong=key[0], weak=key[1], **(options or {}).get(name, {}))
+                except ConfigError as exc:
+                    if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
+                        raise
+                    logger.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
+                    built[name] = load(ws, name, **(options or {}).get(name, {}))
+                    fallbacks[key].append(name)
+            cache[key] = built
+        for name in fallbacks[key]:
+            scored_pairs.setdefault(bench.name, {})[name] = (DEFAULT_STRONG, DEFAULT_WEAK)
+        return cache[key]
+
+    return routers_for, scored_pairs
+
+
+def obvious_check(routers_for, out: Path, bootstrap: int) -> dict:
+    """AUC of every router on the obvious-prompts file (served pair); writes and returns `<out>/obvious.json`."""
+    from models.obvious import obvious_report
+
+    served = Benchmark("obvious", [], None, None)  # only the pair matters: the default one, as served
+    report = obvious_report(routers_for(served), n_bootstrap=max(bootstrap, 1))
+    with atomic_path(out / "obvious.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    return report

@@ -420,3 +420,16 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise ConfigError(f"{path} holds no prompts")
     return prompts
+
+
+def read_added(paths: list[str]) -> list:
+    """Every --add file read and checked before anything is built, so a bad one leaves <home>/data as it was."""
+    added = [read_user_file(p) for p in paths]
+    sources = [u.source for u in added]
+    twice = sorted({s for s in sources if sources.count(s) > 1})
+    if twice:
+        raise ConfigError(f"--add files share a name ({', '.join(twice)}): each file's stem names its source; rename one")
+    for user in added:
+        if user.bad_rows:
+            log.warning("%s", format_bad_rows(user.path, user.bad_rows, user.n_rows))
+    return added

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK
 from models.registry import trainable
-from index.errors import ArtifactError, ConfigError, TurnoutError
+from index.errors import ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
 
@@ -126,14 +126,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _context(args: argparse.Namespace):
-    """The pipeline workspace of a command: --home, --data-dir, --embedder; steps report on stderr."""
+    """The pipeline workspace of a command: --home, --data-dir, --embedder; steps report on stdout (stderr
+    carries errors only: one line each)."""
     from models.pipeline import workspace
 
     return workspace(args.home, args.data_dir, args.embedder, on_status=_status)
 
 
 def _status(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    print(line, flush=True)
 
 
 def _console():
@@ -167,21 +168,6 @@ def _print_report(td) -> None:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def _read_added(paths: list[str]) -> list:
-    """Every --add file read and checked before anything is built, so a bad one leaves <home>/data as it was."""
-    from models.user_data import format_bad_rows, read_user_file
-
-    added = [read_user_file(p) for p in paths]
-    sources = [u.source for u in added]
-    twice = sorted({s for s in sources if sources.count(s) > 1})
-    if twice:
-        raise ConfigError(f"--add files share a name ({', '.join(twice)}): each file's stem names its source; rename one")
-    for user in added:
-        if user.bad_rows:
-            log.warning("%s", format_bad_rows(user.path, user.bad_rows, user.n_rows))
-    return added
-
-
 def _print_added(added: list) -> None:
     from rich.table import Table
 
@@ -196,7 +182,9 @@ def _print_added(added: list) -> None:
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
-    added = _read_added(args.add or [])
+    from models.user_data import read_added
+
+    added = read_added(args.add or [])
     from models.pipeline import training_data
 
     ws = _context(args)
@@ -221,114 +209,27 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 
-def _benches(value: str, strong: str, weak: str) -> tuple[list, dict[str, str]]:
-    """--bench: known benchmark names stay names; .jsonl/.csv/.parquet paths become Benchmark objects of the
-    --strong/--weak pair. Also returns the pair routers must be loaded for ({} for the default pair)."""
-    from models.benchmarks import BENCHMARKS
-    from models.model_names import canonical
-    from models.registry import parse_names
-    from models.user_data import SUFFIXES, read_bench_file
-
-    items = [b.strip() for b in value.split(",") if b.strip()]
-    if "all" in items:  # every shared-data benchmark, in the order they are read: dev ones first
-        items = [b for i in items for b in (BENCHMARKS if i == "all" else (i,))]
-    files = [b for b in items if b not in BENCHMARKS and b.lower().endswith(SUFFIXES)]
-    names = [b for b in items if b not in files]
-    if names or not files:
-        parse_names(",".join(names), list(BENCHMARKS), "benchmark")
-    strong, weak = canonical(strong), canonical(weak)
-    default = (strong, weak) == (DEFAULT_STRONG, DEFAULT_WEAK)
-    if not default and names:
-        raise ConfigError(f"--strong/--weak apply to --bench files only; {', '.join(names)} have their own strong/weak "
-                          "pair: evaluate them in a separate run")
-    loaded = {f: read_bench_file(Path(f), strong, weak) for f in files}
-    taken = [loaded[f].name for f in files] + names
-    twice = sorted({n for n in taken if taken.count(n) > 1})
-    if twice:
-        raise ConfigError(f"--bench names {', '.join(twice)} more than once (a file is named by its stem); rename the file")
-    return [loaded.get(b, b) for b in items], ({} if default else {"strong": strong, "weak": weak})
-
-
-def _warn_trained_on(benches: list, home: Path) -> None:
-    """A held-out file whose prompts the routers were trained on (added with --add) reads too well: say so."""
-    from models import data as training
-
-    files = [b for b in benches if not isinstance(b, str)]
-    if not files or not (home / "data" / "models.json").exists():
-        return
-    seen = set(training.load(home / "data").battles["prompt"].map(training.normalize))
-    for bench in files:
-        shared = sum(training.normalize(p) in seen for p in bench.prompts)
-        if shared:
-            log.warning("%s: %d of %d prompts are in the training data (<home>/data): its APGR is biased upward; "
-                        "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
-
-
-def _routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[str, dict] | None = None):
-    """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
-
-    A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
-    it was trained for (its ranking of prompts is what APGR reads), and `scored_pairs[bench][router]` says so.
-    """
-    from models.pipeline import load
-
-    cache: dict[tuple[str, str], dict] = {}
-    fallbacks: dict[tuple[str, str], list[str]] = {}
-    scored_pairs: dict[str, dict[str, tuple[str, str]]] = {}
-
-    def routers_for(bench) -> dict:
-        key = (bench.strong_model, bench.weak_model) if not pair else (pair["strong"], pair["weak"])
-        if key not in cache:
-            built, fallbacks[key] = {}, []
-            for name in names:
-                try:
-                    built[name] = load(ws, name, strong=key[0], weak=key[1], **(options or {}).get(name, {}))
-                except ConfigError as exc:
-                    if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
-                        raise
-                    log.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
-                    built[name] = load(ws, name, **(options or {}).get(name, {}))
-                    fallbacks[key].append(name)
-            cache[key] = built
-        for name in fallbacks[key]:
-            scored_pairs.setdefault(bench.name, {})[name] = (DEFAULT_STRONG, DEFAULT_WEAK)
-        return cache[key]
-
-    return routers_for, scored_pairs
-
-
-def _obvious_check(routers_for, out: Path, bootstrap: int) -> None:
-    """AUC of every router on the obvious-prompts file (served pair), table printed, `<out>/obvious.json` written."""
-    from models.benchmarks import Benchmark
-    from models.obvious import format_obvious, obvious_report
-    from index.paths import atomic_path
-
-    served = Benchmark("obvious", [], None, None)  # only the pair matters: the default one, as served
-    report = obvious_report(routers_for(served), n_bootstrap=max(bootstrap, 1))
-    with atomic_path(out / "obvious.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-    print(format_obvious(report))
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
-    from models.evaluation import evaluate, format_table, quality_summary, write_results
+    from models.evaluation import (evaluate, format_table, obvious_check, parse_benches, quality_summary,
+                                   routers_by_pair, warn_trained_on, write_results)
+    from models.obvious import format_obvious
     from models.registry import ROUTERS, parse_names
 
     names = parse_names(args.router, ROUTERS, "router")
-    benches, pair = _benches(args.bench, args.strong, args.weak)
+    benches, pair = parse_benches(args.bench, args.strong, args.weak)
     ws = _context(args)
     data_path = ws.data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
-    _warn_trained_on(benches, ws.home)
+    warn_trained_on(benches, ws.home)
     out = Path(args.out) if args.out else ws.home / "eval"
     options = {"causal_llm": {"dtype": args.causal_dtype}}
-    routers_for, scored_pairs = _routers_by_pair(names, ws, pair, options)
+    routers_for, scored_pairs = routers_by_pair(names, ws, pair, options)
     results = evaluate(routers_for, benches, data_path, out, bootstrap=args.bootstrap)
     for bench, result in results.items():
         for name, used in scored_pairs.get(bench, {}).items():
             result["routers"][name]["scored_pair"] = list(used)
     write_results(results, out / "results.json")  # again, now with the pairs classifiers were scored for
     if not args.no_obvious:
-        _obvious_check(routers_for, out, args.bootstrap)
+        print(format_obvious(obvious_check(routers_for, out, args.bootstrap)))
     write_results(quality_summary(results), out / "quality.json")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'quality.json'} and {len(benches)} plots")
@@ -352,15 +253,9 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
           f"on {result['n']} reference prompts (target {args.strong_ratio}); wrote {out}")
 
 
-LEAST_COVERED = 10  # prompts listed in the coverage report with their nearest training prompt
-
-
 def cmd_coverage(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from models import coverage
-    from models import data as training
     from index.paths import atomic_path
+    from models.coverage import coverage_report
     from models.registry import ROUTERS, parse_names
     from models.user_data import read_prompts
 
@@ -372,27 +267,8 @@ def cmd_coverage(args: argparse.Namespace) -> None:
         router = names[0]
     prompts = read_prompts(Path(args.prompts))
     ws = _context(args)
-    home, embedder = ws.home, ws.embedder
-    td = training.load(home / "data")  # every trained router is trained on all of it: --router changes nothing yet
-    train_prompts = td.battles["prompt"].unique()
-    position = {p: i for i, p in enumerate(train_prompts)}
-    members = {source: np.unique(group.map(position).to_numpy())
-               for source, group in td.battles.groupby("source")["prompt"]}
-    train_vectors = embedder.embed(list(train_prompts), progress=True)
-    prompt_vectors = embedder.embed(prompts, progress=True)
-    sources, similarity, index = coverage.nearest_by_source(prompt_vectors, {s: train_vectors[m] for s, m in members.items()})
-    report = coverage.summarize_nearest(sources, similarity, {s: len(m) for s, m in members.items()})
-    report["overall"]["n_train"] = len(train_prompts)  # a prompt in two sources counts once here
-    owner = similarity.argmax(axis=1)
-    least = np.argsort(similarity.max(axis=1), kind="stable")[:LEAST_COVERED]
-    report.update(
-        prompts_file=str(args.prompts), embedder=embedder.name, router=router, data_hash=td.report.get("data_hash"),
-        least_covered=[{
-            "prompt": prompts[i], "similarity": float(similarity[i, owner[i]]), "source": sources[owner[i]],
-            "nearest_training_prompt": str(train_prompts[members[sources[owner[i]]][index[i, owner[i]]]]),
-        } for i in least],
-    )
-    out = Path(args.out) if args.out else home / "coverage.json"
+    report = coverage_report(ws, prompts, str(args.prompts), router)
+    out = Path(args.out) if args.out else ws.home / "coverage.json"
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=1))
     _print_coverage(report)

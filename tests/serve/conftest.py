@@ -6,11 +6,9 @@ exported every second on a free port so that tests can scrape them.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
-import yaml
 
 from tests.serve.fakes import FakeUpstream, free_port
 

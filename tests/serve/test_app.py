@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from serve.config import TurnoutConfig, parse_app_args
+from serve.config import TurnoutConfig
 from serve.metrics import (
     DECISIONS,
     DROPPED,

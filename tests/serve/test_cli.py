@@ -241,7 +241,7 @@ def _held_out(path):
 
 def test_eval_bench_file_names_and_pairs(tmp_path):
     from models.benchmarks import Benchmark
-    from serve.cli import _benches
+    from models.evaluation import parse_benches as _benches
 
     held = _held_out(tmp_path / "held.csv")
     benches, pair = _benches(f"gsm8k,{held}", "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")

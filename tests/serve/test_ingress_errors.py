@@ -1,4 +1,4 @@
-"""IngressDeployment.route maps what the router handle raises to the errors the HTTP API answers with."""
+"""IngressDeployment.route maps what a backend handle raises to the errors the HTTP API answers with."""
 
 import asyncio
 
@@ -24,10 +24,12 @@ class _Response:
         self.cancelled = True
 
 
-class _Router:
+class _Backend:
+    """Stands in for the embedding deployment's handle: `score.remote(text, router, deadline)`."""
+
     def __init__(self, outcome):
         self.calls, self.outcome = [], outcome
-        self.route = self
+        self.score = self
 
     def remote(self, *args):
         self.calls.append(args)
@@ -37,13 +39,14 @@ class _Router:
 
 def _ingress(outcome, timeout_s=5.0, max_in_flight=64):
     from serve.config import parse_app_args
+    from serve.controller import StrongRatioController
     from serve.ingress import IngressDeployment
 
-    upstream = {"base_url": "http://127.0.0.1:9/v1", "model": "m"}
-    config = parse_app_args({"upstreams": {"strong": upstream, "weak": upstream},
-                             "routing": {"timeout_s": timeout_s, "max_in_flight": max_in_flight}})
+    config = parse_app_args({"routing": {"timeout_s": timeout_s, "max_in_flight": max_in_flight}})
     ingress = IngressDeployment.__new__(IngressDeployment)  # no replica: only the routing path is under test
-    ingress.config, ingress.router, ingress.in_flight = config, _Router(outcome), 0
+    ingress.config, ingress.routing, ingress.entries = config, config.routing, config.routers.entries()
+    ingress.backends, ingress.in_flight = {"embedding": _Backend(outcome), "classifier": None}, 0
+    ingress.controllers = {name: StrongRatioController(threshold=0.5) for name in config.routers.enabled}
     return ingress
 
 
@@ -67,10 +70,11 @@ def test_timeout_cancels_and_passes_the_deadline_down():
     before = time.time()
     with pytest.raises(RoutingTimeout):
         asyncio.run(ingress.route("hi", "mf", None, None))
-    args = ingress.router.calls[0]
-    assert args[:4] == ("hi", "mf", None, None)
-    assert before + 0.05 <= args[4] <= time.time() + 0.05  # the deadline the replicas drop work after
-    assert ingress.router.response.cancelled
+    backend = ingress.backends["embedding"]
+    args = backend.calls[0]
+    assert args[:2] == ("hi", "mf")
+    assert before + 0.05 <= args[2] <= time.time() + 0.05  # the deadline the replicas drop work after
+    assert backend.response.cancelled
 
 
 def test_in_flight_limit_refuses_at_the_door_and_frees_its_slots():
@@ -83,6 +87,6 @@ def test_in_flight_limit_refuses_at_the_door_and_frees_its_slots():
         return ingress, outcomes
 
     ingress, outcomes = asyncio.run(main())
-    assert len(ingress.router.calls) == 2  # the third never reached the router
+    assert len(ingress.backends["embedding"].calls) == 2  # the third never reached the backend
     assert isinstance(outcomes[2], RoutingOverloaded) and "2 requests in flight" in str(outcomes[2])
     assert ingress.in_flight == 0  # timed-out calls gave their slots back
