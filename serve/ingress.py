@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -54,6 +55,9 @@ from serve.protocol import (
 
 log = logging.getLogger(__name__)
 
+# Well inside Ray's metrics report interval (10 s by default), so a gauge never ages out between two sets; a Ray
+# started with a shorter interval (the tests') sets TURNOUT_GAUGE_REFRESH_S to match.
+GAUGE_REFRESH_S = float(os.environ.get("TURNOUT_GAUGE_REFRESH_S", "5.0"))
 UNAVAILABLE_STATUS = (502, 503, 504)  # an upstream answering these has produced nothing: safe to retry elsewhere
 
 
@@ -84,6 +88,8 @@ class IngressDeployment:
         self.api_keys: dict[str, str | None] = {}
         self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
         self.replica = _replica_id()
+        self._refresher = threading.Thread(target=self._refresh_gauges, name="turnout-gauges", daemon=True)
+        self._refresher.start()
         for side in SIDES:
             upstream = getattr(config.upstreams, side)
             key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
@@ -102,6 +108,14 @@ class IngressDeployment:
         self.routing = live_routing(user_config or {}, self.config)
         self.controllers = self._controllers(self.routing)
         log.info("routing reconfigured: strong_ratio %s, thresholds %s", self.routing.strong_ratio, self.routing.thresholds)
+
+    def _refresh_gauges(self) -> None:
+        """Re-set the threshold and strong-ratio gauges forever: Ray drops a gauge from its export about two
+        report intervals after its last `set`, so without this they vanish while a router has no traffic."""
+        while True:
+            time.sleep(GAUGE_REFRESH_S)
+            for name, controller in list(self.controllers.items()):
+                self.metrics.controller(name, controller.threshold, controller.realised_ratio)
 
     # ---------------------------------------------------------------------------------------------- routing
 

@@ -117,6 +117,7 @@ def ray_cluster():
     from serve.launch import apply_ray_env
 
     os.environ["TURNOUT_TEST_STRONG_KEY"] = "sk-test-strong"  # replicas inherit the driver's environment
+    os.environ["TURNOUT_GAUGE_REFRESH_S"] = "0.5"  # metrics are reported every second here, not every ten
     apply_ray_env()  # the transport `turnout serve` uses
     metrics_port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False,

@@ -341,6 +341,26 @@ def test_deploy_time(service):
     assert service["deploy_s"] < 60  # tiny artifacts: Ray Serve overhead only
 
 
+def test_gauges_survive_an_idle_router(service):
+    """Ray ages a gauge out of its export a couple of report intervals after its last set (1 s here): the ingress
+    re-sets threshold and strong-ratio gauges, so an idle router keeps its series. `down` gets one request,
+    then none for 15 report intervals."""
+    client = service["client"]
+    assert client.post("/down/v1/route", json={"prompt": "hi"}).status_code == 200
+
+    def series():
+        samples = parse_prometheus(httpx.get(service["metrics"], timeout=10).text)
+        return {(name, s["router"]) for name in (THRESHOLD, STRONG_RATIO)
+                for s, _ in samples.get(exported(name), []) if s.get("application") == "down"}
+
+    deadline = time.monotonic() + 30
+    while series() != {(THRESHOLD, "length"), (STRONG_RATIO, "length")} and time.monotonic() < deadline:
+        time.sleep(1.0)
+    time.sleep(15.0)
+    seen = [series() for _ in range(5) if not time.sleep(1.0)]
+    assert all(s == {(THRESHOLD, "length"), (STRONG_RATIO, "length")} for s in seen), seen
+
+
 def test_thresholds_change_live_without_restarting_a_replica(service):
     """The ingress user_config (Ray's own deployment option) reaches `reconfigure()`: new thresholds and
     strong_ratio apply on the running replica, which is not restarted and reloads nothing. Runs last: it leaves
