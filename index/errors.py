@@ -33,3 +33,9 @@ class InputError(TurnoutError):
     """A request's content is unusable (empty prompt list, non-string content)."""
 
     http_status = 422
+
+
+class ScoringError(TurnoutError):
+    """A router produced a p_strong that is not a finite number (a broken artifact or a bug, not the request)."""
+
+    http_status = 503

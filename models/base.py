@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from index.errors import InputError
+from index.errors import InputError, ScoringError
 
 DEFAULT_STRONG = "gpt-4-1106-preview"
 DEFAULT_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -31,7 +31,15 @@ class Router(ABC):
     def score(self, prompts: Sequence[str]) -> np.ndarray:
         prompts = validate_prompts(prompts)
         p_strong = np.asarray(self._score(prompts), dtype=np.float64)
-        return np.clip(p_strong, 0.0, 1.0)
+        check_finite(p_strong, self.name)
+        return np.clip(p_strong, 0.0, 1.0)  # np.clip passes NaN through: checked above
+
+
+def check_finite(p_strong: np.ndarray, router: str) -> None:
+    """ScoringError if any p_strong is NaN or infinite: it would break every threshold computed after it."""
+    bad = ~np.isfinite(p_strong)
+    if bad.any():
+        raise ScoringError(f"router {router} produced {int(bad.sum())} non-finite p_strong value(s) of {len(p_strong)}")
 
 
 def validate_prompts(prompts: Sequence[str]) -> list[str]:

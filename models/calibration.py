@@ -131,6 +131,8 @@ def load_reference(home: Path, name: str, key: str, quiet: bool = False) -> np.n
         else:
             if saved != key:
                 scores, why = None, "prepared for another config or artifact version"
+            elif not np.all(np.isfinite(scores)):
+                scores, why = None, "holds non-finite scores"
     if why and not quiet:
         log.warning("reference scores %s %s: the %s controller starts without them", path, why, name)
     return scores

@@ -84,9 +84,10 @@ class ClassifierDeployment:
         log.info("classifier ready in %.1fs: %s (%s, context %d, batch %d, %d threads)", time.perf_counter() - start,
                  self.router.folder, settings.dtype, self.router.max_length, settings.max_batch_size, threads)
 
-    async def score(self, text: str, deadline: float | None = None) -> dict | None:
-        """{"p_strong", "stages": {"classify": ms}}, or None when `deadline` (time.time() s) passed before the engine got to it."""
-        return await self.batcher.submit(text, deadline)
+    async def score(self, text: str, budget_s: float | None = None) -> dict | None:
+        """{"p_strong", "stages": {"classify": ms}}, or None when the caller's remaining `budget_s` ran out before
+        the engine got to it."""
+        return await self.batcher.submit(text, budget_s)
 
     async def _score_batch(self, texts: list[str]) -> list[dict[str, Any]]:
         t0 = time.perf_counter()

@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--data-dir", help="overrides the config's artifacts.data_dir")
     prep.add_argument("--home", help="overrides the config's artifacts.home")
     prep.add_argument("--embedder", help="overrides the config's artifacts.embedder")
+
+    dep = sub.add_parser("deploy", help="Kubernetes (KubeRay) manifests")
+    dep_sub = dep.add_subparsers(dest="deploy_command", required=True, parser_class=_Parser)
+    render = dep_sub.add_parser("render", help="render an overlay's serveConfigV2 (and its init container's config) "
+                                "from the config model into deploy/k8s/overlays/<overlay>/")
+    render.add_argument("--overlay", required=True, help="cpu or gpu")
+    render.add_argument("--config", help="a serve config overlay with your settings (upstreams, routers, "
+                        "deployments), merged over the overlay's")
+    render.add_argument("--out", help="root of the kustomize tree to write into (default: deploy/k8s)")
     return parser
 
 
@@ -319,7 +328,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"for {', '.join(controlled_routers(config)) or 'none (fixed thresholds)'}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
+def cmd_deploy_render(args: argparse.Namespace) -> None:
+    from serve.deploy_render import render, write
+
+    for path in write(render(args.overlay, args.config), args.out):
+        print(f"wrote {path}")
+
+
+COMMANDS = {"deploy": cmd_deploy_render, "prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
             "coverage": cmd_coverage}
 
 

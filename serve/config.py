@@ -231,6 +231,13 @@ class EmbeddingConfig(_Strict):
         "random prompts pads all of them to the longest, and length-sorted chunks of 4-8 were much faster on one "
         "core (see BENCHMARKS.md, 'Serving')",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads of the embedder (CPU). null: the replica's reserved CPUs rounded up (Ray's "
+        "OMP_NUM_THREADS). More threads than reserved CPUs shortens a lone request's forward pass when the other "
+        "replicas are idle, and competes with them under load (BENCHMARKS.md, 'One hop')",
+    )
 
 
 class ClassifierConfig(_Strict):

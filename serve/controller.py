@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from index.errors import ConfigError
+from index.errors import ConfigError, ScoringError
 
 
 def _check_ratio(value: float, what: str = "strong_ratio") -> float:
@@ -61,6 +61,8 @@ class ScoreWindow:
 
     def add(self, value: float) -> None:
         value = float(value)
+        if not math.isfinite(value):  # one NaN in the sorted list would corrupt every later quantile
+            raise ScoringError(f"p_strong {value} is not a finite number; not added to the window")
         if len(self._fifo) == self.size:
             old = self._fifo.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, old)]

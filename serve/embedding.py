@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from index.errors import ScoringError
 from serve.config import TurnoutConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class EmbeddingDeployment:
 
         start = time.perf_counter()
         self.config = config
+        if config.embedding.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.embedding.threads)
         entries = config.routers.entries()
         self.shared = {name for name in config.embedding_routers if entries[name].shares_embedding}
         # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more.
@@ -46,9 +51,9 @@ class EmbeddingDeployment:
                                     on_drop=lambda n: self.metrics.dropped("embedding", n))
         log.info("embedding ready in %.1fs: %s with %s", time.perf_counter() - start, list(self.routers), self.embedder)
 
-    async def score(self, text: str, router: str, deadline: float | None = None) -> dict | None:
-        """{"p_strong", "stages": {stage: ms}}, or None when `deadline` (time.time() s) passed while queued."""
-        return await self.batcher.submit((text, router), deadline)
+    async def score(self, text: str, router: str, budget_s: float | None = None) -> dict | None:
+        """{"p_strong", "stages": {stage: ms}}, or None when the caller's remaining `budget_s` ran out while queued."""
+        return await self.batcher.submit((text, router), budget_s)
 
     async def _score_batch(self, items: list[tuple[str, str]]) -> list[dict]:
         """p_strong for each (text, router) pair, with the embed and search/score time each request waited for.
@@ -77,8 +82,11 @@ class EmbeddingDeployment:
             else:
                 p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
             score_ms[name] = (time.perf_counter() - t1) * 1000.0
-        results = []
+        results: list = []
         for p, name in zip(p_strong, names):
+            if not np.isfinite(p):  # an error for this caller only; it never reaches a controller window
+                results.append(ScoringError(f"router {name} produced a non-finite p_strong ({p})"))
+                continue
             # Stages: the shared embedding, then the router's own step: "search" from a vector (FAISS and the fit,
             # MF's head), "classify" from the text (bert's encoder pass).
             stages = {"embed": embed_ms, "search": score_ms[name]} if name in self.shared else {"classify": score_ms[name]}

@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any
 
-from index.errors import ConfigError, TurnoutError
+from index.errors import ConfigError, ScoringError, TurnoutError
 from serve.config import SIDES, TurnoutConfig
 from serve.controller import StrongRatioController
 from serve.protocol import (
@@ -153,7 +153,7 @@ class IngressDeployment:
         router and stage times; request errors pass through as TurnoutErrors, backend failures become
         RoutingUnavailable (timeout, overload, error).
 
-        The deadline travels with the request so that a backend skips work nobody waits for any more: without
+        The budget travels with the request so that a backend skips work nobody waits for any more: without
         it, an overloaded service spends its time on requests that already timed out and then none succeed.
         """
         name = self.check_router(router)
@@ -164,6 +164,8 @@ class IngressDeployment:
         self.in_flight += 1
         try:
             p_strong, stages = await self._score(name, text, routing.timeout_s)
+        except ScoringError as exc:  # the router's fault, not the request's: a chat call falls back
+            raise RoutingUnavailable(str(exc)) from None
         finally:
             self.in_flight -= 1
         t0 = time.perf_counter()
@@ -191,8 +193,8 @@ class IngressDeployment:
         if backend == "local":  # microseconds: no stage of its own
             return float(self.local[name].score([text])[0]), {}
         handle = self.backends[backend]
-        deadline = time.time() + budget
-        response = handle.score.remote(text, name, deadline) if backend == "embedding" else handle.score.remote(text, deadline)
+        # The remaining budget, not a wall-clock deadline: the backend may run on another node with another clock.
+        response = handle.score.remote(text, name, budget) if backend == "embedding" else handle.score.remote(text, budget)
 
         async def result():
             return await response

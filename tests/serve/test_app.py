@@ -54,8 +54,9 @@ def service(ray_cluster, artifacts, upstream):
 
     # a router from another package, added by one registry entry; bert from its checkpoint
     extra = app_args(home, reference, upstream.base_url, upstream.base_url)
-    extra["routers"].update(enabled=["toy", "bert"], default="toy", extra={"toy": "tests.serve.toy_router:TOY"})
-    extra["routing"].update(thresholds={"toy": 0.5})
+    extra["routers"].update(enabled=["toy", "bert", "nan"], default="toy",
+                            extra={"toy": "tests.serve.toy_router:TOY", "nan": "tests.serve.toy_router:NAN"})
+    extra["routing"].update(thresholds={"toy": 0.5, "nan": 0.5})
     apps = {
         "turnout": ("/", main, {}),
         "broken": ("/broken", broken, {}),
@@ -258,17 +259,47 @@ def test_a_registered_router_and_bert_are_served(service):
     hello = client.post("/extra/v1/route", json={"prompt": "hi there"}).json()
     assert (proof["router"], proof["p_strong"], proof["model"], proof["threshold_source"]) == ("toy", 0.9, "strong", "fixed")
     assert (hello["p_strong"], hello["model"]) == (0.1, "weak")
-    assert client.get("/extra/readyz").json()["routers"] == ["bert", "toy"]
+    assert client.get("/extra/readyz").json()["routers"] == ["bert", "nan", "toy"]
     scored = client.post("/extra/v1/route", json={"prompt": MATH, "router": "bert"})
     assert scored.status_code == 200 and 0.0 <= scored.json()["p_strong"] <= 1.0, scored.text
+
+
+def test_a_non_finite_score_is_a_503_and_a_chat_fallback(service):
+    """A router that produces NaN fails at the source: /v1/route answers 503 naming it, a chat call goes to the
+    fallback model, and the controller's window never sees the value (later decisions stay sane)."""
+    client = service["client"]
+    _error(client.post("/extra/v1/route", json={"prompt": "hi", "router": "nan"}), 503, "router nan produced 1 non-finite")
+    chat = client.post("/extra/v1/chat/completions",
+                       json={"model": "router-nan", "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200 and chat.headers["x-turnout-fallback"] == "router_error", chat.headers
+    assert chat.headers["x-turnout-model"] == "strong"  # routing.fallback_model
+    state = client.get("/extra/v1/routers").json()["routers"]["nan"]
+    assert state["live_decisions"] == 0
+
+
+def test_chat_falls_back_when_the_embedding_queue_is_full(service):
+    """The `router_overloaded` fallback over HTTP: a chat burst beyond the `tight` app's embedding queue is
+    answered by the fallback model at once, marked in x-turnout-fallback."""
+    import asyncio
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=str(service["client"].base_url), timeout=30) as client:
+            body = {"model": "turnout", "messages": [{"role": "user", "content": MATH}]}
+            return await asyncio.gather(*(client.post("/tight/v1/chat/completions", json=body) for _ in range(48)))
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+    fallbacks = [r.headers.get("x-turnout-fallback") for r in responses]
+    assert "router_overloaded" in fallbacks and None in fallbacks, fallbacks
+    assert all(r.headers["x-turnout-model"] == "strong" for r in responses if r.headers.get("x-turnout-fallback"))
 
 
 def test_requests_past_their_deadline_are_dropped_unprocessed(service):
     from ray import serve
 
     embedding = serve.get_deployment_handle(EMBEDDING, app_name="turnout")
-    assert embedding.score.remote(MATH, "mf", time.time() - 1.0).result() is None
-    live = embedding.score.remote(MATH, "mf", time.time() + 30.0).result()
+    assert embedding.score.remote(MATH, "mf", -1.0).result() is None
+    live = embedding.score.remote(MATH, "mf", 30.0).result()
     assert 0.0 <= live["p_strong"] <= 1.0 and set(live["stages"]) == {"embed", "search"}
 
 

@@ -44,7 +44,7 @@ def test_expired_requests_are_answered_none_and_counted_not_computed():
     async def main():
         model, dropped = Model(), []
         batcher = MicroBatcher(model, max_batch_size=8, name="test", on_drop=dropped.append)
-        past, future = time.time() - 1.0, time.time() + 30.0
+        past, future = -1.0, 30.0  # remaining budgets in seconds
         results = await asyncio.gather(batcher.submit("old", past), batcher.submit("new", future),
                                        batcher.submit("none"))
         return model.calls, results, dropped
@@ -79,3 +79,26 @@ def test_cancelled_callers_are_skipped():
     first, kept, calls = asyncio.run(main())
     assert (first, kept) == ("score:first", "score:kept")
     assert calls == [["first"], ["kept"]]
+
+
+def test_batch_time_is_estimated_per_item_plus_overhead():
+    from serve.batching import BatchTimer
+
+    timer = BatchTimer()
+    assert timer.expected(5) == 0.0  # nothing seen yet: nothing is dropped for lack of an estimate
+    timer.record(32, 0.64)
+    assert timer.expected(1) == pytest.approx(0.02)  # one size seen: all of it per item
+    for n in (1, 8, 32):
+        timer.record(n, 0.01 + 0.02 * n)
+    assert timer.expected(1) == pytest.approx(0.03, abs=0.01) and timer.expected(32) == pytest.approx(0.65, abs=0.02)
+
+
+def test_a_lone_request_is_not_dropped_after_a_long_big_batch():
+    """After a 32-item batch of 0.64 s, a lone request with 0.3 s left fits (about 0.02 s per item): it runs."""
+    async def main():
+        model, dropped = Model(delay=0.01), []
+        batcher = MicroBatcher(model, max_batch_size=32, name="test", on_drop=dropped.append)
+        batcher.timer.record(32, 0.64)
+        return await batcher.submit("alone", 0.3), dropped
+
+    assert asyncio.run(main()) == ("score:alone", [])

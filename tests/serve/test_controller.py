@@ -92,3 +92,31 @@ def test_bad_settings_are_config_errors(kwargs, message):
 def test_empty_window_quantile_is_an_error():
     with pytest.raises(ConfigError, match="no scores seen yet"):
         StrongRatioController(threshold=0.5).threshold_for(0.3)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_never_enter_the_window(value):
+    from index.errors import ScoringError
+    from serve.controller import StrongRatioController
+
+    controller = StrongRatioController(strong_ratio=0.5, window=10, reference=np.linspace(0, 1, 10))
+    before = controller.state()
+    with pytest.raises(ScoringError, match="not a finite number"):
+        controller.decide([value])
+    assert controller.state() == before  # nothing recorded: the sorted window stays sorted
+    strong, used = controller.decide([0.95])
+    assert strong[0] and np.isfinite(used[0])
+
+
+def test_a_router_producing_nan_is_an_error_at_the_source():
+    from index.errors import ScoringError
+    from models.base import Router
+
+    class Broken(Router):
+        name = "broken"
+
+        def _score(self, prompts):
+            return np.array([0.5, float("nan")])
+
+    with pytest.raises(ScoringError, match="router broken produced 1 non-finite"):
+        Broken().score(["a", "b"])  # np.clip alone would have passed the NaN through

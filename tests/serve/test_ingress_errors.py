@@ -61,19 +61,15 @@ def test_backpressure_is_overloaded_503():
     assert info.value.http_status == 503
 
 
-def test_timeout_cancels_and_passes_the_deadline_down():
-    import time
-
+def test_timeout_cancels_and_passes_the_budget_down():
     from serve.protocol import RoutingTimeout
 
     ingress = _ingress("slow", timeout_s=0.05)
-    before = time.time()
     with pytest.raises(RoutingTimeout):
         asyncio.run(ingress.route("hi", "mf", None, None))
     backend = ingress.backends["embedding"]
-    args = backend.calls[0]
-    assert args[:2] == ("hi", "mf")
-    assert before + 0.05 <= args[2] <= time.time() + 0.05  # the deadline the replicas drop work after
+    # the remaining budget in seconds (no wall-clock time: the backend's clock may differ)
+    assert backend.calls[0] == ("hi", "mf", 0.05)
     assert backend.response.cancelled
 
 

@@ -19,3 +19,15 @@ class ToyRouter(Router):
 
 
 TOY = RouterEntry("tests.serve.toy_router:ToyRouter", "local")
+
+
+class NanRouter(Router):
+    """A broken router: NaN for every prompt (what a corrupted artifact can produce)."""
+
+    name = "nan"
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        return np.full(len(prompts), np.nan)
+
+
+NAN = RouterEntry("tests.serve.toy_router:NanRouter", "local")
