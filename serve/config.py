@@ -190,7 +190,9 @@ class UpstreamConfig(_Strict):
     api_key_env: str | None = Field(
         None, description="environment variable holding the API key (sent as a Bearer token); none: no auth header"
     )
-    timeout_s: float = Field(600.0, gt=0, description="whole-request timeout (long generations stream for minutes)")
+    timeout_s: float = Field(
+        600.0, gt=0, description="read timeout: the longest the upstream may stay silent, waiting for the answer's "
+        "first bytes or between two chunks of a stream (a long generation may stream for longer in total)")
     connect_timeout_s: float = Field(3.0, gt=0, description="connect timeout: an unreachable upstream fails fast")
 
     @field_validator("base_url")

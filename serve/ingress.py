@@ -286,6 +286,7 @@ def _validation_message(errors: list[dict]) -> tuple[str, bool]:
 
 def build_api(ingress: IngressDeployment):
     """The FastAPI app of one ingress replica."""
+    import httpx
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -387,12 +388,18 @@ def build_api(ingress: IngressDeployment):
         headers["x-turnout-model"] = side
         metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
         media_type = upstream.headers.get("content-type", "application/json")
+        if upstream.headers.get("content-encoding"):  # raw bytes are passed on: the client decodes them
+            headers["content-encoding"] = upstream.headers["content-encoding"]
         if body.stream and upstream.status_code < 400:
-            metrics.request("/v1/chat/completions", name, (time.perf_counter() - start) * 1000.0)
-            return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, media_type=media_type,
-                                     headers=headers, background=BackgroundTask(upstream.aclose))
+            return StreamingResponse(_relay(upstream, metrics, name, start), status_code=upstream.status_code,
+                                     media_type=media_type, headers=headers, background=BackgroundTask(upstream.aclose))
         try:
             content = await upstream.aread()
+        except httpx.TransportError as exc:  # sent and maybe generating: never retried on the other side
+            metrics.error("/v1/chat/completions", "upstream_failed")
+            message = f"{side} upstream failed while answering ({type(exc).__name__})"
+            return JSONResponse(_error_body(message, "service_unavailable", "UpstreamError"), status_code=502,
+                                headers={k: v for k, v in headers.items() if k != "content-encoding"})
         finally:
             await upstream.aclose()
         if upstream.status_code >= 400:
@@ -407,8 +414,30 @@ def _add_fallback(headers: dict, reason: str) -> None:
     headers["x-turnout-fallback"] = ",".join(filter(None, [headers.get("x-turnout-fallback"), reason]))
 
 
+async def _relay(upstream, metrics, router: str, start: float):
+    """The upstream's stream, byte for byte. If the upstream fails mid-stream the client gets an SSE error event
+    (when the stream is not content-encoded: an event cannot be spliced into gzip) and the failure is counted;
+    the request latency is recorded when the stream ends, so it means the whole request as for non-streams."""
+    import httpx
+
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    except httpx.TransportError as exc:
+        metrics.error("/v1/chat/completions", "upstream_stream_cut")
+        log.warning("upstream stream cut: %s", _one_line(exc))
+        if not upstream.headers.get("content-encoding"):
+            event = _error_body(f"upstream stream cut ({type(exc).__name__})", "service_unavailable", "UpstreamError")
+            yield f"\n\ndata: {json.dumps(event)}\n\n".encode()
+    finally:
+        metrics.request("/v1/chat/completions", router, (time.perf_counter() - start) * 1000.0)
+
+
 async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: dict):
-    """Forward to `side`; if it cannot be reached (or says 502/503/504), to the other side when allowed."""
+    """Forward to `side`; to the other side (when allowed) only where nothing can have been generated: the
+    connection was never made (refused, DNS, connect timeout, no pooled connection) or the upstream answered
+    502/503/504 before any body. A failure after the request was sent (a read timeout on a long generation)
+    is not retried elsewhere: that would bill the call twice and generate it again."""
     import httpx
 
     sides = [side]
@@ -418,9 +447,14 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
     for i, current in enumerate(sides):
         try:
             upstream = await ingress.forward(current, payload)
-        except httpx.TransportError as exc:  # refused, DNS, connect timeout
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
             failures.append(f"{current} upstream unreachable ({type(exc).__name__})")
             reason = "upstream_unreachable"
+        except httpx.TransportError as exc:  # sent, maybe generating: no second try on the other side
+            failures.append(f"{current} upstream failed after the request was sent ({type(exc).__name__}); "
+                            "not retried on the other side")
+            log.warning("%s", failures[-1])
+            break
         else:
             if upstream.status_code not in UNAVAILABLE_STATUS or i == len(sides) - 1:
                 if i:

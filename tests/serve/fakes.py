@@ -1,9 +1,13 @@
 """A tiny OpenAI-compatible upstream for serve tests: uvicorn in a thread on a free loopback port.
 
 It answers `/v1/chat/completions` with the model name it was sent, streams three SSE chunks when asked, and
-records each request's model and Authorization header. A model named `fail-503` answers 503.
+records each request's model and Authorization header. Models that misbehave on purpose: `fail-503` answers
+503; `slow` answers after 2 s; `gzip` streams gzip-encoded (Content-Encoding: gzip); `cut` streams one chunk and
+then drops the connection.
 """
 
+import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -31,14 +35,27 @@ def build_upstream(seen: list[dict]):
         model = body.get("model")
         if model == "fail-503":
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if model == "slow":
+            await asyncio.sleep(2.0)
+        if model == "gzip" and body.get("stream"):
+            raw = "".join(_event(model, piece) for piece in CHUNKS) + "data: [DONE]\n\n"
+            compressed = gzip.compress(raw.encode())
+
+            def gzipped():
+                yield compressed[: len(compressed) // 2]
+                yield compressed[len(compressed) // 2:]
+            return StreamingResponse(gzipped(), media_type="text/event-stream", headers={"content-encoding": "gzip"})
+        if model == "cut" and body.get("stream"):
+            def cut():
+                yield _event(model, CHUNKS[0])
+                raise ConnectionError("upstream died mid-stream")  # uvicorn aborts the response
+            return StreamingResponse(cut(), media_type="text/event-stream")
         if body.get("temperature") == -1:
             return JSONResponse({"error": {"message": "temperature must be >= 0"}}, status_code=400)
         if body.get("stream"):
             def events():
-                for i, piece in enumerate(CHUNKS):
-                    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": model,
-                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                    yield f"data: {json.dumps(chunk)}\n\n"
+                for piece in CHUNKS:
+                    yield _event(model, piece)
                     time.sleep(0.05)
                 yield "data: [DONE]\n\n"
             return StreamingResponse(events(), media_type="text/event-stream")
@@ -48,6 +65,12 @@ def build_upstream(seen: list[dict]):
                 "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}}
 
     return app
+
+
+def _event(model: str, piece: str) -> str:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": model,
+             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+    return f"data: {json.dumps(chunk)}\n\n"
 
 
 class FakeUpstream:

@@ -57,7 +57,14 @@ def service(ray_cluster, artifacts, upstream):
     extra["routers"].update(enabled=["toy", "bert", "nan"], default="toy",
                             extra={"toy": "tests.serve.toy_router:TOY", "nan": "tests.serve.toy_router:NAN"})
     extra["routing"].update(thresholds={"toy": 0.5, "nan": 0.5})
+    # upstreams that misbehave on purpose (tests/serve/fakes.py), each behind an app with only the length router
+    faults = {}
+    for model in ("slow", "gzip", "cut"):
+        faults[model] = app_args(home, reference, upstream.base_url, upstream.base_url)
+        faults[model]["routers"].update(enabled=["length"], default="length")
+        faults[model]["upstreams"]["strong"].update(model=model, timeout_s=0.5)
     apps = {
+        **{f"fault-{m}": (f"/fault-{m}", args, {}) for m, args in faults.items()},
         "turnout": ("/", main, {}),
         "broken": ("/broken", broken, {}),
         "down": ("/down", down, {}),
@@ -294,6 +301,39 @@ def test_chat_falls_back_when_the_embedding_queue_is_full(service):
     assert all(r.headers["x-turnout-model"] == "strong" for r in responses if r.headers.get("x-turnout-fallback"))
 
 
+def test_an_upstream_failing_after_the_request_was_sent_is_not_retried_elsewhere(service):
+    """A read timeout (upstream.timeout_s 0.5 s, the fake answers after 2 s) may follow a generation the upstream
+    bills: 502, and the other side is never called."""
+    client, seen = service["client"], service["upstream"].seen
+    before = len(seen)
+    response = client.post("/fault-slow/v1/chat/completions",
+                           json={"model": "router-length-0.0", "messages": [{"role": "user", "content": "hi"}]})
+    _error(response, 502, "strong upstream failed after the request was sent (ReadTimeout); not retried")
+    time.sleep(2.5)  # the slow answer arrives (and is thrown away) after the timeout
+    assert [s["model"] for s in seen[before:]] == ["slow"]  # one call: no weak regeneration
+
+
+def test_a_gzip_stream_reaches_the_client_intact(service):
+    """The upstream's raw (compressed) bytes go out with its Content-Encoding, so the client decodes them."""
+    body = {"model": "router-length-0.0", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with service["client"].stream("POST", "/fault-gzip/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200 and response.headers["content-encoding"] == "gzip"
+        text = "".join(response.iter_text())
+    pieces = [json.loads(line[6:])["choices"][0]["delta"]["content"] for line in text.splitlines()
+              if line.startswith("data: {")]
+    assert pieces == CHUNKS and text.rstrip().endswith("data: [DONE]")
+
+
+def test_a_stream_cut_by_the_upstream_ends_with_an_error_event(service):
+    body = {"model": "router-length-0.0", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with service["client"].stream("POST", "/fault-cut/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert events[0]["choices"][0]["delta"]["content"] == CHUNKS[0]
+    assert events[-1]["error"]["code"] == "UpstreamError" and "stream cut" in events[-1]["error"]["message"]
+
+
 def test_requests_past_their_deadline_are_dropped_unprocessed(service):
     from ray import serve
 
@@ -340,6 +380,7 @@ def _missing_metrics(samples):
                    labels(ERRORS, "reason")),
         "fallbacks": ({("router_timeout", "strong"), ("upstream_unreachable", "weak")},
                       labels(FALLBACKS, "reason", "model")),
+        "stream errors": ({("/v1/chat/completions", "upstream_stream_cut")}, labels(ERRORS, "endpoint", "reason")),
         "dropped": ({("embedding",)}, labels(DROPPED, "component")),
     }
     return {what: sorted(want - got) for what, (want, got) in expected.items() if want - got}
@@ -356,6 +397,8 @@ def test_metrics_reach_the_export_port(service):
     client.post("/v1/route", json={"prompt": "a", "threshold": 3})
     client.post("/broken/v1/route", json={"prompt": "hi"})
     client.post("/broken/v1/chat/completions", json={"model": "turnout", "messages": [{"role": "user", "content": "hi"}]})
+    client.post("/fault-cut/v1/chat/completions",
+                json={"model": "router-length-0.0", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
     deadline = time.monotonic() + 45
     while True:
         samples = parse_prometheus(httpx.get(service["metrics"], timeout=10).text)
