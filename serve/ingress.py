@@ -33,6 +33,7 @@ config and handles instead of module globals.
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 # Well inside Ray's metrics report interval (10 s by default), so a gauge never ages out between two sets; a Ray
 # started with a shorter interval (the tests') sets TURNOUT_GAUGE_REFRESH_S to match.
 GAUGE_REFRESH_S = float(os.environ.get("TURNOUT_GAUGE_REFRESH_S", "5.0"))
+READY_FRESH_S = 10.0  # a backend heard from this recently counts as ready without another call
 UNAVAILABLE_STATUS = (502, 503, 504)  # an upstream answering these has produced nothing: safe to retry elsewhere
 
 
@@ -88,6 +90,8 @@ class IngressDeployment:
         self.api_keys: dict[str, str | None] = {}
         self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
         self.replica = _replica_id()
+        self.backend_seen: dict[str, float] = {}  # backend -> monotonic time it last answered (see ready())
+        self.backend_routers: dict[str, list[str]] = {}  # backend -> routers its last ready() listed
         self._refresher = threading.Thread(target=self._refresh_gauges, name="turnout-gauges", daemon=True)
         self._refresher.start()
         for side in SIDES:
@@ -193,13 +197,14 @@ class IngressDeployment:
         if backend == "local":  # microseconds: no stage of its own
             return float(self.local[name].score([text])[0]), {}
         handle = self.backends[backend]
-        # The remaining budget, not a wall-clock deadline: the backend may run on another node with another clock.
-        response = handle.score.remote(text, name, budget) if backend == "embedding" else handle.score.remote(text, budget)
+        response = None
 
         async def result():
             return await response
 
         try:
+            # The remaining budget, not a wall-clock deadline: the backend may run on another node and clock.
+            response = handle.score.remote(text, name, budget) if backend == "embedding" else handle.score.remote(text, budget)
             scored = await asyncio.wait_for(result(), budget)
         except asyncio.TimeoutError:
             response.cancel()
@@ -209,9 +214,11 @@ class IngressDeployment:
             if isinstance(cause, TurnoutError):
                 raise cause from None
             if isinstance(cause, BackPressureError):
+                self.backend_seen[backend] = time.monotonic()  # busy, not gone: still ready
                 raise RoutingOverloaded(f"the {backend} deployment is overloaded (queue full); retry later") from None
             log.warning("%s deployment failed: %s", backend, _one_line(exc))
             raise RoutingUnavailable(f"the {backend} deployment is unavailable: {type(cause).__name__}") from exc
+        self.backend_seen[backend] = time.monotonic()
         if scored is None:
             raise RoutingTimeout(f"deadline passed while queued for the {backend} deployment")
         return scored["p_strong"], dict(scored["stages"])
@@ -221,10 +228,17 @@ class IngressDeployment:
         return {name: controller.state() for name, controller in self.controllers.items()}
 
     async def ready(self) -> dict:
+        """Routers ready to answer. A backend that answered (or refused for being full) within READY_FRESH_S is
+        ready without being asked: readiness must not queue behind scoring, or under overload Kubernetes would
+        take capacity away exactly when it is needed. Only an idle or silent backend is asked directly."""
         routers = list(self.local)
-        for handle in self.backends.values():
-            if handle is not None:
-                routers += await handle.ready.remote()
+        for backend, handle in self.backends.items():
+            if handle is None:
+                continue
+            if time.monotonic() - self.backend_seen.get(backend, -math.inf) > READY_FRESH_S:
+                self.backend_routers[backend] = await handle.ready.remote()
+                self.backend_seen[backend] = time.monotonic()
+            routers += self.backend_routers.get(backend, self.config.backend_routers(backend))
         return {"routers": sorted(routers)}
 
     # -------------------------------------------------------------------------------------------- upstream

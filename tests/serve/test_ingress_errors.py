@@ -47,6 +47,7 @@ def _ingress(outcome, timeout_s=5.0, max_in_flight=64):
     ingress.config, ingress.routing, ingress.entries = config, config.routing, config.routers.entries()
     ingress.backends, ingress.in_flight = {"embedding": _Backend(outcome), "classifier": None}, 0
     ingress.controllers = {name: StrongRatioController(threshold=0.5) for name in config.routers.enabled}
+    ingress.backend_seen, ingress.backend_routers, ingress.local = {}, {}, {}
     return ingress
 
 
@@ -86,3 +87,32 @@ def test_in_flight_limit_refuses_at_the_door_and_frees_its_slots():
     assert len(ingress.backends["embedding"].calls) == 2  # the third never reached the backend
     assert isinstance(outcomes[2], RoutingOverloaded) and "2 requests in flight" in str(outcomes[2])
     assert ingress.in_flight == 0  # timed-out calls gave their slots back
+
+
+def test_a_synchronous_failure_gives_its_slot_back():
+    """The in-flight slot is taken inside the try whose finally frees it: a handle that raises at once leaks none."""
+    from serve.protocol import RoutingUnavailable
+
+    ingress = _ingress("unused")
+
+    def broken(*args):
+        raise RuntimeError("handle broken")
+
+    ingress.backends["embedding"].remote = broken
+    for _ in range(3):
+        with pytest.raises(RoutingUnavailable):
+            asyncio.run(ingress.route("hi", "mf", None, None))
+    assert ingress.in_flight == 0
+
+
+def test_readiness_does_not_queue_behind_scoring():
+    """A backend that just answered (or refused for being full) is ready without a call that would queue."""
+    from ray.serve.exceptions import BackPressureError
+
+    from serve.protocol import RoutingOverloaded
+
+    ingress = _ingress(BackPressureError(num_queued_requests=3, max_queued_requests=3))
+    with pytest.raises(RoutingOverloaded):
+        asyncio.run(ingress.route("hi", "mf", None, None))
+    ingress.backends["embedding"].ready = None  # any call to it would fail the test
+    assert asyncio.run(ingress.ready())["routers"] == ["mf", "sw_ranking"]
