@@ -181,6 +181,18 @@ class CalibrationConfig(_Strict):
     max_prompts: int = Field(2000, ge=10, description="reference prompts scored (a random sample beyond this)")
 
 
+class ApiConfig(_Strict):
+    """What the HTTP API accepts, beyond the request schemas."""
+
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body accepted, in bytes (413 beyond it): a chat "
+        "request of this size is far beyond what the router scores (scoring.max_chars) or an upstream accepts")
+    docs: bool = Field(
+        False, description="serve the interactive docs at /docs and /redoc; their pages load scripts from a CDN, "
+        "which an offline or locked-down deployment cannot reach, so they are off unless asked for. "
+        "/openapi.json (the schema itself) is always served")
+
+
 # ---------------------------------------------------------------------------------------------- upstreams
 
 
@@ -330,6 +342,7 @@ class TurnoutConfig(_Strict):
     routers: RoutersConfig = Field(default_factory=RoutersConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig, description="what text of a conversation is scored")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="limits of the HTTP API")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     upstreams: UpstreamsConfig = Field(default_factory=UpstreamsConfig,
                                        description="OpenAI-compatible endpoints behind /v1/chat/completions")

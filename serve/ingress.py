@@ -305,10 +305,24 @@ def build_api(ingress: IngressDeployment):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.background import BackgroundTask
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     config, metrics = ingress.config, ingress.metrics
+    docs = {} if config.api.docs else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title="turnout", version="0.1.0",
-                  description="LLM router: strong/weak routing decisions and an OpenAI-compatible proxy")
+                  description="LLM router: strong/weak routing decisions and an OpenAI-compatible proxy", **docs)
+    app.add_middleware(BodyLimit, max_bytes=config.api.max_body_bytes, on_refuse=metrics.error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method, ...
+        # FastAPI raises a bare 400 when a body cannot be decoded at all (not UTF-8): malformed JSON too
+        code = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, f"http_{exc.status_code}")
+        metrics.error(endpoint_of(request), code)
+        detail = "malformed JSON body: not UTF-8 text" if exc.status_code == 400 else exc.detail
+        message = f"{request.method} {request.url.path}: {detail}"
+        return JSONResponse(_error_body(message, "invalid_request_error", code), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     def endpoint_of(request: Request) -> str:
         return request.url.path
@@ -422,6 +436,53 @@ def build_api(ingress: IngressDeployment):
         return Response(content, status_code=upstream.status_code, media_type=media_type, headers=headers)
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413, whether it declares its length
+    (Content-Length: refused before the app runs) or streams it (counted as it arrives). The app's reader treats
+    any error while reading as a parse error, so an oversized stream is cut short instead, and whatever the app
+    answers about the cut body is replaced by the 413."""
+
+    def __init__(self, app, max_bytes: int, on_refuse=None) -> None:
+        self.app, self.max_bytes, self.on_refuse = app, max_bytes, on_refuse
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, send)
+        seen, too_large = 0, False
+
+        async def counted():
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    too_large = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message):
+            if not too_large:
+                await send(message)
+
+        await self.app(scope, counted, guarded)
+        if too_large:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope, send) -> None:
+        from starlette.responses import JSONResponse
+
+        if self.on_refuse is not None:
+            self.on_refuse(scope.get("path", ""), "body_too_large")
+        body = _error_body(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)",
+                           "invalid_request_error", "body_too_large")
+        await JSONResponse(body, status_code=413)(scope, None, send)
 
 
 def _add_fallback(headers: dict, reason: str) -> None:
