@@ -181,8 +181,37 @@ class CalibrationConfig(_Strict):
     max_prompts: int = Field(2000, ge=10, description="reference prompts scored (a random sample beyond this)")
 
 
+class AuthConfig(_Strict):
+    """Inbound API keys (serve/auth.py). Any key source set turns auth on: then every endpoint but /healthz and
+    /readyz needs `Authorization: Bearer <key>`, else 401."""
+
+    api_keys_sha256: list[str] = Field(
+        default_factory=list, description="SHA-256 hex digests of the accepted keys (`printf %s KEY | sha256sum`): "
+        "the config never holds a key itself")
+    api_keys_file: str | None = Field(
+        None, description="a file with one key (or sha256:<hex>) per line, e.g. a mounted Kubernetes Secret")
+    api_keys_env: str | None = Field(None, description="environment variable with comma-separated keys")
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_keys_sha256 or self.api_keys_file or self.api_keys_env)
+
+
+class KeyLimitsConfig(_Strict):
+    """Per API key (one shared budget when auth is off), per ingress replica: answered with 429 + Retry-After."""
+
+    requests_per_s: float | None = Field(None, gt=0, description="sustained requests per second per key; null: no limit")
+    burst: int = Field(20, ge=1, description="requests a key may send at once above its rate (token bucket size)")
+    max_strong_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="most of a key's recent calls that may go to the strong model; null: no cap")
+    strong_window: int = Field(200, ge=1, description="recent calls per key the strong share is measured over")
+
+
 class ApiConfig(_Strict):
     """What the HTTP API accepts, beyond the request schemas."""
+
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="inbound API keys (off when none is configured)")
+    limits: KeyLimitsConfig = Field(default_factory=KeyLimitsConfig, description="per-key rate and strong-call budget")
 
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="largest request body accepted, in bytes (413 beyond it): a chat "
@@ -524,11 +553,20 @@ class ServeFile:
         file's overrides applied (what the running application gets)."""
         overrides = {d["name"]: d for d in self.app.get("deployments") or []}
         app = {**self.app, "args": self.config.model_dump(mode="json"),
-               "deployments": [{"name": name, **DEPLOYMENT_DEFAULTS[name], **overrides.get(name, {})}
+               "deployments": [_override(DEPLOYMENT_DEFAULTS[name], overrides.get(name, {}), name)
                                for name in self.config.deployments()]}
         apps = list(self.document["applications"])
         apps[self.app_index] = app
         return {**self.document, "applications": apps}
+
+
+def _override(defaults: dict[str, Any], override: dict[str, Any], name: str) -> dict[str, Any]:
+    """Ray's merge of one deployment's options: top-level keys replace (ray_actor_options as a whole), and an
+    autoscaling_config replaces the default num_replicas (Ray refuses both at once)."""
+    merged = {"name": name, **defaults, **override}
+    if "autoscaling_config" in override and "num_replicas" not in override:
+        merged.pop("num_replicas", None)
+    return merged
 
 
 def load_serve_file(text: str | None = None, path: str | Path | None = None) -> ServeFile:

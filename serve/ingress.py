@@ -41,6 +41,7 @@ from typing import Any
 
 from index.errors import ConfigError, ScoringError, TurnoutError
 from serve.config import SIDES, TurnoutConfig
+from serve.auth import KeyRing, Limits, RateLimited, Unauthorized, load_digests, retry_after_header
 from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
@@ -84,6 +85,12 @@ class IngressDeployment:
                 raise ConfigError(f"routers {config.backend_routers(backend)} need the {backend} deployment")
         self.local = load_routers(config, config.local_routers)
         self.metrics = ServeMetrics()
+        api = config.api
+        self.keys = KeyRing(load_digests(api.auth.api_keys_sha256, api.auth.api_keys_file, api.auth.api_keys_env))
+        if not self.keys.enabled:
+            log.warning("auth is off (no api.auth keys configured): anyone who can reach this service can call it")
+        self.limits = Limits(api.limits.requests_per_s, api.limits.burst, api.limits.max_strong_share,
+                             api.limits.strong_window)
         self.routing = config.routing
         self.controllers = self._controllers(self.routing)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
@@ -301,7 +308,7 @@ def _validation_message(errors: list[dict]) -> tuple[str, bool]:
 def build_api(ingress: IngressDeployment):
     """The FastAPI app of one ingress replica."""
     import httpx
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.background import BackgroundTask
@@ -334,6 +341,10 @@ def build_api(ingress: IngressDeployment):
         kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
         # Overload clears as fast as the queue drains; a client that honours Retry-After spreads its retries.
         headers = {"retry-after": "1"} if isinstance(exc, RoutingOverloaded) else None
+        if isinstance(exc, RateLimited):
+            headers = {"retry-after": retry_after_header(exc.retry_after)}
+        elif isinstance(exc, Unauthorized):
+            headers = {"www-authenticate": "Bearer"}
         return JSONResponse(_error_body(str(exc), kind, reason), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -366,28 +377,35 @@ def build_api(ingress: IngressDeployment):
             return JSONResponse({"status": "not ready", "reason": _one_line(_cause(exc)) or type(exc).__name__}, status_code=503)
         return {"status": "ready", **ready}
 
+    def caller(request: Request) -> str:
+        """The calling key's id after auth and its rate limit (Unauthorized / RateLimited otherwise)."""
+        key = ingress.keys.identify(request.headers.get("authorization"))
+        ingress.limits.admit(key)
+        return key
+
     @app.get("/v1/routers", summary="thresholds and realised strong ratios (the answering ingress replica's window)")
-    async def routers():
+    async def routers(key: str = Depends(caller)):
         return {"default": config.routers.default, "replica": ingress.replica, "routers": ingress.state()}
 
     @app.get("/v1/models", summary="model names accepted by /v1/chat/completions")
-    async def models():
+    async def models(key: str = Depends(caller)):
         names = [SERVICE_MODEL] + [f"router-{r}" for r in config.routers.enabled]
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "turnout"} for n in names]}
 
     @app.post("/v1/route", response_model=RouteResponse, summary="routing decision only")
-    async def route(body: RouteRequest) -> RouteResponse:
+    async def route(body: RouteRequest, key: str = Depends(caller)) -> RouteResponse:
         start = time.perf_counter()
         name = ingress.check_router(body.router)
         text = body.prompt if body.prompt is not None else scoring_text(
             body.messages, config.scoring.user_turns, config.scoring.max_chars)
         decision = await ingress.route(text[-config.scoring.max_chars:], name, body.threshold, body.strong_ratio)
+        ingress.limits.strong(key, decision["model"] == "strong")
         latency_ms = (time.perf_counter() - start) * 1000.0
         metrics.request("/v1/route", name, latency_ms)
         return RouteResponse(latency_ms=latency_ms, **{k: v for k, v in decision.items() if k != "stages"})
 
     @app.post("/v1/chat/completions", summary="route, then proxy to the chosen OpenAI-compatible upstream")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request, key: str = Depends(caller)):
         start = time.perf_counter()
         name, threshold = parse_model(body.model, config.routers.default)
         name = ingress.check_router(name)
@@ -396,6 +414,7 @@ def build_api(ingress: IngressDeployment):
         try:
             decision = await ingress.route(text, name, threshold, None)
             side = decision["model"]
+            ingress.limits.strong(key, side == "strong")
             headers.update({"x-turnout-p-strong": f"{decision['p_strong']:.6f}",
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
         except RoutingUnavailable as exc:

@@ -97,8 +97,10 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
         deploy(served, config, on_status, stop)
         prefix = served.route_prefix.rstrip("/")
         url = f"http://{served.host}:{served.port}{prefix}"
-        on_status(f"turnout is serving at {url} (docs {url}/docs, metrics http://127.0.0.1:{metrics_port}/metrics); "
-                  f"Ctrl-C stops it")
+        on_status(f"turnout is serving at {url} (metrics http://127.0.0.1:{metrics_port}/metrics); Ctrl-C stops it")
+        if not config.api.auth.configured:
+            where = "this machine only" if served.host in ("127.0.0.1", "localhost", "::1") else "the network"
+            on_status(f"auth is off (no api.auth keys configured): open to {where}")
         while not stop.wait(0.5):
             pass
         on_status("stopping ...")

@@ -63,7 +63,15 @@ def service(ray_cluster, artifacts, upstream):
         faults[model] = app_args(home, reference, upstream.base_url, upstream.base_url)
         faults[model]["routers"].update(enabled=["length"], default="length")
         faults[model]["upstreams"]["strong"].update(model=model, timeout_s=0.5)
+    # API keys and per-key limits
+    from serve.auth import digest
+
+    secure = app_args(home, reference, upstream.base_url, upstream.base_url)
+    secure["routers"].update(enabled=["length"], default="length")
+    secure["api"]["auth"]["api_keys_sha256"] = [digest("sk-client-1"), digest("sk-client-2")]
+    secure["api"]["limits"].update(requests_per_s=0.2, burst=3, max_strong_share=0.5, strong_window=10)
     apps = {
+        "secure": ("/secure", secure, {}),
         **{f"fault-{m}": (f"/fault-{m}", args, {}) for m, args in faults.items()},
         "turnout": ("/", main, {}),
         "broken": ("/broken", broken, {}),
@@ -102,6 +110,25 @@ def test_health_ready_and_docs(service):
     assert [m["id"] for m in client.get("/v1/models").json()["data"]][:2] == ["turnout", "router-sw_ranking"]
     # interactive docs load scripts from a CDN: off unless api.docs is set; the schema stays
     _error(client.get("/docs"), 404, "GET /docs: Not Found")
+
+
+def test_api_keys_rate_limits_and_strong_budget(service):
+    client = service["client"]
+    body = {"prompt": "hi"}
+    _error(client.post("/secure/v1/route", json=body), 401, "missing API key")
+    assert client.post("/secure/v1/route", json=body).headers["www-authenticate"] == "Bearer"
+    _error(client.post("/secure/v1/route", json=body, headers={"authorization": "Bearer sk-nope"}), 401, "invalid API key")
+    assert client.get("/secure/healthz").status_code == 200 and client.get("/secure/readyz").status_code == 200
+    one, two = {"authorization": "Bearer sk-client-1"}, {"authorization": "Bearer sk-client-2"}
+    # key 1: a burst of 3 at 0.2 requests/s, then 429 with the wait until the next token
+    assert [client.post("/secure/v1/route", json=body, headers=one).status_code for _ in range(3)] == [200] * 3
+    limited = client.post("/secure/v1/route", json=body, headers=one)
+    _error(limited, 429, "rate limit: 0.2 requests/s (burst 3) per key")
+    assert 1 <= int(limited.headers["retry-after"]) <= 5
+    # key 2 has its own bucket, and a strong-call cap of 50 %: a second strong call in a row is refused
+    strong = {"prompt": "hi", "threshold": 0.0}
+    assert client.post("/secure/v1/route", json=strong, headers=two).json()["model"] == "strong"
+    _error(client.post("/secure/v1/route", json=strong, headers=two), 429, "strong-call budget: at most 50%")
 
 
 def test_every_error_has_the_one_body_shape(service):

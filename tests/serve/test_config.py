@@ -74,13 +74,17 @@ def test_deployment_overrides_in_rays_format(tmp_path):
     path = tmp_path / "serve.yaml"
     doc = _doc()
     doc["applications"][0]["deployments"] = [
-        {"name": EMBEDDING, "num_replicas": "auto", "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}},
+        {"name": EMBEDDING, "autoscaling_config": {"min_replicas": 1, "max_replicas": 3}},
         {"name": INGRESS, "user_config": {"strong_ratio": 0.3}}]
     path.write_text(yaml.safe_dump(doc))
     served = load_serve_file(path=path)
     filled = {d["name"]: d for d in served.filled()["applications"][0]["deployments"]}
     assert filled[EMBEDDING]["autoscaling_config"]["max_replicas"] == 3
     assert filled[EMBEDDING]["max_queued_requests"] == 32  # untouched options keep their defaults
+    assert "num_replicas" not in filled[EMBEDDING]  # replaced by the autoscaling_config, as Ray merges them
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(served.filled())  # what --print-config shows can be deployed
 
 
 def _with_deployments(*items):
