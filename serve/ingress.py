@@ -332,7 +332,10 @@ def build_api(ingress: IngressDeployment):
                             headers=getattr(exc, "headers", None))
 
     def endpoint_of(request: Request) -> str:
-        return request.url.path
+        """The matched route's template ("/v1/route"), as request latency is labelled: never the raw path, which
+        carries the application's route prefix and, for unknown paths, whatever a client sent."""
+        route = request.scope.get("route")
+        return getattr(route, "path", None) or "unmatched"
 
     @app.exception_handler(TurnoutError)
     async def turnout_error(request: Request, exc: TurnoutError):
@@ -498,7 +501,7 @@ class BodyLimit:
         from starlette.responses import JSONResponse
 
         if self.on_refuse is not None:
-            self.on_refuse(scope.get("path", ""), "body_too_large")
+            self.on_refuse("unmatched", "body_too_large")  # refused before any route matched
         body = _error_body(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)",
                            "invalid_request_error", "body_too_large")
         await JSONResponse(body, status_code=413)(scope, None, send)

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Installs what the Prometheus-rule and Grafana-dashboard tests need (tests/deploy/test_prometheus.py,
+# tests/deploy/test_grafana.py) on a fresh Debian machine, as root. Idempotent: what is there is kept.
+#
+#   promtool                 Debian's prometheus package (2.42): `promtool check rules`, `promtool test rules`
+#   grafana-foundation-sdk   the build for Grafana 11.6 (a plain install picks an older epoch with 10.1 types)
+#   jsonschema               the dashboard against ../shared/data/grafana-schemas/v11.6
+set -eu
+
+GRAFANA_SDK="grafana-foundation-sdk==1769699379!11.6.0"
+PYTHON="${PYTHON:-python}"
+
+if ! command -v promtool >/dev/null 2>&1; then
+    apt-get update
+    # The package would start a Prometheus server listening on all interfaces; a policy-rc.d that answers
+    # 101 ("action forbidden") keeps invoke-rc.d from starting it. One already there is put back afterwards.
+    policy=/usr/sbin/policy-rc.d
+    saved=""
+    if [ -e "$policy" ]; then
+        saved=$(mktemp)
+        cp -p "$policy" "$saved"
+    fi
+    restore() {
+        if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
+    }
+    trap restore EXIT
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    restore
+    trap - EXIT
+fi
+promtool --version | head -n 1
+
+# pip skips both when the pinned versions are installed already.
+"$PYTHON" -m pip install --quiet --root-user-action=ignore "$GRAFANA_SDK" "jsonschema>=4.18"
+"$PYTHON" -c "import grafana_foundation_sdk, jsonschema; print('grafana-foundation-sdk and jsonschema importable')"
