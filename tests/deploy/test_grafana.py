@@ -9,7 +9,6 @@ except under CI (the CI variable set), where they fail with the install line.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy import load_module
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
 COMMITTED = GRAFANA / "turnout.json"
@@ -27,17 +28,9 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 INSTALL = "deploy/ci/observability_tools.sh"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-metric_names = _load("turnout_deploy_metric_names", ROOT / "deploy" / "prometheus" / "metric_names.py")
-dashboard_module = _load("turnout_deploy_dashboard", GRAFANA / "dashboard.py")
-ray_dashboards = _load("turnout_deploy_ray_dashboards", GRAFANA / "ray_dashboards.py")
+metric_names = load_module("turnout_deploy_metric_names", ROOT / "deploy" / "prometheus" / "metric_names.py")
+dashboard_module = load_module("turnout_deploy_dashboard", GRAFANA / "dashboard.py")
+ray_dashboards = load_module("turnout_deploy_ray_dashboards", GRAFANA / "ray_dashboards.py")
 
 
 def _need(module: str, what: str):

@@ -8,17 +8,17 @@ rules were checked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.deploy import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
@@ -31,16 +31,8 @@ REAL_SCRAPE = PROM / "tests" / "ray_2.60_scrape.prom"
 SCRAPE_LABELS = {"container", "instance", "job", "namespace", "pod", "ray_io_cluster", "ray_io_node_type"}
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-metric_names = _load("turnout_deploy_metric_names", PROM / "metric_names.py")
-prometheusrule = _load("turnout_deploy_prometheusrule", PROM / "prometheusrule.py")
+metric_names = load_module("turnout_deploy_metric_names", PROM / "metric_names.py")
+prometheusrule = load_module("turnout_deploy_prometheusrule", PROM / "prometheusrule.py")
 
 
 @pytest.fixture(scope="module")
