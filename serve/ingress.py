@@ -19,7 +19,8 @@ Endpoints:
 - `POST /v1/chat/completions` (OpenAI schema): route, then forward to the chosen upstream with `model` replaced;
   streaming is passed through byte for byte; the decision is in `x-turnout-*` response headers
 - `GET /v1/models`, `GET /v1/routers` (thresholds and realised strong ratios), `GET /healthz`, `GET /readyz`
-- OpenAPI docs at `/docs`
+- `/openapi.json`; interactive docs at `/docs` only with `api.docs` (they load from a CDN)
+- API keys, per-key rate and strong-call limits, body size limit: `api` config, `serve/auth.py`
 
 Errors: every `TurnoutError` becomes its `http_status` with an OpenAI-style `{"error": {...}}` body in one
 handler; malformed JSON is 400, a body that fails validation 422, each with a message that names the field.
