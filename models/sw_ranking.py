@@ -90,17 +90,24 @@ class SWRankingRouter(Router):
             sims = queries.astype(np.float32) @ self._all_vectors.T
             weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
             return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
-        k = self.k
-        sims, ids = self.store.search(queries, k)
-        sims = sims.astype(np.float64)
-        s_max = np.maximum(sims[:, :1], 1e-6)  # a query orthogonal to everything: all weights γ
+        sims, ids = self.store.search(queries, self.k)
+        # An approximate index (IVF, HNSW) may return fewer than k hits: empty slots come back as id -1 with a
+        # similarity of -3.4e38. They are not neighbours: those prompts count with the rest at the shared weight.
+        found = ids >= 0
+        sims = np.where(found, sims.astype(np.float64), 0.0)
+        ids = np.where(found, ids, 0)
+        n_found = found.sum(axis=1)
+        top = np.where(found, sims, -np.inf).max(axis=1, keepdims=True)
+        s_max = np.maximum(np.where(np.isfinite(top), top, 0.0), 1e-6)  # a query orthogonal to everything: all γ
         weights = self.gamma ** (1.0 + sims / s_max)
-        rest_mean = (queries.astype(np.float64) @ self.embedding_sum - sims.sum(axis=1)) / (n_prompts - k)
+        rest_mean = (queries.astype(np.float64) @ self.embedding_sum - sims.sum(axis=1)) / np.maximum(n_prompts - n_found, 1)
         w_rest = self.gamma ** (1.0 + rest_mean[:, None] / s_max)
-        delta = (weights - w_rest).astype(np.float32)
+        delta = np.where(found, weights - w_rest, 0.0).astype(np.float32)
+        k = ids.shape[1]
         if DENSE_FRACTION * k >= n_prompts:
             dense = np.zeros((len(queries), n_prompts), dtype=np.float32)
-            np.put_along_axis(dense, ids, delta, axis=1)
+            # add, not put: an empty slot's id 0 (delta 0) must not overwrite a real neighbour 0's weight
+            np.add.at(dense, (np.arange(len(queries))[:, None], ids), delta)
             local = dense @ self.counts.reshape(n_prompts, -1)
         else:
             local = np.einsum("bk,bkn->bn", delta, self.counts.reshape(n_prompts, -1)[ids])

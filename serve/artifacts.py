@@ -62,7 +62,13 @@ def load_routers(config: TurnoutConfig, names: list[str], embedder: Any = None) 
             options.update(strong=config.routers.strong_model, weak=config.routers.weak_model)
         if spec.backend == "classifier":
             options.update(backend="transformers", dtype=config.classifier.dtype, device=config.classifier.device)
-        routers[name] = load_trained(spec, root, embedder, **options)
+        options.update(config.routers.options.get(name, {}))
+        try:
+            routers[name] = load_trained(spec, root, embedder, **options)
+        except TypeError as exc:  # an option the router does not take: the config's fault, said in one line
+            if "keyword argument" not in str(exc):
+                raise
+            raise ConfigError(f"routers.options.{name}: {exc}") from None
     return routers
 
 
@@ -79,6 +85,8 @@ def _key(config: TurnoutConfig, name: str, **extra: Any) -> str:
     spec = config.routers.entries()[name]
     if spec.backend == "classifier":  # bfloat16 shifts p_strong; only the same dtype offline matches the engine
         extra["dtype"] = config.classifier.dtype
+    if config.routers.options.get(name):  # e.g. sw_ranking's k changes its scores
+        extra["options"] = config.routers.options[name]
     return calibration.key(home_dir(config), name, config.routers.strong_model, config.routers.weak_model,
                            config.artifacts.embedder if spec.shares_embedding else None,
                            config.calibration.reference, **extra)

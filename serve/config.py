@@ -79,6 +79,12 @@ class RoutersConfig(_Strict):
         "(e.g. {toy: 'mypkg.routers:TOY'}); the module must be importable on every replica",
     )
 
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-router load options, passed to the router's from_artifacts: e.g. {sw_ranking: {k: 200}} "
+        "(the 200 nearest training prompts from the FAISS index instead of the exact scan over all of them)",
+    )
+
     @model_validator(mode="after")
     def _known(self) -> RoutersConfig:
         from models.registry import with_extra
@@ -94,6 +100,9 @@ class RoutersConfig(_Strict):
             raise ValueError(f"duplicate routers in {self.enabled}")
         if self.default not in self.enabled:
             raise ValueError(f"default router {self.default!r} is not in enabled {self.enabled}")
+        stray = sorted(set(self.options) - set(self.enabled))
+        if stray:
+            raise ValueError(f"options name routers that are not enabled: {stray}")
         return self
 
     def entries(self) -> dict:

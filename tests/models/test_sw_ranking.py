@@ -86,6 +86,28 @@ def test_gather_and_dense_paths_agree(trained, monkeypatch):
     np.testing.assert_allclose(router.win_matrices(queries), gathered, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_empty_slots_of_an_approximate_index_count_with_the_rest(trained, monkeypatch, dense):
+    """IVF/HNSW may return fewer than k hits, padded with id -1 and similarity -3.4e38: the scores stay finite and
+    equal those of the same index returning only the hits it found."""
+    queries = HashEmbedder(32).embed(["math equation algebra item 3", "chat greeting hello item 4", "unrelated words"])
+    if dense:
+        monkeypatch.setattr(sw_ranking, "DENSE_FRACTION", 10**9)
+    found = _router(trained, k=6)
+    padded = _router(trained, k=8)
+    real_search = padded.store.search
+
+    def search_with_empty_slots(q, k):
+        sims, ids = real_search(q, 6)  # what the index found, then two empty slots as FAISS pads them
+        pad = np.full((len(q), k - 6), -1, dtype=ids.dtype)
+        return np.hstack([sims, np.full(pad.shape, -3.4e38, dtype=sims.dtype)]), np.hstack([ids, pad])
+
+    monkeypatch.setattr(padded.store, "search", search_with_empty_slots)
+    scores = padded.score_embeddings(queries)
+    assert np.all(np.isfinite(scores))
+    np.testing.assert_allclose(scores, found.score_embeddings(queries), rtol=1e-6)
+
+
 def test_batching_does_not_change_scores(trained):
     prompts = [f"math equation item {i}" if i % 3 else f"hello chat {i}" for i in range(20)]
     # float32 sums may associate differently per batch shape; anything beyond rounding would be a bug

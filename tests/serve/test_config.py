@@ -124,6 +124,7 @@ def _mutate(edit):
     (lambda a: a["routers"].update(extra={"toy": "no.such.module:TOY"}), "cannot import 'no.such.module:TOY'"),
     (lambda a: a["routers"].update(extra={"mf": "models.registry:ROUTERS"}), "would replace the built-in one"),
     (lambda a: a["routers"].update(extra={"toy": "models.registry:ROUTERS"}), "is a dict, expected a RouterEntry"),
+    (lambda a: a["routers"].update(options={"bert": {"k": 3}}), "options name routers that are not enabled: ['bert']"),
     (lambda a: a["routing"].update(strong_ratio=1.5), "routing.strong_ratio"),
     (lambda a: a["routing"].update(thresholds={"mf": 2.0}), "thresholds must be in [0, 1]"),
     (lambda a: a["routing"].update(thresholds={"length": 0.5}, strong_ratio=None), "must cover"),

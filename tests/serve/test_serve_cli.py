@@ -209,3 +209,25 @@ def test_serve_run_starts_calibrated_from_a_prepared_folder(artifacts, upstream,
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def test_router_options_reach_the_router_and_key_its_calibration(artifacts, tmp_path):
+    """routers.options sets sw_ranking's k (no other way did); a wrong option is one line; the reference scores
+    of another k are not reused."""
+    import shutil
+
+    from index.errors import ConfigError
+    from serve import artifacts as serve_artifacts
+
+    home, reference = artifacts
+    copy = tmp_path / "home"
+    shutil.copytree(home / "routers", copy / "routers")
+    args = app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
+    args["routers"]["options"] = {"sw_ranking": {"k": 5}}
+    config = serve_artifacts.prepare(parse_app_args(args))
+    assert serve_artifacts.load_routers(config, ["sw_ranking"])["sw_ranking"].k == 5
+    exact = parse_app_args({**args, "routers": {**args["routers"], "options": {}}})
+    assert serve_artifacts.load_reference(exact, "sw_ranking", quiet=True) is None  # scored with k=5, not exact
+    args["routers"]["options"] = {"sw_ranking": {"kk": 5}}
+    with pytest.raises(ConfigError, match="routers.options.sw_ranking: .*unexpected keyword argument 'kk'"):
+        serve_artifacts.prepare(parse_app_args(args))
