@@ -127,14 +127,14 @@ class IngressDeployment:
         while True:
             time.sleep(GAUGE_REFRESH_S)
             for name, controller in list(self.controllers.items()):
-                self.metrics.controller(name, controller.threshold, controller.realised_ratio)
+                self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
 
     # ---------------------------------------------------------------------------------------------- routing
 
     def _controllers(self, routing) -> dict[str, StrongRatioController]:
         controllers = {name: self._controller(name, routing) for name in self.config.routers.enabled}
         for name, controller in controllers.items():
-            self.metrics.controller(name, controller.threshold, controller.realised_ratio)
+            self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
             log.info("%s: %s", name, controller.state())
         return controllers
 
@@ -193,7 +193,7 @@ class IngressDeployment:
         stages["decide"] = (time.perf_counter() - t0) * 1000.0
         self.metrics.stage("decide", name, stages["decide"])
         self.metrics.decision(name, model)
-        self.metrics.controller(name, controller.threshold, controller.realised_ratio)
+        self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
         return {"model": model, "p_strong": p_strong, "threshold": float(used[0]), "threshold_source": source,
                 "router": name, "stages": stages}
 

@@ -22,6 +22,7 @@ REQUEST_LATENCY = "turnout_request_latency_ms"  # Histogram{endpoint, router}: i
 STAGE_LATENCY = "turnout_stage_latency_ms"  # Histogram{stage, router}: one step of a request
 DECISIONS = "turnout_decisions_total"  # Counter{router, model}: model is strong | weak
 STRONG_RATIO = "turnout_strong_ratio"  # Gauge{router}: share of strong decisions over the controller window
+STRONG_RATIO_TARGET = "turnout_strong_ratio_target"  # Gauge{router}: the share the controller holds (none if fixed)
 THRESHOLD = "turnout_threshold"  # Gauge{router}: the threshold the router's controller applies now
 ERRORS = "turnout_errors_total"  # Counter{endpoint, reason}: requests answered with an error
 FALLBACKS = "turnout_fallbacks_total"  # Counter{reason, model}: calls sent somewhere other than the decision
@@ -50,6 +51,9 @@ class ServeMetrics:
             tag_keys=("router", "model"))
         self.strong_ratio = Gauge(
             STRONG_RATIO, description="share of strong decisions over the controller window", tag_keys=("router",))
+        self.strong_ratio_target = Gauge(
+            STRONG_RATIO_TARGET, description="strong-call share the router's controller holds (routing.strong_ratio, "
+            "live through user_config); absent for routers with a fixed threshold", tag_keys=("router",))
         self.threshold = Gauge(
             THRESHOLD, description="current p_strong threshold (p_strong >= threshold -> strong)", tag_keys=("router",))
         self.errors = Counter(
@@ -78,10 +82,13 @@ class ServeMetrics:
     def decision(self, router: str, model: str) -> None:
         self.decisions.inc(tags={"router": router, "model": model})
 
-    def controller(self, router: str, threshold: float, realised_ratio: float | None) -> None:
+    def controller(self, router: str, threshold: float, realised_ratio: float | None,
+                   target: float | None = None) -> None:
         self.threshold.set(threshold, tags={"router": router})
         if realised_ratio is not None:
             self.strong_ratio.set(realised_ratio, tags={"router": router})
+        if target is not None:
+            self.strong_ratio_target.set(target, tags={"router": router})
 
     def error(self, endpoint: str, reason: str) -> None:
         self.errors.inc(tags={"endpoint": endpoint, "reason": reason})

@@ -21,6 +21,7 @@ from serve.metrics import (
     FALLBACKS,
     STAGE_LATENCY,
     STRONG_RATIO,
+    STRONG_RATIO_TARGET,
     THRESHOLD,
     exported,
     parse_prometheus,
@@ -433,6 +434,10 @@ def _missing_metrics(samples):
         "thresholds": ({(r,) for r in ("sw_ranking", "mf", "length", "random")},
                        {(s["router"],) for s, _ in samples.get(exported(THRESHOLD), [])}),
         "ratios": ({("mf",), ("random",)}, {(s["router"],) for s, _ in samples.get(exported(STRONG_RATIO), [])}),
+        # the target each controller holds, re-set like the other gauges
+        "targets": ({("mf", 0.5), ("sw_ranking", 0.5)},
+                    {(s["router"], v) for s, v in samples.get(exported(STRONG_RATIO_TARGET), [])
+                     if s.get("application") in ("turnout", "extra")}),
         "errors": ({(r,) for r in ("malformed_json", "invalid_request", "ConfigError", "RoutingTimeout")},
                    labels(ERRORS, "reason")),
         "fallbacks": ({("router_timeout", "strong"), ("upstream_unreachable", "weak")},
