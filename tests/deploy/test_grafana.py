@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy import load_module
+from tests.deploy import load_module, missing
+from tests.deploy import promtool as find_promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -37,10 +37,7 @@ def _need(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        message = f"{what} is not installed: run `sh {INSTALL}` as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{what} is not installed: run `sh {INSTALL}` as root")
 
 
 @pytest.fixture(scope="module")
@@ -194,15 +191,9 @@ def test_every_queried_metric_exists(dashboard):
 def test_every_query_is_valid_promql(dashboard, tmp_path):
     """promtool parses every panel query and every variable's selector (template variables filled in as their
     "All" value), so a query that Grafana would show as an error fails here."""
-    import shutil
     import subprocess
 
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        message = f"promtool is not installed (Debian package prometheus): run `sh {INSTALL}` as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    promtool = find_promtool()
 
     def filled(expr: str) -> str:
         expr = expr.replace("$__rate_interval", "5m")

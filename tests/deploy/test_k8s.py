@@ -23,15 +23,14 @@ from index.errors import ConfigError
 from serve import deploy_render
 from serve.config import CLASSIFIER, EMBEDDING, INGRESS, load_serve_file
 from serve.deploy_render import OVERLAYS, check_rayservice, render, write
+from tests.deploy import missing
 
 OVERLAY_NAMES = list(OVERLAYS)
 
 
 def _missing(reason: str) -> None:
     """A tool or file these tests need is absent: a failure under CI, a skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set; run deploy/ci/k8s_tools.sh)")
-    pytest.skip(reason)
+    missing(reason, " (CI is set; run deploy/ci/k8s_tools.sh)")
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,9 +9,7 @@ rules were checked.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,13 +17,13 @@ import pytest
 import yaml
 
 from tests.deploy import load_module
+from tests.deploy import promtool as find_promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "deploy" / "prometheus"
 RULES = PROM / "rules.yml"
 UNIT_TESTS = PROM / "tests" / "rules_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "turnout.json"
-INSTALL = "deploy/ci/observability_tools.sh"
 REAL_SCRAPE = PROM / "tests" / "ray_2.60_scrape.prom"
 # What the PodMonitor's scrape adds to every series (the operator's endpoint label is dropped).
 SCRAPE_LABELS = {"container", "instance", "job", "namespace", "pod", "ray_io_cluster", "ray_io_node_type"}
@@ -37,13 +35,7 @@ prometheusrule = load_module("turnout_deploy_prometheusrule", PROM / "prometheus
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = f"promtool is not installed (Debian package prometheus): run `sh {INSTALL}` as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return find_promtool()
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
