@@ -166,10 +166,9 @@ def load(ws: Workspace, name: str, *, strong: str = DEFAULT_STRONG, weak: str = 
     `options` go to the router's `from_artifacts` (e.g. causal_llm's backend and dtype).
     """
     spec = entry(name)
-    if not spec.trained:
-        return spec.router_class()()
-    ensure_trained(ws, name, build_missing)
-    return load_trained(spec, ws.routers, ws.embedder, strong=strong, weak=weak, **options)
+    ensure_trained(ws, name, build_missing)  # nothing to do for a router without a trainer
+    pair = {"strong": strong, "weak": weak} if spec.trained else {}
+    return load_trained(spec, ws.routers, ws.embedder, **pair, **options)
 
 
 def load_trained(spec: RouterEntry, root: Path, embedder: Any = None, **options: Any) -> Router:

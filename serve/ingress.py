@@ -95,7 +95,7 @@ class IngressDeployment:
         self.routing = config.routing
         self.controllers = self._controllers(self.routing)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
-        self.api_keys: dict[str, str | None] = {}
+        self.upstream_keys: dict[str, str | None] = {}  # side -> the key sent upstream (not the clients' keys)
         self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
         self.replica = _replica_id()
         self.backend_seen: dict[str, float] = {}  # backend -> monotonic time it last answered (see ready())
@@ -107,7 +107,7 @@ class IngressDeployment:
             key = os.environ.get(upstream.api_key_env) if upstream.api_key_env else None
             if upstream.api_key_env and not key:
                 log.info("%s upstream: $%s is not set; calls go without an Authorization header", side, upstream.api_key_env)
-            self.api_keys[side] = key
+            self.upstream_keys[side] = key
 
     def __serve_build_asgi_app__(self):
         return build_api(self)
@@ -127,16 +127,20 @@ class IngressDeployment:
         while True:
             time.sleep(GAUGE_REFRESH_S)
             for name, controller in list(self.controllers.items()):
-                self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
+                self._export(name, controller)
 
     # ---------------------------------------------------------------------------------------------- routing
 
     def _controllers(self, routing) -> dict[str, StrongRatioController]:
         controllers = {name: self._controller(name, routing) for name in self.config.routers.enabled}
         for name, controller in controllers.items():
-            self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
+            self._export(name, controller)
             log.info("%s: %s", name, controller.state())
         return controllers
+
+    def _export(self, name: str, controller: StrongRatioController) -> None:
+        """The controller's gauges: threshold, realised strong ratio, target."""
+        self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
 
     def _controller(self, name: str, routing) -> StrongRatioController:
         from serve.artifacts import calibrated_threshold, load_reference
@@ -193,7 +197,7 @@ class IngressDeployment:
         stages["decide"] = (time.perf_counter() - t0) * 1000.0
         self.metrics.stage("decide", name, stages["decide"])
         self.metrics.decision(name, model)
-        self.metrics.controller(name, controller.threshold, controller.realised_ratio, controller.strong_ratio)
+        self._export(name, controller)
         return {"model": model, "p_strong": p_strong, "threshold": float(used[0]), "threshold_source": source,
                 "router": name, "stages": stages}
 
@@ -257,8 +261,8 @@ class IngressDeployment:
 
         upstream = getattr(self.config.upstreams, side)
         headers = {"content-type": "application/json"}
-        if self.api_keys[side]:
-            headers["authorization"] = f"Bearer {self.api_keys[side]}"
+        if self.upstream_keys[side]:
+            headers["authorization"] = f"Bearer {self.upstream_keys[side]}"
         request = self.http.build_request(
             "POST", f"{upstream.base_url}/chat/completions", content=json.dumps({**body, "model": upstream.model}),
             headers=headers, timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s))
