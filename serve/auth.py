@@ -34,16 +34,18 @@ class Unauthorized(TurnoutError):
     """No valid API key."""
 
     http_status = 401
+    code = "unauthorized"
 
 
 class RateLimited(TurnoutError):
     """Over a per-key limit; `retry_after` seconds until the request would be accepted."""
 
     http_status = 429
+    code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, code: str = "rate_limited") -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.code = retry_after, code
 
 
 def digest(key: str) -> str:
@@ -123,7 +125,7 @@ class StrongBudget:
     def check(self, strong: bool, retry_after: float) -> None:
         if strong and len(self.decisions) >= 1 and (self.n_strong + 1) / (len(self.decisions) + 1) > self.max_share:
             raise RateLimited(f"strong-call budget: at most {self.max_share:.0%} of this key's last {self.window} "
-                              "calls may go to the strong model", retry_after)
+                              "calls may go to the strong model", retry_after, code="strong_budget_exceeded")
         if len(self.decisions) == self.window:
             self.n_strong -= self.decisions[0]
         self.decisions.append(strong)

@@ -69,6 +69,7 @@ class UpstreamError(TurnoutError):
     """No upstream could answer."""
 
     http_status = 502
+    code = "upstream_unavailable"
 
 
 class IngressDeployment:
@@ -344,8 +345,7 @@ def build_api(ingress: IngressDeployment):
 
     @app.exception_handler(TurnoutError)
     async def turnout_error(request: Request, exc: TurnoutError):
-        reason = type(exc).__name__
-        metrics.error(endpoint_of(request), reason)
+        metrics.error(endpoint_of(request), exc.code)
         kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
         # Overload clears as fast as the queue drains; a client that honours Retry-After spreads its retries.
         headers = {"retry-after": "1"} if isinstance(exc, RoutingOverloaded) else None
@@ -353,7 +353,7 @@ def build_api(ingress: IngressDeployment):
             headers = {"retry-after": retry_after_header(exc.retry_after)}
         elif isinstance(exc, Unauthorized):
             headers = {"www-authenticate": "Bearer"}
-        return JSONResponse(_error_body(str(exc), kind, reason), status_code=exc.http_status, headers=headers)
+        return JSONResponse(_error_body(str(exc), kind, exc.code), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -427,8 +427,7 @@ def build_api(ingress: IngressDeployment):
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
         except RoutingUnavailable as exc:
             side = config.routing.fallback_model
-            reason = {RoutingTimeout: "router_timeout", RoutingOverloaded: "router_overloaded"}.get(
-                type(exc), "router_error")
+            reason = exc.code
             metrics.fallback(reason, side)
             _add_fallback(headers, reason)
             log.warning("routing failed (%s): sending to %s", exc, side)
@@ -437,8 +436,8 @@ def build_api(ingress: IngressDeployment):
         try:
             upstream, side = await _send(ingress, side, payload, headers)
         except UpstreamError as exc:
-            metrics.error("/v1/chat/completions", "UpstreamError")
-            return JSONResponse(_error_body(str(exc), "service_unavailable", "UpstreamError"),
+            metrics.error("/v1/chat/completions", exc.code)
+            return JSONResponse(_error_body(str(exc), "service_unavailable", exc.code),
                                 status_code=exc.http_status, headers=headers)
         headers["x-turnout-model"] = side
         metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
@@ -453,7 +452,7 @@ def build_api(ingress: IngressDeployment):
         except httpx.TransportError as exc:  # sent and maybe generating: never retried on the other side
             metrics.error("/v1/chat/completions", "upstream_failed")
             message = f"{side} upstream failed while answering ({type(exc).__name__})"
-            return JSONResponse(_error_body(message, "service_unavailable", "UpstreamError"), status_code=502,
+            return JSONResponse(_error_body(message, "service_unavailable", "upstream_failed"), status_code=502,
                                 headers={k: v for k, v in headers.items() if k != "content-encoding"})
         finally:
             await upstream.aclose()
@@ -529,7 +528,8 @@ async def _relay(upstream, metrics, router: str, start: float):
         metrics.error("/v1/chat/completions", "upstream_stream_cut")
         log.warning("upstream stream cut: %s", _one_line(exc))
         if not upstream.headers.get("content-encoding"):
-            event = _error_body(f"upstream stream cut ({type(exc).__name__})", "service_unavailable", "UpstreamError")
+            event = _error_body(f"upstream stream cut ({type(exc).__name__})", "service_unavailable",
+                                "upstream_stream_cut")
             yield f"\n\ndata: {json.dumps(event)}\n\n".encode()
     finally:
         metrics.request("/v1/chat/completions", router, (time.perf_counter() - start) * 1000.0)

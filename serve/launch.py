@@ -38,6 +38,7 @@ class DeployError(TurnoutError):
     """Ray Serve could not bring the application up."""
 
     http_status = 503
+    code = "deploy_failed"
 
 
 def configure(path: str | None = None, *, home: str | None = None, data_dir: str | None = None,

@@ -20,14 +20,19 @@ class RoutingUnavailable(TurnoutError):
     """Routing failed or missed its time budget (not the request's fault)."""
 
     http_status = 503
+    code = "router_unavailable"
 
 
 class RoutingTimeout(RoutingUnavailable):
     """No decision within routing.timeout_s; work for the request is dropped wherever it still waits."""
 
+    code = "router_timeout"
+
 
 class RoutingOverloaded(RoutingUnavailable):
     """A deployment's queue is full (max_queued_requests): rejected at once instead of waiting to time out."""
+
+    code = "router_overloaded"
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")

@@ -125,7 +125,7 @@ def panels() -> list[tuple[str, list[dict]]]:
                              "refused for overload (503 on /v1/route, the fallback model on chat).",
                  targets=[
                      (f"sum by (component) (rate({exported(DROPPED)}{{{APP}}}[{RATE}]))", "dropped in {{component}}"),
-                     (f'sum(rate({errors}{{{APP}, reason="RoutingOverloaded"}}[{RATE}]))', "refused: /v1/route 503"),
+                     (f'sum(rate({errors}{{{APP}, reason="router_overloaded"}}[{RATE}]))', "refused: /v1/route 503"),
                      (f'sum(rate({fallbacks}{{{APP}, reason="router_overloaded"}}[{RATE}]))', "refused: chat fallback"),
                  ]),
         ]),

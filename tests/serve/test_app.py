@@ -8,7 +8,9 @@ weak one).
 
 import inspect
 import json
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -88,10 +90,26 @@ def service(ray_cluster, artifacts, upstream):
                "upstream": upstream, "apps": apps}
 
 
+def _documented_codes() -> dict[str, set[int]]:
+    """The README's error table: code -> the statuses it is listed with."""
+    codes: dict[str, set[int]] = {}
+    for line in (Path(__file__).parents[2] / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 3 and cells[0][:1].isdigit():
+            for code in re.findall(r"`([a-z_]+)`", cells[1]):
+                codes.setdefault(code, set()).update(int(s) for s in re.findall(r"\d{3}", cells[0]))
+    return codes
+
+
+DOCUMENTED_CODES = _documented_codes()
+
+
 def _error(response, status, fragment):
+    """One error answer: its status, the message fragment, and a stable code the README documents for it."""
     assert response.status_code == status, response.text
-    message = response.json()["error"]["message"]
-    assert fragment in message, message
+    error = response.json()["error"]
+    assert fragment in error["message"], error["message"]
+    assert status in DOCUMENTED_CODES.get(error["code"], ()), (error["code"], status, DOCUMENTED_CODES)
     assert "Traceback" not in response.text
 
 
@@ -336,7 +354,7 @@ def test_a_non_finite_score_is_a_503_and_a_chat_fallback(service):
     _error(client.post("/extra/v1/route", json={"prompt": "hi", "router": "nan"}), 503, "router nan produced 1 non-finite")
     chat = client.post("/extra/v1/chat/completions",
                        json={"model": "router-nan", "messages": [{"role": "user", "content": "hi"}]})
-    assert chat.status_code == 200 and chat.headers["x-turnout-fallback"] == "router_error", chat.headers
+    assert chat.status_code == 200 and chat.headers["x-turnout-fallback"] == "router_unavailable", chat.headers
     assert chat.headers["x-turnout-model"] == "strong"  # routing.fallback_model
     state = client.get("/extra/v1/routers").json()["routers"]["nan"]
     assert state["live_decisions"] == 0
@@ -389,7 +407,7 @@ def test_a_stream_cut_by_the_upstream_ends_with_an_error_event(service):
         text = "".join(response.iter_text())
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     assert events[0]["choices"][0]["delta"]["content"] == CHUNKS[0]
-    assert events[-1]["error"]["code"] == "UpstreamError" and "stream cut" in events[-1]["error"]["message"]
+    assert events[-1]["error"]["code"] == "upstream_stream_cut" and "stream cut" in events[-1]["error"]["message"]
 
 
 def test_requests_past_their_deadline_are_dropped_unprocessed(service):
@@ -438,7 +456,7 @@ def _missing_metrics(samples):
         "targets": ({("mf", 0.5), ("sw_ranking", 0.5)},
                     {(s["router"], v) for s, v in samples.get(exported(STRONG_RATIO_TARGET), [])
                      if s.get("application") in ("turnout", "extra")}),
-        "errors": ({(r,) for r in ("malformed_json", "invalid_request", "ConfigError", "RoutingTimeout")},
+        "errors": ({(r,) for r in ("malformed_json", "invalid_request", "invalid_option", "router_timeout")},
                    labels(ERRORS, "reason")),
         "fallbacks": ({("router_timeout", "strong"), ("upstream_unreachable", "weak")},
                       labels(FALLBACKS, "reason", "model")),

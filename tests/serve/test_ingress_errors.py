@@ -116,3 +116,35 @@ def test_readiness_does_not_queue_behind_scoring():
         asyncio.run(ingress.route("hi", "mf", None, None))
     ingress.backends["embedding"].ready = None  # any call to it would fail the test
     assert asyncio.run(ingress.ready())["routers"] == ["mf", "sw_ranking"]
+
+
+def test_every_error_class_has_a_stable_documented_code():
+    """Each TurnoutError the service can answer with carries a snake-case code, unique to its meaning, that the
+    README's error table lists with the class's HTTP status; a renamed class cannot change what clients see."""
+    import re
+
+    import serve.auth
+    import serve.ingress
+    import serve.launch  # noqa: F401 - registers DeployError
+    from index.errors import TurnoutError
+    from tests.serve.test_app import DOCUMENTED_CODES
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    classes = [c for c in subclasses(TurnoutError) if c.__module__.split(".")[0] in ("index", "serve", "models")]
+    assert len(classes) >= 12, classes
+    seen = {}
+    for cls in classes:
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", cls.code), (cls, cls.code)
+        assert cls.code not in seen, (cls, seen.get(cls.code))
+        seen[cls.code] = cls
+        if cls.__name__ not in ("DeployError", "DataNotFoundError"):  # CLI-only: never an HTTP answer
+            assert cls.http_status in DOCUMENTED_CODES.get(cls.code, ()), (cls, cls.code, cls.http_status)
+    budget = serve.auth.StrongBudget(max_share=0.0, window=4)
+    budget.check(False, 1.0)
+    with pytest.raises(serve.auth.RateLimited) as refused:
+        budget.check(True, 1.0)
+    assert refused.value.code == "strong_budget_exceeded" and refused.value.code in DOCUMENTED_CODES
