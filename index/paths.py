@@ -71,16 +71,20 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces `final` as a whole, on failure it is removed.
 
     For artifacts made of several files (index + manifest + arrays) that must never be seen half-written.
+    The swap is two renames (final -> .old, tmp -> final); a process killed between them leaves only .old, which
+    the next call puts back before it starts, so the earlier artifact is never lost.
     """
     import shutil
 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0700; like the files, artifact folders are meant to be shared
     try:
         yield tmp
-        old = final.with_name(f".{final.name}.old")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)

@@ -1,10 +1,12 @@
-"""Design choices made on the dev benchmarks (DESIGN §3): tier fitting, training sources and SW's γ.
+"""Design choices made on the dev benchmarks (DESIGN §3): tier fitting, training sources, tie rule and SW's γ.
 
 For every variant the SW router is rebuilt in memory from the cached embeddings and scored on the four dev
 benchmarks (each for its own strong/weak pair) and on the obvious-prompts check (models/obvious.py, for the
 served pair); the paper's three benchmarks are never read here. Writes one JSON with every figure:
 
     python -m loadtest.dev_choices --out benchmarks/dev_choices.json
+    python -m loadtest.dev_choices --source-sets alpaca-pass-fail --tier-weightings correctness \
+        --ties half weak drop --gammas 1000 10000 100000 --out benchmarks/dev_ties.json
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ SOURCE_SETS = {
 GAMMAS = (10.0, 100.0, 1e3, 1e4, 1e5)
 
 
-def sw_routers(td, embedder, pairs: list[tuple[str, str]]) -> dict:
+def sw_routers(td, embedder, pairs: list[tuple[str, str]], ties: str = "half") -> dict:
     """SW routers over td's battles for each pair (one in-memory index); None for a pair that shares a tier."""
     from index.store import VectorStore
     from models import bradley_terry
     from models.sw_ranking import SWRankingRouter
 
-    prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
+    prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers, ties)
     vectors = embedder.embed(list(prompts))
     store = VectorStore.build(vectors, embedder=embedder.name)
     routers = {}
@@ -49,6 +51,7 @@ def sw_routers(td, embedder, pairs: list[tuple[str, str]]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     from index.embedder import load_embedder
+    from models import bradley_terry
     from models import data as training
     from models.benchmarks import DEV_BENCHMARKS, evaluation_prompts, load_benchmark
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gammas", type=float, nargs="+", default=list(GAMMAS))
     parser.add_argument("--tier-weightings", nargs="+", default=list(TIER_WEIGHTINGS))
     parser.add_argument("--source-sets", nargs="+", default=list(SOURCE_SETS))
+    parser.add_argument("--ties", nargs="+", default=["half"], choices=bradley_terry.TIE_RULES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -76,21 +80,22 @@ def main(argv: list[str] | None = None) -> None:
         td = training.build(data, eval_prompts, lambda t: embedder.embed(t), sources=SOURCE_SETS[sources],
                             tier_weighting=weighting)
         pairs = [(b.strong_model, b.weak_model) for b in benches.values()] + [(DEFAULT_STRONG, DEFAULT_WEAK)]
-        routers = sw_routers(td, embedder, pairs)
-        for gamma in args.gammas:
-            row = {"sources": sources, "tier_weighting": weighting, "gamma": gamma, "apgr": {}}
-            for router in filter(None, routers.values()):
-                router.gamma = gamma
-            for name, bench in benches.items():
-                router = routers[(bench.strong_model, bench.weak_model)]
-                row["apgr"][name] = None if router is None else summarize(router.score(bench.prompts), bench.strong, bench.weak)["apgr"]
-            router = routers[(DEFAULT_STRONG, DEFAULT_WEAK)]
-            if router is not None:
-                p = router.score(obvious["prompt"].tolist())
-                row["obvious_auc"] = auc(p, hard)
-                row["obvious_auc_balanced"] = auc(p[balanced], hard[balanced])
-            log.info("%s", row)
-            results.append(row)
+        for ties in args.ties:
+            routers = sw_routers(td, embedder, pairs, ties)
+            for gamma in args.gammas:
+                row = {"sources": sources, "tier_weighting": weighting, "ties": ties, "gamma": gamma, "apgr": {}}
+                for router in filter(None, routers.values()):
+                    router.gamma = gamma
+                for name, bench in benches.items():
+                    router = routers[(bench.strong_model, bench.weak_model)]
+                    row["apgr"][name] = None if router is None else summarize(router.score(bench.prompts), bench.strong, bench.weak)["apgr"]
+                router = routers[(DEFAULT_STRONG, DEFAULT_WEAK)]
+                if router is not None:
+                    p = router.score(obvious["prompt"].tolist())
+                    row["obvious_auc"] = auc(p, hard)
+                    row["obvious_auc_balanced"] = auc(p[balanced], hard[balanced])
+                log.info("%s", row)
+                results.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m loadtest.dev_choices " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.write_text(json.dumps({"command": command, "rows": results}, indent=1) + "\n")

@@ -76,13 +76,27 @@ def tier_battles(battles: "pd.DataFrame", tiers: dict[str, int]) -> tuple[np.nda
     return keep, tier_a.to_numpy()[keep].astype(int), tier_b.to_numpy()[keep].astype(int)
 
 
-def prompt_tier_counts(battles: "pd.DataFrame", tiers: dict[str, int], n_tiers: int) -> tuple[np.ndarray, np.ndarray]:
+TIE_RULES = ("half", "weak", "drop")
+
+
+def prompt_tier_counts(battles: "pd.DataFrame", tiers: dict[str, int], n_tiers: int,
+                       ties: str = "half") -> tuple[np.ndarray, np.ndarray]:
     """Unique prompts (sorted) and their tier win counts (P, T, T): counts[p, i, j] = wins of tier i over tier j,
-    over `tier_battles`. Each battle adds 1 to its prompt's matrix."""
+    over `tier_battles`. Each battle adds 1 to its prompt's matrix, a tie by `ties`: "half" a win to each side
+    (the served rule), "weak" a win for the lower tier (the strong model is only needed where it is better),
+    "drop" nothing. The three were compared on the dev benchmarks (loadtest.dev_choices --ties)."""
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
     keep, a, b = tier_battles(battles, tiers)
     prompts, prompt_ids = np.unique(battles["prompt"].to_numpy(dtype=object)[keep], return_inverse=True)
+    winner = battles["winner"].to_numpy(dtype=object)[keep]
     outcome = battles["winner"].map(WINNER).to_numpy(dtype=np.float64)[keep]
+    weight = np.ones(len(outcome))
+    if ties == "weak":  # a higher tier index is a weaker tier
+        outcome = np.where(winner == "tie", (a > b).astype(np.float64), outcome)
+    elif ties == "drop":
+        weight = (winner != "tie").astype(np.float64)
     counts = np.zeros((len(prompts), n_tiers, n_tiers), dtype=np.float64)
-    np.add.at(counts, (prompt_ids, a, b), outcome)
-    np.add.at(counts, (prompt_ids, b, a), 1.0 - outcome)
+    np.add.at(counts, (prompt_ids, a, b), weight * outcome)
+    np.add.at(counts, (prompt_ids, b, a), weight * (1.0 - outcome))
     return prompts, counts

@@ -57,7 +57,7 @@ import pandas as pd
 from models import bradley_terry
 from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.model_names import canonical
-from index.paths import atomic_path, require_file
+from index.paths import atomic_dir, require_file
 
 log = logging.getLogger(__name__)
 
@@ -519,26 +519,24 @@ def source_weights(battles: pd.DataFrame) -> np.ndarray:
 
 
 def save(td: TrainingData, out: Path) -> str:
-    """Write battles.parquet, scores.parquet and models.json atomically; returns the data hash."""
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "battles.parquet") as tmp:
-        td.battles.to_parquet(tmp, index=False)
+    """Write battles.parquet, scores.parquet and models.json as one folder, swapped in whole; returns the data
+    hash. File by file, a process killed between two renames would leave new battles beside the old models.json
+    (the old hash and tiers): a mixed set that loads without complaint."""
+    with atomic_dir(out) as tmp:
+        td.battles.to_parquet(tmp / "battles.parquet", index=False)
         # The tiers are part of what a router is trained on: same battles with other tiers is other data.
-        digest = hashlib.sha256(tmp.read_bytes())
+        digest = hashlib.sha256((tmp / "battles.parquet").read_bytes())
         digest.update(json.dumps(td.tiers, sort_keys=True).encode())
         data_hash = digest.hexdigest()[:16]
-    with atomic_path(out / "scores.parquet") as tmp:
-        td.scores.to_parquet(tmp, index=False)
-    meta = {
-        "data_hash": data_hash,
-        "n_tiers": td.n_tiers,
-        "ratings": {k: round(float(v), 2) for k, v in td.ratings.items()},
-        "tiers": td.tiers,
-        "report": td.report,
-    }
-    # models.json last: its presence means the whole set is complete.
-    with atomic_path(out / "models.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=1))
+        td.scores.to_parquet(tmp / "scores.parquet", index=False)
+        meta = {
+            "data_hash": data_hash,
+            "n_tiers": td.n_tiers,
+            "ratings": {k: round(float(v), 2) for k, v in td.ratings.items()},
+            "tiers": td.tiers,
+            "report": td.report,
+        }
+        (tmp / "models.json").write_text(json.dumps(meta, indent=1))
     return data_hash
 
 

@@ -67,3 +67,20 @@ def test_win_matrix_ties_split():
 def test_symmetric_data_gives_equal_ratings(l2):
     wins = np.array([[0, 4.0], [4.0, 0]])
     np.testing.assert_allclose(bt.fit(wins, l2=l2), [0, 0], atol=1e-12)
+
+
+def test_tie_rules_in_prompt_tier_counts():
+    """One prompt, a tier-0 vs tier-2 tie (either side as model_a) and a decisive tier-1 win over tier 2."""
+    import pandas as pd
+
+    battles = pd.DataFrame({"prompt": ["p", "p", "p"], "model_a": ["s", "w", "m"], "model_b": ["w", "s", "w"],
+                            "winner": ["tie", "tie", "model_a"]})
+    tiers = {"s": 0, "m": 1, "w": 2}
+    counts = {rule: bt.prompt_tier_counts(battles, tiers, 3, rule)[1][0] for rule in bt.TIE_RULES}
+    assert counts["half"][0, 2] == counts["half"][2, 0] == 1.0  # two ties, half a win each way per tie
+    assert counts["weak"][0, 2] == 0.0 and counts["weak"][2, 0] == 2.0  # both ties go to the weaker tier
+    assert counts["drop"][0, 2] == counts["drop"][2, 0] == 0.0
+    for rule in bt.TIE_RULES:  # the decisive battle counts the same under every rule
+        assert counts[rule][1, 2] == 1.0 and counts[rule][2, 1] == 0.0
+    with pytest.raises(ValueError, match="ties must be one of"):
+        bt.prompt_tier_counts(battles, tiers, 3, "coin")
