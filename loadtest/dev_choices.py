@@ -1,4 +1,5 @@
-"""Design choices made on the dev benchmarks (DESIGN §3): tier fitting, training sources, tie rule and SW's γ.
+"""Design choices made on the dev benchmarks (DESIGN §3): tier fitting and count, training sources, tie rule and
+SW's γ.
 
 For every variant the SW router is rebuilt in memory from the cached embeddings and scored on the four dev
 benchmarks (each for its own strong/weak pair) and on the obvious-prompts check (models/obvious.py, for the
@@ -7,6 +8,8 @@ served pair); the paper's three benchmarks are never read here. Writes one JSON 
     python -m loadtest.dev_choices --out benchmarks/dev_choices.json
     python -m loadtest.dev_choices --source-sets alpaca-pass-fail --tier-weightings correctness \
         --ties half weak drop --gammas 1000 10000 100000 --out benchmarks/dev_ties.json
+    python -m loadtest.dev_choices --source-sets alpaca-pass-fail --tier-weightings correctness \
+        --n-tiers 5 10 20 30 40 --gammas 1000 10000 100000 --out benchmarks/dev_tiers.json
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tier-weightings", nargs="+", default=list(TIER_WEIGHTINGS))
     parser.add_argument("--source-sets", nargs="+", default=list(SOURCE_SETS))
     parser.add_argument("--ties", nargs="+", default=["half"], choices=bradley_terry.TIE_RULES)
+    parser.add_argument("--n-tiers", nargs="+", type=int, default=[training.N_TIERS])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -76,14 +80,15 @@ def main(argv: list[str] | None = None) -> None:
     balanced = obvious["balanced"].to_numpy(dtype=bool)
     eval_prompts = sorted(evaluation_prompts(data))
     results = []
-    for sources, weighting in itertools.product(args.source_sets, args.tier_weightings):
+    for sources, weighting, n_tiers in itertools.product(args.source_sets, args.tier_weightings, args.n_tiers):
         td = training.build(data, eval_prompts, lambda t: embedder.embed(t), sources=SOURCE_SETS[sources],
-                            tier_weighting=weighting)
+                            tier_weighting=weighting, n_tiers=n_tiers)
         pairs = [(b.strong_model, b.weak_model) for b in benches.values()] + [(DEFAULT_STRONG, DEFAULT_WEAK)]
         for ties in args.ties:
             routers = sw_routers(td, embedder, pairs, ties)
             for gamma in args.gammas:
-                row = {"sources": sources, "tier_weighting": weighting, "ties": ties, "gamma": gamma, "apgr": {}}
+                row = {"sources": sources, "tier_weighting": weighting, "n_tiers": n_tiers, "ties": ties, "gamma": gamma,
+                       "apgr": {}}
                 for router in filter(None, routers.values()):
                     router.gamma = gamma
                 for name, bench in benches.items():

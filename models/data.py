@@ -62,6 +62,7 @@ from index.paths import atomic_dir, require_file
 log = logging.getLogger(__name__)
 
 WINNERS = ("model_a", "model_b", "tie")
+N_TIERS = 10  # equal-count strength tiers (RouteLLM: 10); chosen on the dev benchmarks, BENCHMARKS.md
 BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "source"]
 ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_train", "cmmlu_train", "humaneval_train"]
 FRACTION_SCORED = {"gsm8k-train", "humaneval_train"}  # scores are the share of correct samples, not 0/prob
@@ -363,7 +364,7 @@ def fit_ratings(battles: pd.DataFrame, l2: float = 1e-2, weights: np.ndarray | N
     return pd.Series(elo, index=names).sort_values(ascending=False)
 
 
-def assign_tiers(ratings: pd.Series, n_tiers: int = 10) -> dict[str, int]:
+def assign_tiers(ratings: pd.Series, n_tiers: int = N_TIERS) -> dict[str, int]:
     """Equal-count tiers by rating; tier 0 is the strongest. RouteLLM groups Arena models into tiers likewise."""
     order = ratings.sort_values(ascending=False).index
     n_tiers = max(1, min(n_tiers, len(order)))
@@ -436,7 +437,7 @@ def _read_source(name: str, loader: Callable[[Path], tuple[pd.DataFrame, pd.Data
 
 
 def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
-          arena: str | Path | None = None, n_tiers: int = 10, sources: tuple[str, ...] = DEFAULT_SOURCES,
+          arena: str | Path | None = None, n_tiers: int = N_TIERS, sources: tuple[str, ...] = DEFAULT_SOURCES,
           extra_battles: list[pd.DataFrame] | None = None, extra_scores: list[pd.DataFrame] | None = None,
           tier_weighting: str = "correctness") -> TrainingData:
     """Assemble, split, decontaminate and rate the chosen sources (plus Arena battles and user files when given).

@@ -64,7 +64,7 @@ def workspace(home: str | None = None, data_dir: str | None = None, embedder: st
 # ------------------------------------------------------------------------------------------------- data
 
 
-def training_data(ws: Workspace, *, rebuild: bool = False, arena: str | None = None, n_tiers: int = 10,
+def training_data(ws: Workspace, *, rebuild: bool = False, arena: str | None = None, n_tiers: int | None = None,
                   sources: str | None = None, extra_battles: list | None = None, extra_scores: list | None = None,
                   added: list[dict] | None = None, tier_weighting: str = "correctness"):
     """<home>/data, built first when absent or `rebuild`. `extra_battles`/`extra_scores`: user files' tables
@@ -80,7 +80,8 @@ def training_data(ws: Workspace, *, rebuild: bool = False, arena: str | None = N
     data_path = ws.data()
     ws.on_status(f"building training data from {data_path} (sources: {', '.join(chosen)}) ...")
     embed = lambda texts: ws.embedder.embed(texts, progress=True)  # noqa: E731
-    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena, n_tiers=n_tiers,
+    td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena,
+                        n_tiers=n_tiers or training.N_TIERS,
                         sources=chosen, extra_battles=list(extra_battles or []),
                         extra_scores=list(extra_scores or []), tier_weighting=tier_weighting)
     if added:

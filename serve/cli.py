@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--sources", help="comma list of training sources (default: all but alpaca-eval-2, which the "
                        "strong model judged itself): alpaca-eval-1, alpaca-eval-2, routerdc, routerbench, mmlu-pro, "
                        "faithful-cot, theoremqa")
-    build.add_argument("--tiers", type=int, default=10, help="number of equal-count strength tiers (RouteLLM uses 10)")
+    build.add_argument("--tiers", type=int, help="number of equal-count strength tiers (default: models.data.N_TIERS)")
     build.add_argument("--tier-weighting", default="correctness", choices=("battles", "sources", "correctness"),
                        help="what the global tier fit counts (default correctness: the correctness sources, "
                        "source-weighted; models/data.py says why)")
