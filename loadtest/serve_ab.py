@@ -14,6 +14,9 @@ Per level:
 - service CPU per request: the machine's busy CPU time over the level (/proc/stat, all cores) minus the load
   generator's own, divided by the answered requests. It charges every process of the service (proxy, replicas,
   Ray's own daemons) and nothing of the generator; whatever else runs on the machine counts too, so run it idle;
+- the same split by process: CPU ms per answered request of each process in the variant's session (Ray's workers
+  and daemons stay in the session `turnout serve` starts), named by role (a Serve deployment, the HTTP proxy, the
+  Serve controller, raylet, GCS, ...), so a change can be traced to the hop that pays for it;
 - MiniLM's own single-prompt time, measured in this process between the levels on the same prompts: the floor
   that a request which embeds its prompt once cannot go below.
 """
@@ -39,6 +42,36 @@ def busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_role(cmdline: str, comm: str) -> str:
+    """What a process of the service is: the Serve deployment a replica runs, Ray's proxy/controller, or its
+    executable's name (raylet, gcs_server, the driver's python)."""
+    if cmdline.startswith("ray::ServeReplica:"):
+        return cmdline.split()[0].split(":")[-1]  # ray::ServeReplica:<app>:<Deployment>
+    if cmdline.startswith("ray::"):
+        return cmdline.split()[0].removeprefix("ray::")
+    return comm
+
+
+def session_cpu(session: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of every live process in `session`, summed by `process_role`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone since the listing
+            continue
+        comm, fields = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(fields[3]) != session:  # fields[3]: the session id (field 6 of /proc/<pid>/stat)
+            continue
+        role = process_role(cmdline, comm)
+        cpu[role] = cpu.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return cpu
 
 
 def start(command: str, port: int, timeout_s: float = 300.0) -> subprocess.Popen:
@@ -84,18 +117,26 @@ def minilm_ms(embedder, prompts: list[str], n: int = 100) -> float:
     return float(np.median(times))
 
 
-def measure(url: str, router: str, prompts: list[str], clients: int, duration: float, warmup: float) -> dict:
+def measure(url: str, router: str, prompts: list[str], clients: int, duration: float, warmup: float,
+            session: int | None = None) -> dict:
     from loadtest.http_load import run_level
 
     # run_level warms up first; busy time is read around the whole call and the warm-up share removed by rate
+    per_process0 = session_cpu(session) if session is not None else {}
     busy0, cpu0, t0 = busy_seconds(), time.process_time(), time.perf_counter()
     level = asyncio.run(run_level(url, router, prompts, clients, duration, warmup))
     busy, own, wall = busy_seconds() - busy0, time.process_time() - cpu0, time.perf_counter() - t0
+    per_process = session_cpu(session) if session is not None else {}
     answered_per_s = level["requests"] / level["seconds"] if level["seconds"] else 0.0
     # requests in the warm-up ran at about the measured rate: charge the CPU over all of them
     total = answered_per_s * wall
     level["service_cpu_ms_per_request"] = round((busy - own) / total * 1000.0, 2) if total else None
     level["service_cpu_cores"] = round((busy - own) / wall, 2)
+    if total and per_process:
+        spent = {role: seconds - per_process0.get(role, 0.0) for role, seconds in per_process.items()}
+        level["process_cpu_ms_per_request"] = {role: round(seconds / total * 1000.0, 2)
+                                               for role, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
+                                               if seconds > 0}
     return level
 
 
@@ -137,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 levels = []
                 for router in args.router:
                     for clients in args.clients:
-                        level = measure(url, router, prompts, clients, args.duration, args.warmup)
+                        level = measure(url, router, prompts, clients, args.duration, args.warmup,
+                                        session=process.pid)  # start_new_session: its pid is the session id
                         level["minilm_ms"] = round(minilm_ms(embedder, sample), 2)
                         levels.append(level)
                         print(json.dumps({"round": r, "variant": name, **level}), flush=True)
