@@ -1,6 +1,6 @@
 """Markdown tables for BENCHMARKS.md from the committed JSON, so the document quotes only what the JSON holds.
 
-    python -m loadtest.quality_report benchmarks        # reads quality.json, obvious.json, dev_choices.json, dev_ties.json
+    python -m loadtest.quality_report benchmarks        # reads quality.json, obvious.json, dev_choices.json, dev_ties.json, dev_tiers.json
 """
 
 from __future__ import annotations
@@ -49,13 +49,15 @@ def obvious_table(report: dict) -> str:
 def choices_table(choices: dict) -> str:
     rows = choices["rows"]
     benches = list(rows[0]["apgr"])
-    lines = ["| sources | tier fit | ties | γ | " + " | ".join(benches) + " | mean | obvious AUC | balanced |",
-             "|---|---|---|---|" + "---|" * (len(benches) + 3)]
+    lines = ["| sources | tier fit | tiers | ties | γ | " + " | ".join(benches) + " | mean | obvious AUC | balanced |",
+             "|---|---|---|---|---|" + "---|" * (len(benches) + 3)]
     for r in rows:
         values = [r["apgr"][b] for b in benches]
         cells = ["-" if v is None else f"{v:.3f}" for v in values]
         mean = "-" if None in values else f"{sum(values) / len(values):.3f}"
-        lines.append(f"| {r['sources']} | {r['tier_weighting']} | {r.get('ties', 'half')} | {r['gamma']:g} | "
+        # rows written before the tier count and tie rule were swept had the defaults of then: 10, half
+        lines.append(f"| {r['sources']} | {r['tier_weighting']} | {r.get('n_tiers', 10)} | {r.get('ties', 'half')} "
+                     f"| {r['gamma']:g} | "
                      + " | ".join(cells)
                      + f" | {mean} | {r.get('obvious_auc', float('nan')):.3f} | {r.get('obvious_auc_balanced', float('nan')):.3f} |")
     return "\n".join(lines)
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path)
     folder = parser.parse_args(argv).folder
     for name, render in (("dev_choices.json", choices_table), ("dev_ties.json", choices_table),
+                         ("dev_tiers.json", choices_table),
                          ("quality.json", quality_table),
                          ("obvious.json", obvious_table)):
         path = folder / name
