@@ -72,6 +72,13 @@ class UpstreamError(TurnoutError):
     code = "upstream_unavailable"
 
 
+class UpstreamFailed(UpstreamError):
+    """The chosen upstream failed after the request was sent (e.g. a read timeout before its answer): it may have
+    generated, so the call is not retried elsewhere."""
+
+    code = "upstream_failed"
+
+
 class IngressDeployment:
     def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
         import httpx
@@ -440,6 +447,8 @@ def build_api(ingress: IngressDeployment):
             return JSONResponse(_error_body(str(exc), "service_unavailable", exc.code),
                                 status_code=exc.http_status, headers=headers)
         headers["x-turnout-model"] = side
+        if upstream.headers.get("retry-after"):  # an upstream's 429 says when to come back: the client needs it
+            headers["retry-after"] = upstream.headers["retry-after"]
         metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
         media_type = upstream.headers.get("content-type", "application/json")
         if upstream.headers.get("content-encoding"):  # raw bytes are passed on: the client decodes them
@@ -448,7 +457,8 @@ def build_api(ingress: IngressDeployment):
             return StreamingResponse(_relay(upstream, metrics, name, start), status_code=upstream.status_code,
                                      media_type=media_type, headers=headers, background=BackgroundTask(upstream.aclose))
         try:
-            content = await upstream.aread()
+            # raw, as the stream path: aread() would decode a gzip body that then goes out labelled gzip
+            content = b"".join([chunk async for chunk in upstream.aiter_raw()])
         except httpx.TransportError as exc:  # sent and maybe generating: never retried on the other side
             metrics.error("/v1/chat/completions", "upstream_failed")
             message = f"{side} upstream failed while answering ({type(exc).__name__})"
@@ -556,7 +566,7 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
             failures.append(f"{current} upstream failed after the request was sent ({type(exc).__name__}); "
                             "not retried on the other side")
             log.warning("%s", failures[-1])
-            break
+            raise UpstreamFailed("; ".join(failures)) from None
         else:
             if upstream.status_code not in UNAVAILABLE_STATUS or i == len(sides) - 1:
                 if i:
