@@ -47,12 +47,16 @@ from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
     ChatCompletionRequest,
+    ErrorResponse,
+    MalformedBody,
     RouteRequest,
     RouteResponse,
     RoutingOverloaded,
     RoutingTimeout,
     RoutingUnavailable,
+    json_problem,
     parse_model,
+    scorable,
     scoring_text,
 )
 
@@ -63,6 +67,36 @@ log = logging.getLogger(__name__)
 GAUGE_REFRESH_S = float(os.environ.get("TURNOUT_GAUGE_REFRESH_S", "5.0"))
 READY_FRESH_S = 10.0  # a backend heard from this recently counts as ready without another call
 UNAVAILABLE_STATUS = (502, 503, 504)  # an upstream answering these has produced nothing: safe to retry elsewhere
+
+
+# The error answers of the POST endpoints as the OpenAPI document declares them (README's Errors table), each with
+# the one error body, so that clients and generated SDKs see what a non-200 carries.
+ERROR_RESPONSES = {
+    400: "`malformed_json`: the body is not JSON (or not UTF-8); `invalid_option`: an unknown router, a bad "
+         "strong_ratio or threshold",
+    401: "`unauthorized`: auth is on and no valid `Authorization: Bearer` key was sent",
+    413: "`body_too_large`: the body is over api.max_body_bytes",
+    422: "`invalid_request`: the body does not match the schema (the message names the field); `invalid_input`: "
+         "unusable content, e.g. nothing to score in the messages",
+    429: "`rate_limited` / `strong_budget_exceeded`: over the key's request rate / strong-call share (Retry-After)",
+    500: "`internal`: a bug",
+    502: "`upstream_unavailable`: no upstream could be reached; `upstream_failed`: the chosen upstream failed after "
+         "the request was sent",
+    503: "`router_overloaded` (Retry-After), `router_timeout`, `router_unavailable`, `scoring_failed`, "
+         "`artifact_unavailable`: no routing decision could be made",
+}
+
+
+# One server-sent event of a streamed completion (before OpenAPI 3.2's itemSchema, a text/event-stream schema
+# describes each event): the upstream's chunks, `[DONE]`, or the error event of a stream cut short.
+SSE_EVENT = {"type": "object", "required": ["data"],
+             "properties": {"data": {"type": "string", "description": "a JSON chat.completion.chunk, [DONE], or "
+                                                                       "an {\"error\": ...} event"},
+                            "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"}}}
+
+
+def error_responses(*statuses: int) -> dict:
+    return {status: {"model": ErrorResponse, "description": ERROR_RESPONSES[status]} for status in statuses}
 
 
 class UpstreamError(TurnoutError):
@@ -181,6 +215,7 @@ class IngressDeployment:
         it, an overloaded service spends its time on requests that already timed out and then none succeed.
         """
         name = self.check_router(router)
+        text = scorable(text)
         routing = self.routing
         if self.in_flight >= routing.max_in_flight:
             # Refused here, a request costs nothing downstream; queued behind capacity it would time out anyway.
@@ -301,6 +336,27 @@ def _error_body(message: str, kind: str, code: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
+def _parse_failure(exc: BaseException | None) -> str:
+    """Why json.loads failed, for people."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if exc is None or isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return _one_line(exc)
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    """Whether FastAPI parses a body of this Content-Type as JSON (application/json or application/*+json)."""
+    import email.message
+
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
 def _validation_message(errors: list[dict]) -> tuple[str, bool]:
     """One readable line from FastAPI validation errors, and whether the body was not JSON at all."""
     parts, malformed = [], False
@@ -335,11 +391,12 @@ def build_api(ingress: IngressDeployment):
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method, ...
-        # FastAPI raises a bare 400 when a body cannot be decoded at all (not UTF-8): malformed JSON too
+        # FastAPI raises a bare 400, from the parser's exception, when json.loads fails other than by a syntax
+        # error: not UTF-8, nested past the parser's recursion limit, an integer over Python's 4300 digits
         code = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, f"http_{exc.status_code}")
         metrics.error(endpoint_of(request), code)
-        detail = "malformed JSON body: not UTF-8 text" if exc.status_code == 400 else exc.detail
+        detail = f"malformed JSON body: {_parse_failure(exc.__cause__)}" if exc.status_code == 400 else exc.detail
         message = f"{request.method} {request.url.path}: {detail}"
         return JSONResponse(_error_body(message, "invalid_request_error", code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
@@ -366,10 +423,15 @@ def build_api(ingress: IngressDeployment):
     async def validation_error(request: Request, exc: RequestValidationError):
         message, malformed = _validation_message(exc.errors())
         if not malformed and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()):
+            raw = await request.body()
             try:  # a body sent without a JSON content type arrives unparsed: say whether it was JSON at all
-                json.loads(await request.body())
-            except ValueError as err:
-                message, malformed = f"malformed JSON body: {err}", True
+                json.loads(raw)
+            except (ValueError, RecursionError) as err:
+                message, malformed = f"malformed JSON body: {_parse_failure(err)}", True
+            else:
+                if not _is_json_type(request.headers.get("content-type")):
+                    message = (f"the body is JSON but its Content-Type is {request.headers.get('content-type')!r}: "
+                               "send it as application/json")
         reason = "malformed_json" if malformed else "invalid_request"
         metrics.error(endpoint_of(request), reason)
         return JSONResponse(_error_body(message, "invalid_request_error", reason), status_code=400 if malformed else 422)
@@ -392,6 +454,15 @@ def build_api(ingress: IngressDeployment):
             return JSONResponse({"status": "not ready", "reason": _one_line(_cause(exc)) or type(exc).__name__}, status_code=503)
         return {"status": "ready", **ready}
 
+    async def json_body(request: Request) -> None:
+        """README's malformed_json for the JSON bodies Python's parser takes but the API does not (`json_problem`).
+        Runs before the body is validated; a body FastAPI left unparsed (not a JSON content type) fails there."""
+        raw = await request.body()
+        if raw and _is_json_type(request.headers.get("content-type")):
+            problem = json_problem(raw, await request.json())  # the parse FastAPI made, cached on the request
+            if problem:
+                raise MalformedBody(f"malformed JSON body: {problem}")
+
     def caller(request: Request) -> str:
         """The calling key's id after auth and its rate limit (Unauthorized / RateLimited otherwise)."""
         key = ingress.keys.identify(request.headers.get("authorization"))
@@ -407,7 +478,8 @@ def build_api(ingress: IngressDeployment):
         names = [SERVICE_MODEL] + [f"router-{r}" for r in config.routers.enabled]
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "turnout"} for n in names]}
 
-    @app.post("/v1/route", response_model=RouteResponse, summary="routing decision only")
+    @app.post("/v1/route", response_model=RouteResponse, summary="routing decision only",
+              responses=error_responses(400, 401, 413, 422, 429, 500, 503), dependencies=[Depends(json_body)])
     async def route(body: RouteRequest, key: str = Depends(caller)) -> RouteResponse:
         start = time.perf_counter()
         name = ingress.check_router(body.router)
@@ -419,7 +491,14 @@ def build_api(ingress: IngressDeployment):
         metrics.request("/v1/route", name, latency_ms)
         return RouteResponse(latency_ms=latency_ms, **{k: v for k, v in decision.items() if k != "stages"})
 
-    @app.post("/v1/chat/completions", summary="route, then proxy to the chosen OpenAI-compatible upstream")
+    @app.post("/v1/chat/completions", summary="route, then proxy to the chosen OpenAI-compatible upstream",
+              description="The upstream's answer is passed through with its status and body, its own errors "
+                          "included; the errors below are the service's own. Where /v1/route would answer 503 (no "
+                          "routing decision), the call goes to routing.fallback_model instead.",
+              responses={200: {"description": "the upstream's completion: JSON, or server-sent events with stream",
+                               "content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}}},
+                         **error_responses(400, 401, 413, 422, 429, 500, 502)},
+              dependencies=[Depends(json_body)])
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: str = Depends(caller)):
         start = time.perf_counter()
         name, threshold = parse_model(body.model, config.routers.default)

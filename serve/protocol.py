@@ -7,6 +7,7 @@ body forwarded upstream is the client's, with only `model` replaced.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Literal
@@ -33,6 +34,12 @@ class RoutingOverloaded(RoutingUnavailable):
     """A deployment's queue is full (max_queued_requests): rejected at once instead of waiting to time out."""
 
     code = "router_overloaded"
+
+
+class MalformedBody(TurnoutError):
+    """A body FastAPI's parser takes but that is not the JSON the API accepts (see `json_problem`)."""
+
+    code = "malformed_json"
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
@@ -126,6 +133,18 @@ class RouteResponse(BaseModel):
     latency_ms: float = Field(description="time spent in the service for this request")
 
 
+class ErrorDetail(BaseModel):
+    message: str = Field(description="for people; may change")
+    type: str = Field(description="invalid_request_error, service_unavailable or internal_error")
+    code: str = Field(description="stable snake-case code that clients may match on (README, Errors)")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the service answers itself (OpenAI's error shape)."""
+
+    error: ErrorDetail
+
+
 class ChatCompletionRequest(BaseModel):
     """The fields routing reads; everything else is kept and forwarded as sent."""
 
@@ -134,6 +153,43 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(description="'turnout', 'router-<name>' or 'router-<name>-<threshold>'")
     messages: list[ChatMessage] = Field(description="the conversation", min_length=1)
     stream: bool = False
+
+
+# Deep enough for any real request (OpenAI tool and response-format schemas nest a few dozen levels at most), far
+# from Python's recursion limit: a body nested ~970 levels deep parses, then overflows the stack when it is
+# serialised again for the upstream.
+MAX_JSON_DEPTH = 100
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_problem(raw: bytes, parsed: Any) -> str | None:
+    """Why a parsed JSON body is refused although Python's json module took it, or None: not UTF-8 (json.loads also
+    reads UTF-16 and UTF-32, and UTF-8-encoded surrogates), NaN/Infinity or a number past float range (forwarded
+    upstream they would be invalid JSON), nesting past MAX_JSON_DEPTH."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    if json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+        return "not UTF-8 text"
+    stack = [(parsed, 1)]
+    while stack:  # iterative: the point is not to recurse
+        value, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value} is not a JSON number (NaN, Infinity or out of range)"
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, float)))
+    return None
+
+
+def scorable(text: str) -> str:
+    """The text with lone UTF-16 surrogates (legal JSON escapes such as \\ud800, not Unicode characters) replaced by
+    U+FFFD: tokenizers refuse them, which would turn a client's odd text into a backend failure."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
 
 
 def scoring_text(messages: list[ChatMessage], user_turns: int, max_chars: int) -> str:
