@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 
-from index.embedder import CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
+from index.embedder import PAD_TOKENS, CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
 from index.errors import ConfigError, InputError
 
 TEXTS = ["route this prompt", "solve 2 + 2", "write a sonnet about trains", ""]
@@ -173,7 +173,21 @@ def test_minilm_direct_forward_equals_encode():
     texts = ["  Solve 3x + 5 = 20 for x. ", "Write a haiku about autumn leaves.", "hi",
              "Which of the following is a prime number? A. 21 B. 27 C. 29 D. 33 " * 40]  # past 256 tokens: cut
     emb = MiniLMEmbedder(precision="fp32")
-    direct = emb.embed(texts, batch_size=2)
+    tokenizer = emb._load().tokenizer
+    lengths, real_call = [], type(tokenizer).__call__
+
+    def recording(self, *args, **kwargs):
+        out = real_call(self, *args, **kwargs)
+        lengths.append(out["input_ids"].shape[1])
+        return out
+
+    type(tokenizer).__call__ = recording
+    try:
+        direct = emb.embed(texts, batch_size=2)
+    finally:
+        type(tokenizer).__call__ = real_call
+    # padded to a multiple of PAD_TOKENS (a bounded set of input shapes), except a chunk cut at max_seq_length
+    assert lengths and all(n % PAD_TOKENS == 0 or n == emb._load().max_seq_length for n in lengths), lengths
     assert emb._direct is not None  # all-MiniLM-L6-v2 is transformer + mean pooling + normalise
     reference = emb._load().encode(texts, batch_size=3, convert_to_numpy=True, normalize_embeddings=True)
     np.testing.assert_allclose(direct, reference, atol=1e-5)
