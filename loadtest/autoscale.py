@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import shlex
 import socket
 import sys
 import tempfile
@@ -47,16 +46,13 @@ from typing import Any
 import numpy as np
 
 from index.errors import ConfigError
+from loadtest.report_cli import RunError, run_report
 
 DEPLOYMENT = "EmbeddingDeployment"
 MIN_REPLICAS = 1
 INGRESS_CPUS = 0.5  # serve.config.DEPLOYMENT_DEFAULTS: what the ingress reserves beside the embedding replicas
 RAY_METRICS_INTERVAL_S = 10.0  # AutoscalingConfig's default (deprecated field, still checked against)
 NO_ANSWER = 0  # status recorded for a request that got no HTTP answer (connection error, client timeout)
-
-
-class RunError(Exception):
-    """The service did not come up in time for the load, or stopped: one line, exit code 1."""
 
 
 @dataclass(frozen=True)
@@ -690,24 +686,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    command = "python -m loadtest.autoscale " + shlex.join(sys.argv[1:] if argv is None else argv)
-    from index.errors import TurnoutError
-
-    try:
-        report = run(args, command.strip())
-    except TurnoutError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except RunError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    code, args, report = run_report("autoscale", parse_args, run, argv)
+    if report is None:
+        return code
     if args.plot:
         s = report["summary"]
         title = (f"EmbeddingDeployment autoscaling (min 1, max {args.max_replicas}, target {args.target_ongoing:g} "

@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import re
-import shlex
 import signal
 import socket
 import sys
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from index.errors import ConfigError
+from loadtest.report_cli import RunError, run_report
 
 NO_ANSWER = 0  # status recorded for a request that got no HTTP answer (connection error, client timeout)
 CLIENT_TIMEOUT_S = 30.0  # a request unanswered this long is lost
@@ -67,10 +67,6 @@ STRONG_MODEL = "router-length-0"  # threshold 0: every call goes to the strong u
 UNAVAILABLE_STATUS = (502, 503, 504)  # serve.ingress: an upstream answering these produced nothing
 SHORT = {"IngressDeployment": "ingress", "EmbeddingDeployment": "embedding", "ClassifierDeployment": "classifier"}
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-class RunError(Exception):
-    """The service did not come up, or a phase could not run: one line, exit code 1."""
 
 
 # ------------------------------------------------------------------------------------------ accounting
@@ -1097,24 +1093,9 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    command = "python -m loadtest.faults " + shlex.join(sys.argv[1:] if argv is None else argv)
-    from index.errors import TurnoutError
-
-    try:
-        report = run(args, command.strip())
-    except TurnoutError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except RunError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+    code, _, report = run_report("faults", parse_args, run, argv, default=_jsonable)
+    if report is None:
+        return code
     sys.stdout.write(json.dumps(report["summary"], default=_jsonable) + "\n")
     return 0 if report["summary"].get("upstream_faults_no_double_billing", True) else 1
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from index.errors import ConfigError
+from loadtest.report_cli import run_report
 from loadtest.faults import ROUTE, Record, _Parser, error_key
 
 MAX_MINUTES = 120.0
@@ -250,25 +249,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    command = "python -m loadtest.soak " + shlex.join(sys.argv[1:] if argv is None else argv)
-    from index.errors import TurnoutError
-    from loadtest.faults import RunError
-
-    try:
-        report = run(args, command.strip())
-    except TurnoutError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except RunError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    code, _, report = run_report("soak", parse_args, run, argv)
+    if report is None:
+        return code
     sys.stdout.write(json.dumps(report["summary"]) + "\n")
     return 0
 
