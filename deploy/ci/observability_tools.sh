@@ -9,34 +9,17 @@
 #   grafana-foundation-sdk   the build for Grafana 11.6 (a plain install picks an older epoch with 10.1 types)
 #   jsonschema               the dashboard against ../shared/data/grafana-schemas/v11.6
 set -eu
+. "$(dirname "$0")/apt_quiet_install.sh"
 
 GRAFANA_SDK="grafana-foundation-sdk==1769699379!11.6.0"
 PYTHON="${PYTHON:-python}"
 
 if ! command -v promtool >/dev/null 2>&1; then
-    apt-get update
-    # The package would start a Prometheus server listening on all interfaces; a policy-rc.d that answers
-    # 101 ("action forbidden") keeps invoke-rc.d from starting it. One already there is put back afterwards.
-    policy=/usr/sbin/policy-rc.d
-    saved=""
-    if [ -e "$policy" ]; then
-        saved=$(mktemp)
-        cp -p "$policy" "$saved"
-    fi
-    restore() {
-        if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi
-    }
-    trap restore EXIT
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
-    restore
-    trap - EXIT
+    apt_quiet_install prometheus
 fi
 promtool --version | head -n 1
 if ! command -v ip >/dev/null 2>&1; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2
+    apt_quiet_install iproute2
 fi
 
 # pip skips both when the pinned versions are installed already.
