@@ -441,24 +441,6 @@ def app_args_for(home: Path, reference: Path, upstream_url: str) -> dict:
     return args
 
 
-def _tiny_artifacts(home: Path) -> Path:
-    """What the serve tests' `artifacts` fixture builds: sw_ranking, mf, a tiny random bert, reference prompts."""
-    from index.embedder import HashEmbedder
-    from models import matrix_factorization as mf
-    from models import sw_ranking
-    from tests.models.test_sw_ranking import _training_data
-    from tests.serve.conftest import REFERENCE_PROMPTS, _tiny_bert
-
-    embedder = HashEmbedder(64)
-    sw_ranking.train(_training_data(), embedder, home / "routers")
-    tiny = mf.MFConfig(dim=8, epochs=10, batch_size=256, lr=3e-2, weight_decay=0.0, seed=0)
-    mf.train(_training_data(n_battles=2000), embedder, home / "routers", tiny, progress=False)
-    _tiny_bert(home / "routers")
-    reference = home / "reference.txt"
-    reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")
-    return reference
-
-
 @contextmanager
 def tiny_service() -> Iterator[str]:
     """The serve tests' service on a local 2-CPU Ray (as their `ray_cluster` fixture starts it); yields its URL."""
@@ -466,14 +448,14 @@ def tiny_service() -> Iterator[str]:
     from ray import serve
 
     from serve.launch import apply_ray_env
-    from tests.serve.conftest import deploy_apps
+    from tests.serve.conftest import build_tiny_artifacts, deploy_apps
     from tests.serve.fakes import FakeUpstream, free_port
 
     os.environ["TURNOUT_TEST_STRONG_KEY"] = "sk-test-strong"
     apply_ray_env()
     with tempfile.TemporaryDirectory(prefix="turnout-fuzz-") as tmp, FakeUpstream() as upstream:
         home = Path(tmp)
-        reference = _tiny_artifacts(home)
+        reference = build_tiny_artifacts(home)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             port = free_port()

@@ -7,6 +7,7 @@ exported every second on a free port so that tests can scrape them.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,12 +23,18 @@ REFERENCE_PROMPTS = [
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory):
     """A home with sw_ranking and mf trained on synthetic battles, and a reference prompt file."""
+    home = tmp_path_factory.mktemp("serve-home")
+    return home, build_tiny_artifacts(home)
+
+
+def build_tiny_artifacts(home: Path) -> Path:
+    """sw_ranking, mf and a tiny random bert under <home>/routers (hash-64 embedder), and the reference prompt
+    file; returns the file's path. Also the fuzzer's service (loadtest/fuzz.py)."""
     from index.embedder import HashEmbedder
     from models import matrix_factorization as mf
     from models import sw_ranking
     from tests.models.test_sw_ranking import _training_data
 
-    home = tmp_path_factory.mktemp("serve-home")
     embedder = HashEmbedder(64)
     sw_ranking.train(_training_data(), embedder, home / "routers")
     tiny = mf.MFConfig(dim=8, epochs=10, batch_size=256, lr=3e-2, weight_decay=0.0, seed=0)
@@ -35,7 +42,7 @@ def artifacts(tmp_path_factory):
     _tiny_bert(home / "routers")
     reference = home / "reference.txt"
     reference.write_text("\n".join(REFERENCE_PROMPTS) + "\n")
-    return home, reference
+    return reference
 
 
 def _tiny_bert(root) -> None:
