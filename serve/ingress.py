@@ -112,6 +112,10 @@ class UpstreamFailed(UpstreamError):
 
     code = "upstream_failed"
 
+    def __init__(self, message: str, side: str) -> None:
+        super().__init__(message)
+        self.side = side  # the upstream that may have generated (and billed) the call
+
 
 class IngressDeployment:
     def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
@@ -411,9 +415,10 @@ def build_api(ingress: IngressDeployment):
     async def turnout_error(request: Request, exc: TurnoutError):
         metrics.error(endpoint_of(request), exc.code)
         kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
-        # Overload clears as fast as the queue drains; a client that honours Retry-After spreads its retries.
-        headers = {"retry-after": "1"} if isinstance(exc, RoutingOverloaded) else None
-        if isinstance(exc, RateLimited):
+        headers = None
+        if isinstance(exc, RoutingUnavailable):
+            headers = {"retry-after": str(exc.retry_after_s)}
+        elif isinstance(exc, RateLimited):
             headers = {"retry-after": retry_after_header(exc.retry_after)}
         elif isinstance(exc, Unauthorized):
             headers = {"www-authenticate": "Bearer"}
@@ -523,6 +528,8 @@ def build_api(ingress: IngressDeployment):
             upstream, side = await _send(ingress, side, payload, headers)
         except UpstreamError as exc:
             metrics.error("/v1/chat/completions", exc.code)
+            if isinstance(exc, UpstreamFailed):  # the client learns which side may bill it, as on success
+                headers["x-turnout-model"] = exc.side
             return JSONResponse(_error_body(str(exc), "service_unavailable", exc.code),
                                 status_code=exc.http_status, headers=headers)
         headers["x-turnout-model"] = side
@@ -645,7 +652,7 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
             failures.append(f"{current} upstream failed after the request was sent ({type(exc).__name__}); "
                             "not retried on the other side")
             log.warning("%s", failures[-1])
-            raise UpstreamFailed("; ".join(failures)) from None
+            raise UpstreamFailed("; ".join(failures), current) from None
         else:
             if upstream.status_code not in UNAVAILABLE_STATUS or i == len(sides) - 1:
                 if i:

@@ -22,18 +22,23 @@ class RoutingUnavailable(TurnoutError):
 
     http_status = 503
     code = "router_unavailable"
+    # Seconds a client should wait before retrying (the 503's Retry-After): Ray Serve replaces a failed backend
+    # replica in tens of seconds, so an immediate retry would most likely fail the same way.
+    retry_after_s = 5
 
 
 class RoutingTimeout(RoutingUnavailable):
     """No decision within routing.timeout_s; work for the request is dropped wherever it still waits."""
 
     code = "router_timeout"
+    retry_after_s = 1  # a missed budget is a slow moment, not a dead backend
 
 
 class RoutingOverloaded(RoutingUnavailable):
     """A deployment's queue is full (max_queued_requests): rejected at once instead of waiting to time out."""
 
     code = "router_overloaded"
+    retry_after_s = 1  # overload clears as fast as the queue drains; Retry-After spreads the retries
 
 
 class MalformedBody(TurnoutError):

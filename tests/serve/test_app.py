@@ -312,7 +312,9 @@ def test_upstream_errors_pass_through_with_their_status(service):
 def test_routing_and_upstream_fallbacks(service):
     client = service["client"]
     # /v1/route has nothing to fall back to: routing that misses its budget is a 503, not a 500
-    _error(client.post("/broken/v1/route", json={"prompt": "hi"}), 503, "routing took longer")
+    timed_out = client.post("/broken/v1/route", json={"prompt": "hi"})
+    _error(timed_out, 503, "routing took longer")
+    assert timed_out.headers.get("retry-after") == "1"  # every 503 says when to come back
     # a chat call still gets an answer: fallback_model (strong) is unreachable, so the weak side answers
     response = client.post("/broken/v1/chat/completions", json={"model": "turnout", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 200, response.text
@@ -351,7 +353,9 @@ def test_a_non_finite_score_is_a_503_and_a_chat_fallback(service):
     """A router that produces NaN fails at the source: /v1/route answers 503 naming it, a chat call goes to the
     fallback model, and the controller's window never sees the value (later decisions stay sane)."""
     client = service["client"]
-    _error(client.post("/extra/v1/route", json={"prompt": "hi", "router": "nan"}), 503, "router nan produced 1 non-finite")
+    failed = client.post("/extra/v1/route", json={"prompt": "hi", "router": "nan"})
+    _error(failed, 503, "router nan produced 1 non-finite")
+    assert failed.headers.get("retry-after") == "5"
     chat = client.post("/extra/v1/chat/completions",
                        json={"model": "router-nan", "messages": [{"role": "user", "content": "hi"}]})
     assert chat.status_code == 200 and chat.headers["x-turnout-fallback"] == "router_unavailable", chat.headers
@@ -385,6 +389,7 @@ def test_an_upstream_failing_after_the_request_was_sent_is_not_retried_elsewhere
     response = client.post("/fault-slow/v1/chat/completions",
                            json={"model": "router-length-0.0", "messages": [{"role": "user", "content": "hi"}]})
     _error(response, 502, "strong upstream failed after the request was sent (ReadTimeout); not retried")
+    assert response.headers["x-turnout-model"] == "strong"  # the side that may bill it
     time.sleep(2.5)  # the slow answer arrives (and is thrown away) after the timeout
     assert [s["model"] for s in seen[before:]] == ["slow"]  # one call: no weak regeneration
 
