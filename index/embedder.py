@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import re
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import ArtifactError, ConfigError, InputError
-from index.paths import atomic_path
+from index.errors import ArtifactError, ConfigError, InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +132,7 @@ class MiniLMEmbedder(Embedder):
             device = self._device or pick_device("auto")
             model = SentenceTransformer(source, device=device)
         except Exception as exc:  # any failure here means the same thing to the user: no usable model
-            raise ArtifactError(f"cannot load embedding model {source!r}: {_one_line(exc)}") from exc
+            raise ArtifactError(f"cannot load embedding model {source!r}: {first_line(exc)}") from exc
         if self._max_seq_length is not None:
             model.max_seq_length = self._max_seq_length
         self._bf16 = self._precision == "bf16" or (self._precision == "auto" and _native_bf16(device))
@@ -242,109 +240,34 @@ class HashEmbedder(Embedder):
 
 
 class CachedEmbedder(Embedder):
-    """On-disk cache around another embedder, keyed by sha256(utf-8 text), one folder per embedder name.
-
-    Layout: `<cache_dir>/<sanitised name>-<name hash>/shard-*.npz`, each shard holding `keys` (n, 32) uint8
-    digests and `vectors` (n, dim) float32. Every call that has misses writes one new shard atomically, so a crash
-    never touches existing entries; many small shards are merged once they pass `MAX_SHARDS`. An unreadable shard
-    is logged and skipped, and its texts are simply embedded again.
-    """
-
-    MAX_SHARDS = 32
-    SHARD_GLOB = "shard-*.npz"
+    """On-disk cache around another embedder: `index.row_cache.RowCache` keyed by sha256(utf-8 text), one folder
+    per embedder name (`<cache_dir>/<sanitised name>-<name hash>/`)."""
 
     def __init__(self, inner: Embedder, cache_dir: Path):
+        from index.row_cache import RowCache, folder_name
+
         self.inner = inner
         self.name = inner.name
-        self.hits = 0
-        self.misses = 0
-        # The name hash keeps "a/b" and "a_b" (same sanitised folder) apart.
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", inner.name).strip("._") or "embedder"
-        digest = hashlib.sha256(inner.name.encode("utf-8")).hexdigest()[:10]
-        self.directory = Path(cache_dir) / f"{safe[:80]}-{digest}"
-        self._rows: dict[bytes, np.ndarray] = {}
-        self._shards: list[Path] = []
-        self._load()
+        self.cache = RowCache(Path(cache_dir) / folder_name(inner.name), "embedding cache")
+        self.directory = self.cache.directory
 
     @property
     def dim(self) -> int:  # type: ignore[override]
         return self.inner.dim
 
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
+
     def __len__(self) -> int:
-        return len(self._rows)
-
-    def _load(self) -> None:
-        for path in sorted(self.directory.glob(self.SHARD_GLOB)):
-            try:
-                keys, vectors = _read_shard(path)
-            except Exception as exc:  # corrupted, truncated or foreign: the cache is rebuildable, never fatal
-                logger.warning("ignoring unreadable embedding cache shard %s: %s", path, _one_line(exc))
-                continue
-            if self._rows and vectors.shape[1] != len(next(iter(self._rows.values()))):
-                logger.warning("ignoring embedding cache shard %s: dim %d disagrees", path, vectors.shape[1])
-                continue
-            self._add(keys, vectors)
-            self._shards.append(path)
-        if self._rows:
-            logger.info("embedding cache %s: %d entries in %d shards", self.directory, len(self), len(self._shards))
-
-    def _add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        flat = keys.tobytes()
-        # Rows are views into the shard matrix: no copy per entry.
-        self._rows.update((flat[i * 32 : (i + 1) * 32], vectors[i]) for i in range(len(keys)))
+        return len(self.cache)
 
     def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
-        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
-        missing = {k: t for k, t in zip(keys, texts) if k not in self._rows}  # dict: repeated texts embed once
-        if missing:
-            vectors = self.inner.embed(list(missing.values()), batch_size=batch_size, progress=progress)
-            new_keys = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, 32)
-            self._add(new_keys, vectors)
-            self._persist(new_keys, vectors)
-        self.misses += len(missing)
-        self.hits += len(texts) - len(missing)
-        return np.stack([self._rows[k] for k in keys])
-
-    def _persist(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        try:
-            self._shards.append(_write_shard(self.directory / f"shard-{uuid.uuid4().hex}.npz", keys, vectors))
-            if len(self._shards) > self.MAX_SHARDS:
-                self._compact()
-        except OSError as exc:  # a read-only or full disk costs speed next time, not this request
-            logger.warning("could not write embedding cache %s: %s", self.directory, _one_line(exc))
-
-    def _compact(self) -> None:
-        # Write the merged shard before deleting the old ones: a crash in between leaves duplicates, not gaps.
-        keys = np.frombuffer(b"".join(self._rows), dtype=np.uint8).reshape(-1, 32)
-        merged = _write_shard(
-            self.directory / f"shard-{uuid.uuid4().hex}.npz", keys, np.stack(list(self._rows.values()))
-        )
-        for path in self._shards:
-            path.unlink(missing_ok=True)
-        self._shards = [merged]
-
-
-def _write_shard(path: Path, keys: np.ndarray, vectors: np.ndarray) -> Path:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, keys=keys, vectors=np.asarray(vectors, dtype=np.float32))
-    return path
-
-
-def _read_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        keys, vectors = data["keys"], data["vectors"]
-    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 32:
-        raise ValueError(f"bad keys {keys.dtype} {keys.shape}")
-    if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != len(keys):
-        raise ValueError(f"bad vectors {vectors.dtype} {vectors.shape} for {len(keys)} keys")
-    if not np.isfinite(vectors).all():
-        raise ValueError("non-finite vectors")
-    return keys, vectors
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        return self.cache.rows(texts, lambda missing: self.inner.embed(missing, batch_size=batch_size, progress=progress))
 
 
 def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedder:

@@ -48,3 +48,9 @@ class ScoringError(TurnoutError):
 
     http_status = 503
     code = "scoring_failed"
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line for a log or an error body (its class name when the message is empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -361,11 +361,45 @@ def warn_trained_on(benches: list, home: Path) -> None:
                         "keep the held-out file out of `data build --add`", bench.name, shared, len(bench))
 
 
+class CachedScores(Router):
+    """A router whose scores are kept on disk (`index.row_cache.RowCache` under `<home>/cache/scores`), keyed by
+    prompt and by everything the score depends on: the checkpoint (its meta file's bytes, rewritten by every
+    training), the strong/weak pair and the load options. For the classifiers that score text with a model of
+    their own (bert, causal_llm): without it every evaluation pushes MMLU's 14k prompts through both again, and a
+    rerun that changes only the report would take as long as the first."""
+
+    def __init__(self, inner: Router, cache_root: Path, identity: str):
+        from index.row_cache import RowCache, folder_name
+
+        self.inner = inner
+        self.name = inner.name
+        self.cache = RowCache(Path(cache_root) / folder_name(f"{inner.name}-{identity}"), "score cache")
+
+    def _score(self, prompts: list[str]) -> np.ndarray:
+        return self.cache.rows(prompts, self.inner.score)[:, 0]
+
+
+def _cached_scores(ws, name: str, router: Router, strong: str, weak: str, options: dict) -> Router:
+    """`router` itself, or wrapped in CachedScores where scoring is slow (a trained router that reads the text
+    with its own model, not the shared embedding, which has its own cache)."""
+    import hashlib
+
+    from models.registry import entry
+
+    spec = entry(name)
+    if not spec.trained or spec.shares_embedding:
+        return router
+    meta = (ws.routers / name / spec.meta_file).read_bytes()
+    identity = hashlib.sha256(meta + json.dumps([strong, weak, options], sort_keys=True, default=str).encode())
+    return CachedScores(router, ws.home / "cache" / "scores", identity.hexdigest()[:16])
+
+
 def routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[str, dict] | None = None):
     """(routers_for(bench), scored_pairs): each benchmark's routers built for its own strong/weak pair.
 
     A classifier checkpoint is trained for one pair's tiers and refuses another: it is then scored for the pair
     it was trained for (its ranking of prompts is what APGR reads), and `scored_pairs[bench][router]` says so.
+    The classifiers' scores are cached on disk (`CachedScores`).
     """
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.pipeline import load
@@ -379,14 +413,16 @@ def routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[st
         if key not in cache:
             built, fallbacks[key] = {}, []
             for name in names:
+                opts, scored = (options or {}).get(name, {}), key
                 try:
-                    built[name] = load(ws, name, strong=key[0], weak=key[1], **(options or {}).get(name, {}))
+                    router = load(ws, name, strong=key[0], weak=key[1], **opts)
                 except ConfigError as exc:
                     if pair or key == (DEFAULT_STRONG, DEFAULT_WEAK):
                         raise
                     logger.warning("%s cannot route %s vs %s (%s); scoring it for its default pair", name, *key, exc)
-                    built[name] = load(ws, name, **(options or {}).get(name, {}))
+                    router, scored = load(ws, name, **opts), (DEFAULT_STRONG, DEFAULT_WEAK)
                     fallbacks[key].append(name)
+                built[name] = _cached_scores(ws, name, router, *scored, opts)
             cache[key] = built
         for name in fallbacks[key]:
             scored_pairs.setdefault(bench.name, {})[name] = (DEFAULT_STRONG, DEFAULT_WEAK)

@@ -40,7 +40,7 @@ import threading
 import time
 from typing import Any
 
-from index.errors import ConfigError, ScoringError, TurnoutError
+from index.errors import ConfigError, ScoringError, TurnoutError, first_line
 from serve.config import SIDES, TurnoutConfig
 from serve.auth import KeyRing, Limits, RateLimited, Unauthorized, load_digests, retry_after_header
 from serve.controller import StrongRatioController
@@ -275,7 +275,7 @@ class IngressDeployment:
             if isinstance(cause, BackPressureError):
                 self.backend_seen[backend] = time.monotonic()  # busy, not gone: still ready
                 raise RoutingOverloaded(f"the {backend} deployment is overloaded (queue full); retry later") from None
-            log.warning("%s deployment failed: %s", backend, _one_line(exc))
+            log.warning("%s deployment failed: %s", backend, first_line(exc))
             raise RoutingUnavailable(f"the {backend} deployment is unavailable: {type(cause).__name__}") from exc
         self.backend_seen[backend] = time.monotonic()
         if scored is None:
@@ -331,11 +331,6 @@ def _cause(exc: BaseException) -> BaseException:
     return getattr(exc, "cause", None) or exc
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _error_body(message: str, kind: str, code: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": code}}
 
@@ -346,7 +341,7 @@ def _parse_failure(exc: BaseException | None) -> str:
         return "nested too deeply"
     if exc is None or isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text"
-    return _one_line(exc)
+    return first_line(exc)
 
 
 def _is_json_type(content_type: str | None) -> bool:
@@ -456,7 +451,7 @@ def build_api(ingress: IngressDeployment):
         try:
             ready = await asyncio.wait_for(ingress.ready(), 5.0)
         except Exception as exc:
-            return JSONResponse({"status": "not ready", "reason": _one_line(_cause(exc)) or type(exc).__name__}, status_code=503)
+            return JSONResponse({"status": "not ready", "reason": first_line(_cause(exc)) or type(exc).__name__}, status_code=503)
         return {"status": "ready", **ready}
 
     async def json_body(request: Request) -> None:
@@ -622,7 +617,7 @@ async def _relay(upstream, metrics, router: str, start: float):
             yield chunk
     except httpx.TransportError as exc:
         metrics.error("/v1/chat/completions", "upstream_stream_cut")
-        log.warning("upstream stream cut: %s", _one_line(exc))
+        log.warning("upstream stream cut: %s", first_line(exc))
         if not upstream.headers.get("content-encoding"):
             event = _error_body(f"upstream stream cut ({type(exc).__name__})", "service_unavailable",
                                 "upstream_stream_cut")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from index.embedder import PAD_TOKENS, CachedEmbedder, Embedder, HashEmbedder, MiniLMEmbedder, load_embedder
+from index.row_cache import RowCache
 from index.errors import ConfigError, InputError
 
 TEXTS = ["route this prompt", "solve 2 + 2", "write a sonnet about trains", ""]
@@ -114,7 +115,7 @@ def test_cache_survives_corrupted_shard(tmp_path, caplog):
 
 
 def test_cache_compacts_shards(tmp_path, monkeypatch):
-    monkeypatch.setattr(CachedEmbedder, "MAX_SHARDS", 3)
+    monkeypatch.setattr(RowCache, "MAX_SHARDS", 3)
     cache = CachedEmbedder(CountingEmbedder(), tmp_path)
     for i in range(5):
         cache.embed([f"text {i}"])

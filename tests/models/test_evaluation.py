@@ -137,3 +137,36 @@ def test_outputs_are_written_as_json_and_png(results, routers, bench, tmp_path):
     assert written["synthetic"]["routers"]["noise"]["apgr_ci95"][0] is not None
     path = write_results(quality_summary(results), tmp_path / "quality.json")
     assert json.loads(path.read_text())["synthetic"]["routers"]["length"]["p_gt_length"] == 0.5
+
+
+def test_classifier_scores_are_cached_per_checkpoint_and_pair(tmp_path):
+    """A second evaluation reads a classifier's scores from <home>/cache/scores instead of recomputing them; a
+    retrained checkpoint (new meta file) or another pair is another cache. sw_ranking-like routers are not wrapped."""
+    from types import SimpleNamespace
+
+    from models.evaluation import CachedScores, _cached_scores
+
+    calls = []
+
+    class Counting(TableRouter):
+        name = "bert"
+
+        def _score(self, prompts):
+            calls.append(list(prompts))
+            return super()._score(prompts)
+
+    prompts = ["a", "bb", "a", "ccc"]
+    inner = Counting({"a": 0.25, "bb": 0.5, "ccc": 0.125})
+    ws = SimpleNamespace(home=tmp_path, routers=tmp_path / "routers")
+    (ws.routers / "bert").mkdir(parents=True)
+    (ws.routers / "bert" / "meta.json").write_text('{"data_hash": "1"}')
+    first = _cached_scores(ws, "bert", inner, "s", "w", {})
+    assert isinstance(first, CachedScores)
+    assert first.score(prompts).tolist() == [0.25, 0.5, 0.25, 0.125] and calls == [["a", "bb", "ccc"]]
+    again = _cached_scores(ws, "bert", inner, "s", "w", {})  # a new process would build it the same way
+    assert again.score(prompts).tolist() == [0.25, 0.5, 0.25, 0.125] and len(calls) == 1
+    _cached_scores(ws, "bert", inner, "s", "other-weak", {}).score(["a"])
+    (ws.routers / "bert" / "meta.json").write_text('{"data_hash": "2"}')
+    _cached_scores(ws, "bert", inner, "s", "w", {}).score(["a"])
+    assert calls[1:] == [["a"], ["a"]]
+    assert _cached_scores(ws, "length", inner, "s", "w", {}) is inner
