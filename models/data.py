@@ -62,7 +62,7 @@ from index.paths import atomic_dir, require_file
 log = logging.getLogger(__name__)
 
 WINNERS = ("model_a", "model_b", "tie")
-N_TIERS = 10  # equal-count strength tiers (RouteLLM: 10); chosen on the dev benchmarks, BENCHMARKS.md
+N_TIERS = 20  # equal-count strength tiers (RouteLLM: 10); chosen on the dev benchmarks, BENCHMARKS.md
 BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "source"]
 ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_train", "cmmlu_train", "humaneval_train"]
 FRACTION_SCORED = {"gsm8k-train", "humaneval_train"}  # scores are the share of correct samples, not 0/prob
