@@ -125,7 +125,15 @@ def deploy(served: ServeFile, config: TurnoutConfig, on_status: Callable[[str], 
     apps[served.app_index]["args"] = config.model_dump(mode="json")
     document["applications"] = apps
     document["http_options"] = {**document.get("http_options", {}), "host": served.host, "port": served.port}
-    client = serve_start(http_options=document["http_options"], proxy_location=document.get("proxy_location", "HeadOnly"))
+    from ray.exceptions import RayError
+
+    try:
+        client = serve_start(http_options=document["http_options"],
+                             proxy_location=document.get("proxy_location", "HeadOnly"))
+    except RayError as exc:  # e.g. the HTTP proxy died or missed Ray's start timeout: Ray's fault, said in one line
+        log.error("starting Ray Serve failed: %s", exc)
+        raise DeployError(f"Ray Serve did not start its HTTP proxy on {served.host}:{served.port}: "
+                          f"{type(exc).__name__} (run with -v for details)") from None
     run_document(document, client, on_status, stop)
 
 

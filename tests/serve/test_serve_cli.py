@@ -71,6 +71,24 @@ def test_missing_config_and_busy_port_are_one_line_errors(capsys, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "HTTP port" in err and "not available" in err
 
 
+def test_serve_proxy_failing_to_start_is_a_deploy_error(monkeypatch):
+    """Regression: an HTTP proxy that died while Serve started (seen with Ray's HAProxy ingress) escaped
+    `turnout serve` as Ray's ActorDiedError with its traceback."""
+    import ray.serve._private.api as serve_api
+    from ray.exceptions import ActorDiedError
+
+    from serve.launch import DeployError, configure, deploy
+
+    def dies(**_):
+        raise ActorDiedError()
+
+    monkeypatch.setattr(serve_api, "serve_start", dies)
+    served = configure(embedder="hash-64", port=free_port())
+    with pytest.raises(DeployError, match="did not start its HTTP proxy on 127.0.0.1:.*ActorDiedError") as err:
+        deploy(served, served.config)
+    assert "\n" not in str(err.value)
+
+
 def test_prepare_builds_only_missing_artifacts(artifacts, tmp_path, monkeypatch):
     import shutil
 
