@@ -72,7 +72,10 @@ def test_top_k_approximates_exact_and_keeps_the_signal(trained):
     p_exact, p_approx, p_coarse = exact.score(queries), approx.score(queries), coarse.score(queries)
     # half the prompts as neighbours: the mean-similarity stand-in for the rest is close to exact
     np.testing.assert_allclose(p_approx, p_exact, atol=0.005)
-    assert np.all(np.abs(p_coarse - p_exact) < np.abs(0.5 - p_exact))  # far coarser, still on the right side
+    # far coarser, still on the right side of the line between the topics: strong models win chat prompts
+    # too in this data (edge 0.1 per tier), so that line is the two exact scores' midpoint, not 0.5
+    midpoint = p_exact.mean()
+    assert np.all(np.abs(p_coarse - p_exact) < np.abs(midpoint - p_exact))
     # on math prompts the strong tier wins more, so p_strong must be higher there
     assert p_exact[0] > p_exact[1] and p_approx[0] > p_approx[1] and p_coarse[0] > p_coarse[1]
     assert np.all((p_exact > 0) & (p_exact < 1))
