@@ -37,16 +37,21 @@ DEFAULT_ROUTERS = ("sw_ranking", "mf", "length", "random")
 # The ingress is bound always; the others only when an enabled router has that backend (models/registry.py).
 INGRESS, EMBEDDING, CLASSIFIER = "IngressDeployment", "EmbeddingDeployment", "ClassifierDeployment"
 BACKEND_DEPLOYMENTS = {"embedding": EMBEDDING, "classifier": CLASSIFIER}
+# Serve's controller learns that a replica's process died only when that replica's next health check fails, and it
+# starts one every health_check_period_s (Ray's default 10 s): the replacement starts that much later. The check is
+# Ray's own no-op ping (no deployment here defines check_health), so a short period costs next to nothing.
+HEALTH_CHECK_PERIOD_S = 2.0
 DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     # Routing, decisions, metrics and the upstream proxy: light work per request, many requests in flight.
-    INGRESS: {"num_replicas": 1, "max_ongoing_requests": 128, "ray_actor_options": {"num_cpus": 0.5}},
+    INGRESS: {"num_replicas": 1, "max_ongoing_requests": 128, "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+              "ray_actor_options": {"num_cpus": 0.5}},
     # One replica clears its ongoing + queued requests well inside routing.timeout_s (BENCHMARKS.md, 'Serving');
     # a burst beyond the queue gets an immediate 503 / fallback instead of queueing into a timeout.
     EMBEDDING: {"num_replicas": 1, "max_ongoing_requests": 32, "max_queued_requests": 32,
-                "ray_actor_options": {"num_cpus": 0.5}},
+                "health_check_period_s": HEALTH_CHECK_PERIOD_S, "ray_actor_options": {"num_cpus": 0.5}},
     # num_cpus is also the engine's torch thread count unless classifier.threads says otherwise.
     CLASSIFIER: {"num_replicas": 1, "max_ongoing_requests": 32, "max_queued_requests": 32,
-                 "ray_actor_options": {"num_cpus": 1.0}},
+                 "health_check_period_s": HEALTH_CHECK_PERIOD_S, "ray_actor_options": {"num_cpus": 1.0}},
 }
 
 
