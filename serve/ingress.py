@@ -451,7 +451,7 @@ def build_api(ingress: IngressDeployment):
         try:
             ready = await asyncio.wait_for(ingress.ready(), 5.0)
         except Exception as exc:
-            return JSONResponse({"status": "not ready", "reason": first_line(_cause(exc)) or type(exc).__name__}, status_code=503)
+            return JSONResponse({"status": "not ready", "reason": first_line(_cause(exc))}, status_code=503)
         return {"status": "ready", **ready}
 
     async def json_body(request: Request) -> None:
