@@ -1,0 +1,148 @@
+"""Two SW variants tried against the obvious-prompts miss, scored on the dev benchmarks and the obvious check.
+
+The served SW router puts easy arithmetic and unit conversions above most hard prompts because their neighbours are
+Faithful-CoT word problems (BENCHMARKS.md "Against the targets"). Two changes to the kernel or the fit, each a
+plausible fix, are measured here with the served data, tiers and tie rule (nothing is retrained):
+
+- `length_penalty` λ: similarity S_i − λ·|log(1 + words_q) − log(1 + words_i)| in the weight γ^(1 + S'/max S'),
+  so that neighbours are also alike in length (within a topic, longer word problems take more steps).
+- `tier_window` m: fit Bradley–Terry only over the tiers from the pair's upper tier − m to its lower tier + m,
+  so that battles of far weaker models (code-davinci-001 in Faithful-CoT) do not move the pair's gap.
+
+It also writes, for the served router, each obvious-prompt kind's mean p_strong and the share of its SW weight
+that each training source carries (what "their neighbours are word problems" rests on).
+
+    python -m loadtest.dev_sw_variants --out benchmarks/dev_sw_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.sw_ranking import SWRankingRouter
+
+log = logging.getLogger(__name__)
+
+
+def log_words(texts: list[str]) -> np.ndarray:
+    return np.log1p(np.array([len(t.split()) for t in texts], dtype=np.float32))
+
+
+class SWVariant(SWRankingRouter):
+    """SWRankingRouter (exact mode) with a length penalty in the kernel and a tier window in the fit."""
+
+    def __init__(self, *args, prompt_log_words: np.ndarray, length_penalty: float = 0.0,
+                 tier_window: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prompt_log_words, self.length_penalty, self.tier_window = prompt_log_words, length_penalty, tier_window
+        self._query_log_words = np.zeros(0, dtype=np.float32)
+
+    def score_prompts(self, prompts: list[str]) -> np.ndarray:
+        self._query_log_words = log_words(prompts)
+        return self.score_embeddings(self.embedder.embed(prompts))
+
+    def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
+        from models import bradley_terry
+
+        n_tiers = self.counts.shape[1]
+        lo, hi = sorted((self.strong_tier, self.weak_tier))
+        if self.tier_window is not None:
+            lo, hi = max(lo - self.tier_window, 0), min(hi + self.tier_window, n_tiers - 1)
+        else:
+            lo, hi = 0, n_tiers - 1
+        out = np.empty(len(queries))
+        for start in range(0, len(queries), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            wins = self._wins(queries[batch], self._query_log_words[batch])[:, lo:hi + 1, lo:hi + 1]
+            xi = bradley_terry.fit(np.ascontiguousarray(wins), self.l2, self.n_steps)
+            out[batch] = 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier - lo] - xi[:, self.weak_tier - lo])))
+        return out
+
+    def _wins(self, queries: np.ndarray, query_log_words: np.ndarray) -> np.ndarray:
+        n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
+        sims = queries.astype(np.float32) @ self._all_vectors.T
+        if self.length_penalty:
+            sims = sims - self.length_penalty * np.abs(query_log_words[:, None] - self.prompt_log_words[None])
+        weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
+        return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
+
+
+def neighbour_sources(router: SWVariant, prompt_sources: np.ndarray, prompts: list[str],
+                      kinds: list[str]) -> dict[str, dict[str, float]]:
+    """Per kind of prompt: its mean p_strong and the share of its SW weight that each training source carries."""
+    sims = router.embedder.embed(prompts).astype(np.float32) @ router._all_vectors.T
+    weights = router.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
+    weights /= weights.sum(axis=1, keepdims=True)
+    p_strong = router.score_prompts(prompts)
+    kinds_arr = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds), key=lambda k: p_strong[kinds_arr == k].mean()):
+        rows = kinds_arr == kind
+        out[kind] = {"p_strong": float(p_strong[rows].mean()), **{
+            source: float(weights[rows][:, prompt_sources == source].sum(axis=1).mean())
+            for source in sorted(set(prompt_sources))}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from index.store import VectorStore
+    from models import bradley_terry, pipeline
+    from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+    from models.benchmarks import DEV_BENCHMARKS, load_benchmark
+    from models.metrics import summarize
+    from models.obvious import auc, load_obvious
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/dev_sw_variants.json"))
+    parser.add_argument("--gammas", type=float, nargs="+", default=[1e3, 1e4])
+    parser.add_argument("--length-penalties", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--tier-windows", type=int, nargs="+", default=[-1, 0, 2, 5], help="-1: every tier (served)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    ws = pipeline.workspace()
+    td = pipeline.training_data(ws)  # the served data and tiers (`turnout data build`)
+    prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
+    prompts = list(prompts)
+    vectors = ws.embedder.embed(prompts)
+    store = VectorStore.build(vectors, embedder=ws.embedder.name)
+    benches = {name: load_benchmark(name, ws.data()) for name in DEV_BENCHMARKS}
+    obvious = load_obvious()
+    hard = obvious["is_hard"].to_numpy()
+    balanced = obvious["balanced"].to_numpy(dtype=bool)
+    pairs = {name: (b.strong_model, b.weak_model) for name, b in benches.items()}
+    pairs["obvious"] = (DEFAULT_STRONG, DEFAULT_WEAK)
+    routers = {name: SWVariant(store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers, ws.embedder,
+                               strong=strong, weak=weak, prompt_log_words=log_words(prompts))
+               for name, (strong, weak) in pairs.items()}
+    family = td.battles.drop_duplicates("prompt").set_index("prompt")["source"].str.split("/").str[0]
+    served = routers["obvious"]
+    sources = neighbour_sources(served, family.loc[prompts].to_numpy(), obvious["prompt"].tolist(),
+                                (obvious["label"] + "/" + obvious["kind"]).tolist())
+    rows = []
+    for gamma, penalty, window in itertools.product(args.gammas, args.length_penalties, args.tier_windows):
+        row = {"gamma": gamma, "length_penalty": penalty, "tier_window": None if window < 0 else window, "apgr": {}}
+        for router in routers.values():
+            router.gamma, router.length_penalty, router.tier_window = gamma, penalty, row["tier_window"]
+        for name, bench in benches.items():
+            row["apgr"][name] = summarize(routers[name].score_prompts(bench.prompts), bench.strong, bench.weak)["apgr"]
+        row["mean_dev_apgr"] = float(np.mean(list(row["apgr"].values())))
+        p = routers["obvious"].score_prompts(obvious["prompt"].tolist())
+        row["obvious_auc"], row["obvious_auc_balanced"] = auc(p, hard), auc(p[balanced], hard[balanced])
+        log.info("%s", row)
+        rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m loadtest.dev_sw_variants " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.out.write_text(json.dumps({"command": command, "rows": rows,
+                                          "served_weight_share_by_source": sources}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+import numpy as np
+
+from index.embedder import HashEmbedder
+from index.store import VectorStore
+from loadtest.dev_sw_variants import SWVariant, log_words
+from models import bradley_terry
+from models.sw_ranking import SWRankingRouter
+from tests.models.test_sw_ranking import _training_data
+
+
+def _routers():
+    td, embedder = _training_data(), HashEmbedder(32)
+    prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, 4)
+    vectors = embedder.embed(list(prompts))
+    store = VectorStore.build(vectors, embedder=embedder.name)
+    args = (store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers, embedder)
+    pair = {"strong": "strong-1", "weak": "mid"}
+    variant = SWVariant(*args, prompt_log_words=log_words(list(prompts)), **pair)
+    return SWRankingRouter(*args, **pair), variant
+
+
+QUERIES = ["math equation algebra item 3", "chat greeting hello item 8 and a much longer tail of words here"]
+
+
+def test_zero_penalty_and_no_window_is_the_served_router():
+    served, variant = _routers()
+    np.testing.assert_allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-5)
+
+
+def test_window_over_every_tier_is_the_full_fit_and_a_narrow_one_is_not():
+    served, variant = _routers()
+    variant.tier_window = 3  # tiers 0-1 widened by 3 covers all four
+    np.testing.assert_allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-5)
+    variant.tier_window = 0  # tiers 0 and 1 only: the weak tiers' battles leave the fit
+    assert not np.allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-3)
+
+
+def test_a_length_penalty_changes_the_scores():
+    served, variant = _routers()
+    variant.length_penalty = 5.0
+    assert not np.allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-3)
