@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models import bradley_terry
 from models.sw_ranking import SWRankingRouter
 
 log = logging.getLogger(__name__)
@@ -42,45 +43,40 @@ class SWVariant(SWRankingRouter):
                  tier_window: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.prompt_log_words, self.length_penalty, self.tier_window = prompt_log_words, length_penalty, tier_window
-        self._query_log_words = np.zeros(0, dtype=np.float32)
 
     def score_prompts(self, prompts: list[str]) -> np.ndarray:
-        self._query_log_words = log_words(prompts)
-        return self.score_embeddings(self.embedder.embed(prompts))
+        return self.p_strong(self.embedder.embed(prompts), log_words(prompts))
 
-    def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
-        from models import bradley_terry
-
-        n_tiers = self.counts.shape[1]
-        lo, hi = sorted((self.strong_tier, self.weak_tier))
-        if self.tier_window is not None:
-            lo, hi = max(lo - self.tier_window, 0), min(hi + self.tier_window, n_tiers - 1)
-        else:
-            lo, hi = 0, n_tiers - 1
-        out = np.empty(len(queries))
-        for start in range(0, len(queries), self.batch_size):
-            batch = slice(start, start + self.batch_size)
-            wins = self._wins(queries[batch], self._query_log_words[batch])[:, lo:hi + 1, lo:hi + 1]
-            xi = bradley_terry.fit(np.ascontiguousarray(wins), self.l2, self.n_steps)
-            out[batch] = 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier - lo] - xi[:, self.weak_tier - lo])))
-        return out
-
-    def _wins(self, queries: np.ndarray, query_log_words: np.ndarray) -> np.ndarray:
-        n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
+    def weights(self, queries: np.ndarray, query_log_words: np.ndarray) -> np.ndarray:
+        """The served kernel γ^(1 + S'/max S') over every indexed prompt, S' = S less the length penalty."""
         sims = queries.astype(np.float32) @ self._all_vectors.T
         if self.length_penalty:
             sims = sims - self.length_penalty * np.abs(query_log_words[:, None] - self.prompt_log_words[None])
-        weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
-        return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
+        return self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
+
+    def p_strong(self, queries: np.ndarray, query_log_words: np.ndarray) -> np.ndarray:
+        n_prompts, n_tiers = self.counts.shape[:2]
+        lo, hi = 0, n_tiers - 1
+        if self.tier_window is not None:
+            upper, lower = sorted((self.strong_tier, self.weak_tier))
+            lo, hi = max(upper - self.tier_window, 0), min(lower + self.tier_window, n_tiers - 1)
+        out = np.empty(len(queries))
+        for start in range(0, len(queries), self.batch_size):
+            batch = slice(start, start + self.batch_size)
+            weights = self.weights(queries[batch], query_log_words[batch])
+            wins = (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers)
+            xi = bradley_terry.fit(np.ascontiguousarray(wins[:, lo:hi + 1, lo:hi + 1], dtype=np.float64), self.l2, self.n_steps)
+            out[batch] = 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier - lo] - xi[:, self.weak_tier - lo])))
+        return out
 
 
 def neighbour_sources(router: SWVariant, prompt_sources: np.ndarray, prompts: list[str],
                       kinds: list[str]) -> dict[str, dict[str, float]]:
     """Per kind of prompt: its mean p_strong and the share of its SW weight that each training source carries."""
-    sims = router.embedder.embed(prompts).astype(np.float32) @ router._all_vectors.T
-    weights = router.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
+    queries, lengths = router.embedder.embed(prompts), log_words(prompts)
+    weights = router.weights(queries, lengths)
     weights /= weights.sum(axis=1, keepdims=True)
-    p_strong = router.score_prompts(prompts)
+    p_strong = router.p_strong(queries, lengths)
     kinds_arr = np.asarray(kinds)
     out = {}
     for kind in sorted(set(kinds), key=lambda k: p_strong[kinds_arr == k].mean()):
@@ -93,7 +89,7 @@ def neighbour_sources(router: SWVariant, prompt_sources: np.ndarray, prompts: li
 
 def main(argv: list[str] | None = None) -> None:
     from index.store import VectorStore
-    from models import bradley_terry, pipeline
+    from models import pipeline
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.metrics import summarize
