@@ -8,6 +8,10 @@ plausible fix, are measured here with the served data, tiers and tie rule (nothi
   so that neighbours are also alike in length (within a topic, longer word problems take more steps).
 - `tier_window` m: fit Bradley–Terry only over the tiers from the pair's upper tier − m to its lower tier + m,
   so that battles of far weaker models (code-davinci-001 in Faithful-CoT) do not move the pair's gap.
+- `prompt_weighting`: "battles" (served: a prompt weighs by its battle count) or "prompt" (every prompt's tier
+  counts scaled to the mean battle count). A correctness source turns n model runs on one question into
+  n(n−1)/2 battles, so an MMLU-Pro or Faithful-CoT question (30+ runs) outweighs a RouterDC one (7 runs) twentyfold
+  in the kernel, though each is one question; "prompt" makes the kernel weigh questions, as it does for Arena data.
 
 It also writes, for the served router, each obvious-prompt kind's mean p_strong and the share of its SW weight
 that each training source carries (what "their neighbours are word problems" rests on).
@@ -70,6 +74,12 @@ class SWVariant(SWRankingRouter):
         return out
 
 
+PROMPT_WEIGHTINGS = {
+    "battles": lambda counts: counts,
+    "prompt": lambda counts: counts * (counts.sum() / len(counts) / np.maximum(counts.sum(axis=(1, 2), keepdims=True), 1e-9)),
+}
+
+
 def neighbour_sources(router: SWVariant, prompt_sources: np.ndarray, prompts: list[str],
                       kinds: list[str]) -> dict[str, dict[str, float]]:
     """Per kind of prompt: its mean p_strong and the share of its SW weight that each training source carries."""
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gammas", type=float, nargs="+", default=[1e3, 1e4])
     parser.add_argument("--length-penalties", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     parser.add_argument("--tier-windows", type=int, nargs="+", default=[-1, 0, 2, 5], help="-1: every tier (served)")
+    parser.add_argument("--prompt-weightings", nargs="+", default=["battles"], choices=sorted(PROMPT_WEIGHTINGS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -123,10 +134,14 @@ def main(argv: list[str] | None = None) -> None:
     sources = neighbour_sources(served, family.loc[prompts].to_numpy(), obvious["prompt"].tolist(),
                                 (obvious["label"] + "/" + obvious["kind"]).tolist())
     rows = []
-    for gamma, penalty, window in itertools.product(args.gammas, args.length_penalties, args.tier_windows):
-        row = {"gamma": gamma, "length_penalty": penalty, "tier_window": None if window < 0 else window, "apgr": {}}
+    for weighting, gamma, penalty, window in itertools.product(args.prompt_weightings, args.gammas,
+                                                               args.length_penalties, args.tier_windows):
+        row = {"prompt_weighting": weighting, "gamma": gamma, "length_penalty": penalty,
+               "tier_window": None if window < 0 else window, "apgr": {}}
+        weighted = PROMPT_WEIGHTINGS[weighting](counts).astype(np.float32)
         for router in routers.values():
             router.gamma, router.length_penalty, router.tier_window = gamma, penalty, row["tier_window"]
+            router.counts = weighted
         for name, bench in benches.items():
             row["apgr"][name] = summarize(routers[name].score_prompts(bench.prompts), bench.strong, bench.weak)["apgr"]
         row["mean_dev_apgr"] = float(np.mean(list(row["apgr"].values())))

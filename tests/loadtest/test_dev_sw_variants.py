@@ -2,7 +2,7 @@ import numpy as np
 
 from index.embedder import HashEmbedder
 from index.store import VectorStore
-from loadtest.dev_sw_variants import SWVariant, log_words
+from loadtest.dev_sw_variants import PROMPT_WEIGHTINGS, SWVariant, log_words
 from models import bradley_terry
 from models.sw_ranking import SWRankingRouter
 from tests.models.test_sw_ranking import _training_data
@@ -39,3 +39,12 @@ def test_a_length_penalty_changes_the_scores():
     served, variant = _routers()
     variant.length_penalty = 5.0
     assert not np.allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-3)
+
+
+def test_prompt_weighting_gives_every_prompt_the_same_total_and_keeps_the_grand_total():
+    counts = np.zeros((3, 2, 2))
+    counts[0, 0, 1], counts[1, 1, 0], counts[2, 0, 1], counts[2, 1, 0] = 1.0, 30.0, 4.0, 4.0
+    weighted = PROMPT_WEIGHTINGS["prompt"](counts)
+    np.testing.assert_allclose(weighted.sum(axis=(1, 2)), [13.0, 13.0, 13.0])
+    np.testing.assert_allclose(weighted[2], [[0.0, 6.5], [6.5, 0.0]])  # shares inside a prompt are kept
+    assert PROMPT_WEIGHTINGS["battles"](counts) is counts
