@@ -8,13 +8,14 @@ plausible fix, are measured here with the served data, tiers and tie rule (nothi
   so that neighbours are also alike in length (within a topic, longer word problems take more steps).
 - `tier_window` m: fit Bradley–Terry only over the tiers from the pair's upper tier − m to its lower tier + m,
   so that battles of far weaker models (code-davinci-001 in Faithful-CoT) do not move the pair's gap.
-- `prompt_weighting`: "battles" (served: a prompt weighs by its battle count) or "prompt" (every prompt's tier
-  counts scaled to the mean battle count). A correctness source turns n model runs on one question into
+- `prompt_weighting`: "battles" (the paper's: a prompt weighs by its battle count) or "prompt" (served since it
+  won here: every prompt's tier counts scaled to the mean battle count, `bradley_terry.equal_prompt_weight`). A correctness source turns n model runs on one question into
   n(n−1)/2 battles, so an MMLU-Pro or Faithful-CoT question (30+ runs) outweighs a RouterDC one (7 runs) twentyfold
   in the kernel, though each is one question; "prompt" makes the kernel weigh questions, as it does for Arena data.
 
-It also writes, for the served router, each obvious-prompt kind's mean p_strong and the share of its SW weight
-that each training source carries (what "their neighbours are word problems" rests on).
+It also writes, per prompt weighting, each obvious-prompt kind's mean p_strong and the share of its weight in the
+fit (kernel weight × the prompt's counted battles) that each training source carries (what "their neighbours are
+word problems" rests on).
 
     python -m loadtest.dev_sw_variants --out benchmarks/dev_sw_variants.json
 """
@@ -74,17 +75,14 @@ class SWVariant(SWRankingRouter):
         return out
 
 
-PROMPT_WEIGHTINGS = {
-    "battles": lambda counts: counts,
-    "prompt": lambda counts: counts * (counts.sum() / len(counts) / np.maximum(counts.sum(axis=(1, 2), keepdims=True), 1e-9)),
-}
+PROMPT_WEIGHTINGS = {"battles": lambda counts: counts, "prompt": bradley_terry.equal_prompt_weight}
 
 
 def neighbour_sources(router: SWVariant, prompt_sources: np.ndarray, prompts: list[str],
                       kinds: list[str]) -> dict[str, dict[str, float]]:
-    """Per kind of prompt: its mean p_strong and the share of its SW weight that each training source carries."""
+    """Per kind of prompt: its mean p_strong and the share of its weight in the fit that each source carries."""
     queries, lengths = router.embedder.embed(prompts), log_words(prompts)
-    weights = router.weights(queries, lengths)
+    weights = router.weights(queries, lengths) * router.counts.sum(axis=(1, 2))[None]
     weights /= weights.sum(axis=1, keepdims=True)
     p_strong = router.p_strong(queries, lengths)
     kinds_arr = np.asarray(kinds)
@@ -130,9 +128,12 @@ def main(argv: list[str] | None = None) -> None:
                                strong=strong, weak=weak, prompt_log_words=log_words(prompts))
                for name, (strong, weak) in pairs.items()}
     family = td.battles.drop_duplicates("prompt").set_index("prompt")["source"].str.split("/").str[0]
-    served = routers["obvious"]
-    sources = neighbour_sources(served, family.loc[prompts].to_numpy(), obvious["prompt"].tolist(),
-                                (obvious["label"] + "/" + obvious["kind"]).tolist())
+    served = routers["obvious"]  # still at the served γ, no length penalty, every tier
+    sources = {}
+    for weighting in args.prompt_weightings:
+        served.counts = PROMPT_WEIGHTINGS[weighting](counts).astype(np.float32)
+        sources[weighting] = neighbour_sources(served, family.loc[prompts].to_numpy(), obvious["prompt"].tolist(),
+                                               (obvious["label"] + "/" + obvious["kind"]).tolist())
     rows = []
     for weighting, gamma, penalty, window in itertools.product(args.prompt_weightings, args.gammas,
                                                                args.length_penalties, args.tier_windows):
@@ -151,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m loadtest.dev_sw_variants " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.write_text(json.dumps({"command": command, "rows": rows,
-                                          "served_weight_share_by_source": sources}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"command": command, "rows": rows, "fit_share_by_source": sources}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

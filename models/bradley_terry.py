@@ -100,3 +100,11 @@ def prompt_tier_counts(battles: "pd.DataFrame", tiers: dict[str, int], n_tiers: 
     np.add.at(counts, (prompt_ids, a, b), weight * outcome)
     np.add.at(counts, (prompt_ids, b, a), weight * (1.0 - outcome))
     return prompts, counts
+
+
+def equal_prompt_weight(counts: np.ndarray) -> np.ndarray:
+    """Per-prompt tier counts (P, T, T) scaled so every prompt with a counted battle carries the same total, the
+    mean over those prompts; the grand total is unchanged and a prompt without one stays zero."""
+    totals = counts.sum(axis=(1, 2), keepdims=True)
+    mean = counts.sum() / max(int((totals > 0).sum()), 1)
+    return counts * np.divide(mean, totals, out=np.zeros_like(totals, dtype=np.float64), where=totals > 0)

@@ -16,6 +16,15 @@ RouteLLM refits sklearn per query over every battle (2.9 req/s on 8 CPUs). Two o
    cost per query flat.
 The small T×T fits for a whole batch are a few vectorised Newton steps (`models.bradley_terry`).
 
+Prompt weighting. The paper weights every battle by its prompt's similarity alone, so a prompt counts as often
+as it was fought over. The sources differ there by an order of magnitude: a correctness source (MMLU-Pro,
+Faithful-CoT) turns n runs on one question into n(n-1)/2 battles, an arena prompt has one or two. Unscaled, an
+easy chat prompt's nearest neighbours are outvoted by the few exam questions in its kernel, which is why short
+easy prompts went strong. `train` scales each prompt's tier counts to the mean battle count
+(`bradley_terry.equal_prompt_weight`), so the fit is the paper's with each battle also weighted by
+mean / (its prompt's battle count). The choice was made on the dev benchmarks (`loadtest/dev_sw_variants.py
+--prompt-weightings`, BENCHMARKS.md).
+
 The exact mode follows the paper, not RouteLLM's released code, and the two differ on same-tier battles.
 turnout leaves them out (`bradley_terry.tier_battles`): a battle inside one tier says nothing about the gap
 between tiers. RouteLLM's code keeps them in its logistic regression, and because it writes model_a's +ln10
@@ -151,6 +160,9 @@ def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress
     config = config or SWConfig()
     prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, td.n_tiers)
     n_battles = int(round(counts.sum()))
+    # One prompt, one vote (module docstring, "Prompt weighting"): a correctness source turns n runs on a question
+    # into n(n-1)/2 battles, and unscaled, those questions outweigh a chat prompt many times over in every kernel sum.
+    counts = bradley_terry.equal_prompt_weight(counts)
     log.info("SW: %d battles across tiers on %d unique prompts", n_battles, len(prompts))
     vectors = embedder.embed(list(prompts), progress=progress)
     store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,

@@ -41,10 +41,7 @@ def test_a_length_penalty_changes_the_scores():
     assert not np.allclose(variant.score_prompts(QUERIES), served.score(QUERIES), rtol=1e-3)
 
 
-def test_prompt_weighting_gives_every_prompt_the_same_total_and_keeps_the_grand_total():
-    counts = np.zeros((3, 2, 2))
-    counts[0, 0, 1], counts[1, 1, 0], counts[2, 0, 1], counts[2, 1, 0] = 1.0, 30.0, 4.0, 4.0
-    weighted = PROMPT_WEIGHTINGS["prompt"](counts)
-    np.testing.assert_allclose(weighted.sum(axis=(1, 2)), [13.0, 13.0, 13.0])
-    np.testing.assert_allclose(weighted[2], [[0.0, 6.5], [6.5, 0.0]])  # shares inside a prompt are kept
+def test_prompt_weightings_are_the_paper_s_and_the_served_one():
+    counts = np.arange(16, dtype=np.float64).reshape(4, 2, 2)
     assert PROMPT_WEIGHTINGS["battles"](counts) is counts
+    np.testing.assert_array_equal(PROMPT_WEIGHTINGS["prompt"](counts), bradley_terry.equal_prompt_weight(counts))

@@ -84,3 +84,12 @@ def test_tie_rules_in_prompt_tier_counts():
         assert counts[rule][1, 2] == 1.0 and counts[rule][2, 1] == 0.0
     with pytest.raises(ValueError, match="ties must be one of"):
         bt.prompt_tier_counts(battles, tiers, 3, "coin")
+
+
+def test_equal_prompt_weight_gives_every_prompt_the_mean_total_and_keeps_its_shares():
+    counts = np.zeros((4, 2, 2))
+    counts[0, 0, 1], counts[1, 1, 0], counts[2, 0, 1], counts[2, 1, 0] = 1.0, 30.0, 4.0, 4.0  # prompt 3: no battle
+    weighted = bt.equal_prompt_weight(counts)
+    np.testing.assert_allclose(weighted.sum(axis=(1, 2)), [13.0, 13.0, 13.0, 0.0])
+    np.testing.assert_allclose(weighted[2], [[0.0, 6.5], [6.5, 0.0]])  # shares inside a prompt are kept
+    assert weighted.sum() == pytest.approx(counts.sum())

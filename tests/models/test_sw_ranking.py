@@ -44,13 +44,15 @@ def _router(trained, **options):
 
 
 def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
-    """RouteLLM's computation: weight every battle by its prompt's similarity, refit BT over tiers."""
+    """The paper's computation, battle by battle: weight every battle by its prompt's similarity and by
+    mean / (its prompt's battle count) (one prompt, one vote), refit BT over tiers."""
     b = td.battles
     ta, tb = b["model_a"].map(TIERS).to_numpy(), b["model_b"].map(TIERS).to_numpy()
     keep = ta != tb
     b, ta, tb = b[keep], ta[keep], tb[keep]
+    per_prompt = b.groupby("prompt")["prompt"].transform("size").to_numpy()
     sims = embedder.embed(b["prompt"].tolist()) @ embedder.embed([query])[0]
-    w = gamma ** (1 + sims / sims.max())
+    w = gamma ** (1 + sims / sims.max()) * (len(b) / b["prompt"].nunique()) / per_prompt
     o = b["winner"].map({"model_a": 1.0, "model_b": 0.0, "tie": 0.5}).to_numpy()
     xi = _reference(ta, tb, o, 4, w, l2)
     return 1 / (1 + np.exp(-(xi[0] - xi[2])))
@@ -64,6 +66,18 @@ def test_k_all_equals_brute_force(trained, gamma):
     got = router.score(queries)
     want = [_brute_force(td, embedder, q, gamma=gamma) for q in queries]
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_a_prompt_weighs_once_however_often_it_was_fought_over(trained, tmp_path):
+    """Repeating every battle of some prompts tenfold (a correctness source's n(n-1)/2 pairs) leaves the scores
+    as they are; with battle weighting the repeated prompts would pull their neighbours' scores."""
+    td, embedder, _ = trained
+    repeated = td.battles["prompt"].isin(td.battles["prompt"].unique()[::3])
+    battles = pd.concat([td.battles] + [td.battles[repeated]] * 9, ignore_index=True)
+    sw_ranking.train(TrainingData(battles, td.scores, td.ratings, td.tiers, td.report), embedder, tmp_path, progress=False)
+    heavy = sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1", weak="weak-1")
+    queries = ["math equation algebra item 5", "chat greeting hello item 8", "something else entirely"]
+    np.testing.assert_allclose(heavy.score(queries), _router(trained).score(queries), rtol=1e-5)
 
 
 def test_top_k_approximates_exact_and_keeps_the_signal(trained):
