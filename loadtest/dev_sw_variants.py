@@ -42,12 +42,11 @@ def log_words(texts: list[str]) -> np.ndarray:
 
 
 class SWVariant(SWRankingRouter):
-    """SWRankingRouter (exact mode) with a length penalty in the kernel and a tier window in the fit."""
+    """SWRankingRouter (exact mode) with a length penalty in the kernel."""
 
-    def __init__(self, *args, prompt_log_words: np.ndarray, length_penalty: float = 0.0,
-                 tier_window: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, prompt_log_words: np.ndarray, length_penalty: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.prompt_log_words, self.length_penalty, self.tier_window = prompt_log_words, length_penalty, tier_window
+        self.prompt_log_words, self.length_penalty = prompt_log_words, length_penalty
 
     def score_prompts(self, prompts: list[str]) -> np.ndarray:
         return self.p_strong(self.embedder.embed(prompts), log_words(prompts))
@@ -61,17 +60,11 @@ class SWVariant(SWRankingRouter):
 
     def p_strong(self, queries: np.ndarray, query_log_words: np.ndarray) -> np.ndarray:
         n_prompts, n_tiers = self.counts.shape[:2]
-        lo, hi = 0, n_tiers - 1
-        if self.tier_window is not None:
-            upper, lower = sorted((self.strong_tier, self.weak_tier))
-            lo, hi = max(upper - self.tier_window, 0), min(lower + self.tier_window, n_tiers - 1)
         out = np.empty(len(queries))
         for start in range(0, len(queries), self.batch_size):
             batch = slice(start, start + self.batch_size)
             weights = self.weights(queries[batch], query_log_words[batch])
-            wins = (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers)
-            xi = bradley_terry.fit(np.ascontiguousarray(wins[:, lo:hi + 1, lo:hi + 1], dtype=np.float64), self.l2, self.n_steps)
-            out[batch] = 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier - lo] - xi[:, self.weak_tier - lo])))
+            out[batch] = self.pair_p_strong((weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers))
         return out
 
 
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                                strong=strong, weak=weak, prompt_log_words=log_words(prompts))
                for name, (strong, weak) in pairs.items()}
     family = td.battles.drop_duplicates("prompt").set_index("prompt")["source"].str.split("/").str[0]
-    served = routers["obvious"]  # still at the served γ, no length penalty, every tier
+    served = routers["obvious"]  # still at the served γ and tier window, no length penalty
     sources = {}
     for weighting in args.prompt_weightings:
         served.counts = PROMPT_WEIGHTINGS[weighting](counts).astype(np.float32)

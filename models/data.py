@@ -514,9 +514,17 @@ def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.n
 
 def source_weights(battles: pd.DataFrame) -> np.ndarray:
     """Per-battle weights that give each source family the same total, mean 1 over the table."""
-    family = battles["source"].map(source_family)
-    counts = family.map(family.value_counts()).to_numpy(dtype=np.float64)
-    return len(battles) / (family.nunique() * counts)
+    return _equal_share_weights(battles["source"].map(source_family))
+
+
+def prompt_weights(battles: pd.DataFrame) -> np.ndarray:
+    """Per-battle weights that give each prompt the same total, mean 1 over the table."""
+    return _equal_share_weights(battles["prompt"])
+
+
+def _equal_share_weights(groups: pd.Series) -> np.ndarray:
+    counts = groups.map(groups.value_counts()).to_numpy(dtype=np.float64)
+    return len(groups) / (groups.nunique() * counts)
 
 
 def save(td: TrainingData, out: Path) -> str:

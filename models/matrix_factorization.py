@@ -39,6 +39,9 @@ class MFConfig:
     # Every source family gets the same total loss weight: MMLU-Pro's 32 runs make ~80 % of all battles, and
     # unweighted they decide the one linear direction a pair routes on everywhere else too.
     balance_sources: bool = False
+    # Every prompt gets the same total loss weight: a correctness source turns n runs on a question into
+    # n(n-1)/2 battles, so without it MMLU-Pro and Faithful-CoT questions outweigh an arena prompt many times over.
+    balance_prompts: bool = False
     seed: int = 0
 
 
@@ -101,6 +104,10 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
         from models.data import source_weights
 
         weight = weight * torch.from_numpy(source_weights(battles).astype(np.float32))
+    if config.balance_prompts:
+        from models.data import prompt_weights
+
+        weight = weight * torch.from_numpy(prompt_weights(battles).astype(np.float32))
     q = torch.from_numpy(prompt_ids)
 
     val_prompts = rng.random(len(prompts)) < config.val_fraction

@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 # benchmarks together with the tier count (loadtest/dev_choices.py, BENCHMARKS.md): the mean dev APGR is nearly
 # flat in γ, while the obvious-prompts check needs some locality and loses it again when γ is very large.
 GAMMA = 1e3
+# The Bradley–Terry fit covers the tiers from the pair's upper one − TIER_WINDOW to its lower one + TIER_WINDOW
+# (None: every tier). With 0, battles of far weaker models (Faithful-CoT's code-davinci-001, tiers below the weak
+# model) do not move the pair's gap. Chosen on the dev benchmarks with the prompt weighting (BENCHMARKS.md).
+TIER_WINDOW: int | None = 0
 # Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
 DENSE_FRACTION = 8
 
@@ -64,7 +68,7 @@ class SWRankingRouter(Router):
 
     def __init__(self, store, counts: np.ndarray, embedding_sum: np.ndarray, tiers: dict[str, int], embedder=None, *,
                  strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK, gamma: float = GAMMA, k: int | None = None,
-                 l2: float = 1e-2, n_steps: int = 8, batch_size: int = 64) -> None:
+                 tier_window: int | None = TIER_WINDOW, l2: float = 1e-2, n_steps: int = 8, batch_size: int = 64) -> None:
         self.store = store
         self.embedder = embedder
         self.counts = counts.astype(np.float32)  # float32 halves the gather traffic; sums stay float64
@@ -76,7 +80,10 @@ class SWRankingRouter(Router):
         self.strong_tier, self.weak_tier = tiers[strong], tiers[weak]
         if self.strong_tier == self.weak_tier:
             raise ConfigError(f"strong {strong!r} and weak {weak!r} share tier {self.strong_tier}; SW cannot tell them apart")
-        self.gamma, self.k, self.l2, self.n_steps, self.batch_size = gamma, k, l2, n_steps, batch_size
+        if tier_window is not None and tier_window < 0:
+            raise ConfigError(f"tier_window must be a whole number ≥ 0 or null (every tier), got {tier_window}")
+        self.gamma, self.k, self.tier_window = gamma, k, tier_window
+        self.l2, self.n_steps, self.batch_size = l2, n_steps, batch_size
         # Σ of all indexed prompt embeddings: gives the exact mean similarity of the prompts outside the top-k.
         self.embedding_sum = np.asarray(embedding_sum, dtype=np.float64)
         # The exact scan needs every indexed vector; load them now so the first request does not pay for it.
@@ -125,9 +132,23 @@ class SWRankingRouter(Router):
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))
         for start in range(0, len(queries), self.batch_size):
-            xi = bradley_terry.fit(self.win_matrices(queries[start: start + self.batch_size]), self.l2, self.n_steps)
-            out[start: start + self.batch_size] = 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier] - xi[:, self.weak_tier])))
+            out[start: start + self.batch_size] = self.pair_p_strong(self.win_matrices(queries[start: start + self.batch_size]))
         return out
+
+    def pair_p_strong(self, wins: np.ndarray) -> np.ndarray:
+        """p_strong from weighted tier win matrices (B, T, T): Bradley–Terry over the pair's tier window only."""
+        lo, hi = self.tier_range
+        xi = bradley_terry.fit(np.ascontiguousarray(wins[:, lo:hi + 1, lo:hi + 1], dtype=np.float64), self.l2, self.n_steps)
+        return 1.0 / (1.0 + np.exp(-(xi[:, self.strong_tier - lo] - xi[:, self.weak_tier - lo])))
+
+    @property
+    def tier_range(self) -> tuple[int, int]:
+        """(first, last) tier in the fit: from the pair's upper tier − tier_window to its lower tier + tier_window."""
+        n_tiers = self.counts.shape[1]
+        if self.tier_window is None:
+            return 0, n_tiers - 1
+        upper, lower = sorted((self.strong_tier, self.weak_tier))
+        return max(upper - self.tier_window, 0), min(lower + self.tier_window, n_tiers - 1)
 
     # ----------------------------------------------------------------------------------------- artifacts
 

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="mf, bert, causal_llm: random seed (default 0)")
     train.add_argument("--balance-sources", action=argparse.BooleanOptionalAction, default=None,
                        help="mf: give every source family the same total loss weight (default: MFConfig)")
+    train.add_argument("--balance-prompts", action=argparse.BooleanOptionalAction, default=None,
+                       help="mf: give every prompt the same total loss weight (default: MFConfig)")
     train.add_argument("--strong", help="bert, causal_llm: strong model whose tier the labels are read for "
                        "(default gpt-4-1106-preview); serving checks it against routers.strong_model")
     train.add_argument("--weak", help="bert, causal_llm: weak model (default Mixtral-8x7B-Instruct-v0.1)")
@@ -210,7 +212,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from models.pipeline import train, trainer_config
 
     flags = {"factory": args.factory, "epochs": args.epochs, "seed": args.seed, "max_steps": args.max_steps,
-             "base": args.base, "strong": args.strong, "weak": args.weak, "balance_sources": args.balance_sources}
+             "base": args.base, "strong": args.strong, "weak": args.weak, "balance_sources": args.balance_sources,
+             "balance_prompts": args.balance_prompts}
     given = {k: v for k, v in flags.items() if v is not None}
     trainer_config(args.router, given)  # an option the router does not take fails before the embedder loads
     folder = train(_context(args), args.router, given)

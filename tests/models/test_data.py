@@ -158,6 +158,12 @@ def test_source_weights_give_each_family_the_same_total():
     assert w[:90].sum() == pytest.approx(w[90:].sum()) and w.mean() == pytest.approx(1.0)
 
 
+def test_prompt_weights_give_each_prompt_the_same_total():
+    table = pd.concat([_battles(["a"] * 90, "mmlu-pro"), _battles(["b"] * 5, "routerdc/x"), _battles(["c"] * 5, "routerdc/y")])
+    w = data.prompt_weights(table.reset_index(drop=True))
+    assert w[:90].sum() == pytest.approx(w[90:95].sum()) == pytest.approx(w[95:].sum()) and w.mean() == pytest.approx(1.0)
+
+
 def test_unknown_source_and_tier_weighting_are_config_errors(tmp_path):
     from index.errors import ConfigError
 

@@ -43,9 +43,10 @@ def _router(trained, **options):
     return sw_ranking.SWRankingRouter.from_artifacts(root, embedder=embedder, strong="strong-1", weak="weak-1", **options)
 
 
-def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
+def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2, last_tier=3):
     """The paper's computation, battle by battle: weight every battle by its prompt's similarity and by
-    mean / (its prompt's battle count) (one prompt, one vote), refit BT over tiers."""
+    mean / (its prompt's battle count) (one prompt, one vote, counted over all tiers as `train` does), refit BT
+    over tiers 0..last_tier (the strong-1/weak-1 pair's window 0 ends at tier 2)."""
     b = td.battles
     ta, tb = b["model_a"].map(TIERS).to_numpy(), b["model_b"].map(TIERS).to_numpy()
     keep = ta != tb
@@ -54,18 +55,28 @@ def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2):
     sims = embedder.embed(b["prompt"].tolist()) @ embedder.embed([query])[0]
     w = gamma ** (1 + sims / sims.max()) * (len(b) / b["prompt"].nunique()) / per_prompt
     o = b["winner"].map({"model_a": 1.0, "model_b": 0.0, "tie": 0.5}).to_numpy()
-    xi = _reference(ta, tb, o, 4, w, l2)
+    fit = (ta <= last_tier) & (tb <= last_tier)
+    xi = _reference(ta[fit], tb[fit], o[fit], last_tier + 1, w[fit], l2)
     return 1 / (1 + np.exp(-(xi[0] - xi[2])))
 
 
 @pytest.mark.parametrize("gamma", [10.0, sw_ranking.GAMMA])  # RouteLLM's γ and the one chosen on dev
-def test_k_all_equals_brute_force(trained, gamma):
+@pytest.mark.parametrize("tier_window, last_tier", [(None, 3), (0, 2), (1, 3)])
+def test_k_all_equals_brute_force(trained, gamma, tier_window, last_tier):
     td, embedder, _ = trained
-    router = _router(trained, k=10_000, gamma=gamma)
+    router = _router(trained, k=10_000, gamma=gamma, tier_window=tier_window)
     queries = ["math equation algebra item 5", "chat greeting hello item 8", "something else entirely"]
     got = router.score(queries)
-    want = [_brute_force(td, embedder, q, gamma=gamma) for q in queries]
+    want = [_brute_force(td, embedder, q, gamma=gamma, last_tier=last_tier) for q in queries]
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_the_tier_window_leaves_far_tiers_out_of_the_fit(trained):
+    assert _router(trained).tier_window == sw_ranking.TIER_WINDOW == 0
+    queries = ["math equation algebra item 5", "chat greeting hello item 8"]
+    assert not np.allclose(_router(trained, tier_window=None).score(queries), _router(trained).score(queries), rtol=1e-3)
+    with pytest.raises(ConfigError, match="tier_window"):
+        _router(trained, tier_window=-1)
 
 
 def test_a_prompt_weighs_once_however_often_it_was_fought_over(trained, tmp_path):
