@@ -41,7 +41,8 @@ class MFConfig:
     balance_sources: bool = False
     # Every prompt gets the same total loss weight: a correctness source turns n runs on a question into
     # n(n-1)/2 battles, so without it MMLU-Pro and Faithful-CoT questions outweigh an arena prompt many times over.
-    balance_prompts: bool = False
+    # On by default since it won on the dev benchmarks (BENCHMARKS.md, "Choices").
+    balance_prompts: bool = True
     seed: int = 0
 
 
