@@ -1,8 +1,9 @@
-"""Two SW variants tried against the obvious-prompts miss, scored on the dev benchmarks and the obvious check.
+"""SW variants tried against the obvious-prompts miss, scored on the dev benchmarks and the obvious check.
 
-The served SW router puts easy arithmetic and unit conversions above most hard prompts because their neighbours are
-Faithful-CoT word problems (BENCHMARKS.md "Against the targets"). Two changes to the kernel or the fit, each a
-plausible fix, are measured here with the served data, tiers and tie rule (nothing is retrained):
+With battle weighting the SW router put easy arithmetic and unit conversions above most hard prompts
+(BENCHMARKS.md "Choices" and "Against the targets"). Three changes to the kernel or the fit, each a plausible fix,
+are measured here with the served data, tiers and tie rule (nothing is retrained; the prompt weighting and the
+tier window 0 won and are served):
 
 - `length_penalty` λ: similarity S_i − λ·|log(1 + words_q) − log(1 + words_i)| in the weight γ^(1 + S'/max S'),
   so that neighbours are also alike in length (within a topic, longer word problems take more steps).

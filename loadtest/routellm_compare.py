@@ -146,7 +146,8 @@ def export(home: Path, data: Path, out: Path, pool: int, seed: int) -> tuple[obj
     from models.sw_ranking import SWRankingRouter
 
     td = training.load(home / "data")
-    router = SWRankingRouter.from_artifacts(home / "routers", gamma=ROUTELLM_GAMMA, k=None)
+    # The paper's fit, which is what RouteLLM computes: every tier in it (served: the pair's window only).
+    router = SWRankingRouter.from_artifacts(home / "routers", gamma=ROUTELLM_GAMMA, k=None, tier_window=None)
     if router.tiers != td.tiers:
         raise ArtifactError("the SW artifact's tiers differ from artifacts/data; "
                             "rebuild with `turnout train sw_ranking`")
@@ -154,8 +155,10 @@ def export(home: Path, data: Path, out: Path, pool: int, seed: int) -> tuple[obj
     # The artifact's index holds the sorted unique prompts of the cross-tier battles; rebuilding the counts from
     # the battles table both checks that the artifact belongs to this table and gives the prompt order.
     prompts, counts = bradley_terry.prompt_tier_counts(td.battles, td.tiers, n_tiers)
-    if len(prompts) != router.store.ntotal or not np.allclose(counts, router.counts):
+    if len(prompts) != router.store.ntotal or not np.allclose(bradley_terry.equal_prompt_weight(counts), router.counts):
         raise ArtifactError("the SW artifact does not match artifacts/data; rebuild with `turnout train sw_ranking`")
+    # RouteLLM weighs each battle, not each prompt: compare with the unscaled counts.
+    router.counts, router.total = counts.astype(np.float32), counts.sum(axis=0)
 
     battles = td.battles
     tier_a, tier_b = battles["model_a"].map(td.tiers), battles["model_b"].map(td.tiers)
