@@ -59,6 +59,8 @@ GAMMA = 1e3
 # (None: every tier). With 0, battles of far weaker models (Faithful-CoT's code-davinci-001, tiers below the weak
 # model) do not move the pair's gap. Chosen on the dev benchmarks with the prompt weighting (BENCHMARKS.md).
 TIER_WINDOW: int | None = 0
+# How `train` weights the per-prompt counts (module docstring), recorded in the manifest and checked on load.
+PROMPT_WEIGHTING = "equal"
 # Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
 DENSE_FRACTION = 8
 
@@ -80,7 +82,7 @@ class SWRankingRouter(Router):
         self.strong_tier, self.weak_tier = tiers[strong], tiers[weak]
         if self.strong_tier == self.weak_tier:
             raise ConfigError(f"strong {strong!r} and weak {weak!r} share tier {self.strong_tier}; SW cannot tell them apart")
-        if tier_window is not None and tier_window < 0:
+        if tier_window is not None and (not isinstance(tier_window, int) or tier_window < 0):
             raise ConfigError(f"tier_window must be a whole number ≥ 0 or null (every tier), got {tier_window}")
         self.gamma, self.k, self.tier_window = gamma, k, tier_window
         self.l2, self.n_steps, self.batch_size = l2, n_steps, batch_size
@@ -158,6 +160,9 @@ class SWRankingRouter(Router):
 
         folder = Path(root) / "sw_ranking"
         store = VectorStore.load(folder, embedder=getattr(embedder, "name", None))
+        if store.manifest.get("prompt_weighting") != PROMPT_WEIGHTING:  # an older turnout's battle-weighted counts
+            raise ArtifactError(f"SW artifact at {folder} was built without per-prompt weighting by an older turnout; "
+                                "rebuild with `turnout train sw_ranking`")
         try:
             counts = np.load(folder / "counts.npy")
             embedding_sum = np.load(folder / "embedding_sum.npy")
@@ -188,7 +193,8 @@ def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress
     vectors = embedder.embed(list(prompts), progress=progress)
     store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,
                               data_hash=td.report.get("data_hash", ""),
-                              extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers})
+                              extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers,
+                                     "prompt_weighting": PROMPT_WEIGHTING})
     folder = Path(out_root) / "sw_ranking"
     with atomic_dir(folder) as tmp:
         np.save(tmp / "counts.npy", counts.astype(np.float32))

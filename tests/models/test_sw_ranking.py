@@ -75,8 +75,22 @@ def test_the_tier_window_leaves_far_tiers_out_of_the_fit(trained):
     assert _router(trained).tier_window == sw_ranking.TIER_WINDOW == 0
     queries = ["math equation algebra item 5", "chat greeting hello item 8"]
     assert not np.allclose(_router(trained, tier_window=None).score(queries), _router(trained).score(queries), rtol=1e-3)
-    with pytest.raises(ConfigError, match="tier_window"):
-        _router(trained, tier_window=-1)
+    for bad in (-1, 0.5):
+        with pytest.raises(ConfigError, match="tier_window"):
+            _router(trained, tier_window=bad)
+
+
+def test_an_artifact_without_prompt_weighting_is_refused(trained, tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(trained[2] / "sw_ranking", tmp_path / "sw_ranking")
+    manifest = tmp_path / "sw_ranking" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    del meta["prompt_weighting"]
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="rebuild with `turnout train sw_ranking`"):
+        sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=trained[1])
 
 
 def test_a_prompt_weighs_once_however_often_it_was_fought_over(trained, tmp_path):
