@@ -10,9 +10,10 @@ tier window 0 won and are served):
 - `tier_window` m: fit Bradley–Terry only over the tiers from the pair's upper tier − m to its lower tier + m,
   so that battles of far weaker models (code-davinci-001 in Faithful-CoT) do not move the pair's gap.
 - `prompt_weighting`: "battles" (the paper's: a prompt weighs by its battle count) or "prompt" (served since it
-  won here: every prompt's tier counts scaled to the mean battle count, `bradley_terry.equal_prompt_weight`). A correctness source turns n model runs on one question into
-  n(n−1)/2 battles, so an MMLU-Pro or Faithful-CoT question (30+ runs) outweighs a RouterDC one (7 runs) twentyfold
-  in the kernel, though each is one question; "prompt" makes the kernel weigh questions, as it does for Arena data.
+  won here: every prompt's tier counts scaled to the mean battle count, `bradley_terry.equal_prompt_weight`).
+  A correctness source turns n model runs on one question into n(n−1)/2 battles, so an MMLU-Pro or Faithful-CoT
+  question (30+ runs) outweighs a RouterDC one (7 runs) twentyfold in the kernel, though each is one question;
+  "prompt" makes the kernel weigh questions, as it does for Arena data.
 
 It also writes, per prompt weighting, each obvious-prompt kind's mean p_strong and the share of its weight in the
 fit (kernel weight × the prompt's counted battles) that each training source carries (what "their neighbours are
@@ -122,10 +123,11 @@ def main(argv: list[str] | None = None) -> None:
                                strong=strong, weak=weak, prompt_log_words=log_words(prompts))
                for name, (strong, weak) in pairs.items()}
     family = td.battles.drop_duplicates("prompt").set_index("prompt")["source"].str.split("/").str[0]
+    weighted = {w: PROMPT_WEIGHTINGS[w](counts).astype(np.float32) for w in args.prompt_weightings}
     served = routers["obvious"]  # still at the served γ and tier window, no length penalty
     sources = {}
     for weighting in args.prompt_weightings:
-        served.counts = PROMPT_WEIGHTINGS[weighting](counts).astype(np.float32)
+        served.counts = weighted[weighting]
         sources[weighting] = neighbour_sources(served, family.loc[prompts].to_numpy(), obvious["prompt"].tolist(),
                                                (obvious["label"] + "/" + obvious["kind"]).tolist())
     rows = []
@@ -133,10 +135,9 @@ def main(argv: list[str] | None = None) -> None:
                                                                args.length_penalties, args.tier_windows):
         row = {"prompt_weighting": weighting, "gamma": gamma, "length_penalty": penalty,
                "tier_window": None if window < 0 else window, "apgr": {}}
-        weighted = PROMPT_WEIGHTINGS[weighting](counts).astype(np.float32)
         for router in routers.values():
             router.gamma, router.length_penalty, router.tier_window = gamma, penalty, row["tier_window"]
-            router.counts = weighted
+            router.counts = weighted[weighting]
         for name, bench in benches.items():
             row["apgr"][name] = summarize(routers[name].score_prompts(bench.prompts), bench.strong, bench.weak)["apgr"]
         row["mean_dev_apgr"] = float(np.mean(list(row["apgr"].values())))
