@@ -8,9 +8,15 @@
   listens on 127.0.0.1 only, says so at start).
 - Rate: a token bucket per key (`requests_per_s`, `burst`); empty -> 429 with Retry-After (seconds until the
   next token).
-- Strong budget: per key, the share of strong decisions over its last `strong_window` decisions is capped at
-  `max_strong_share`; a request that would go strong beyond the cap is refused with 429 and Retry-After instead
-  of silently sent weak (the caller chose a router or threshold; a quiet downgrade would hide the cap).
+- Strong budget: per key, the share of strong calls over its last `strong_window` billed upstream calls (chat
+  completions an upstream answered, counted by the model that answered; never /v1/route decisions) is capped at
+  `max_strong_share`. A call the router sends strong beyond the cap is refused with 429 and Retry-After instead of
+  silently sent weak (the caller chose a router or threshold; a quiet downgrade would hide the cap); a call that
+  was going strong only as a fallback goes weak instead. Calls in flight count as strong from the decision on, so
+  concurrent requests cannot all pass one check. A key's first call may be strong unless the cap is 0.
+- Fleet: limits live in each ingress replica's memory. The rate and burst are divided by
+  `ingress_replicas` (the fleet then allows the configured rate when Serve spreads a key's calls evenly); the
+  share needs no division (each replica holds it on its sample). A restart starts every key afresh.
 
 Keys are identified in logs and limits by the first 12 hex digits of their digest, never by the key.
 """
@@ -97,6 +103,13 @@ class KeyRing:
         return presented.hex()[:12]
 
 
+class Forbidden(TurnoutError):
+    """A valid key asked for something it may not (its own threshold)."""
+
+    http_status = 403
+    code = "threshold_not_allowed"
+
+
 class TokenBucket:
     """`rate` tokens per second up to `burst`; `take()` one or RateLimited with the wait until the next."""
 
@@ -115,32 +128,74 @@ class TokenBucket:
 
 
 class StrongBudget:
-    """The last `window` decisions of one key; `check(strong)` refuses a strong one past `max_share`."""
+    """One key's last `window` billed calls (True: strong) and its strong calls in flight."""
 
     def __init__(self, max_share: float, window: int) -> None:
         self.max_share, self.window = max_share, window
-        self.decisions: deque[bool] = deque(maxlen=window)
+        self.calls: deque[bool] = deque(maxlen=window)
         self.n_strong = 0
+        self.pending_strong = 0  # strong calls decided and not yet settled: counted as billed
 
-    def check(self, strong: bool, retry_after: float) -> None:
-        if strong and len(self.decisions) >= 1 and (self.n_strong + 1) / (len(self.decisions) + 1) > self.max_share:
-            raise RateLimited(f"strong-call budget: at most {self.max_share:.0%} of this key's last {self.window} "
-                              "calls may go to the strong model", retry_after, code="strong_budget_exceeded")
-        if len(self.decisions) == self.window:
-            self.n_strong -= self.decisions[0]
-        self.decisions.append(strong)
+    def allows_strong(self) -> bool:
+        """Whether one more strong call keeps the share within the cap (a first call only if the cap is above 0)."""
+        strong, n = self.n_strong + self.pending_strong, len(self.calls) + self.pending_strong
+        if n == 0:
+            return self.max_share > 0
+        return (strong + 1) / (n + 1) <= self.max_share
+
+    def record(self, strong: bool) -> None:
+        if len(self.calls) == self.window:
+            self.n_strong -= self.calls[0]
+        self.calls.append(strong)
         self.n_strong += strong
 
 
+class Charge:
+    """One chat call's claim on its key's strong budget, from the routing decision to the upstream's answer:
+    `move` to another side (a fallback) only where the budget allows it, `settle` once with whether an upstream
+    billed the call. Without a budget every side is allowed and nothing is recorded."""
+
+    def __init__(self, budget: StrongBudget | None, side: str) -> None:
+        self.budget, self.side = budget, None
+        if not self.move(side):
+            raise ValueError("Charge of a side the budget refuses: check allowed() first")
+
+    def allowed(self, side: str) -> bool:
+        return self.budget is None or side != "strong" or self.side == "strong" or self.budget.allows_strong()
+
+    def move(self, side: str) -> bool:
+        if not self.allowed(side):
+            return False
+        if self.budget is not None:
+            self.budget.pending_strong += (side == "strong") - (self.side == "strong")
+        self.side = side
+        return True
+
+    def settle(self, billed: bool) -> None:
+        if self.budget is not None and self.side is not None:
+            self.budget.pending_strong -= self.side == "strong"
+            if billed:
+                self.budget.record(self.side == "strong")
+        self.side = None
+
+
 class Limits:
-    """Per-key token buckets and strong budgets, created on a key's first request."""
+    """Per-key token buckets and strong budgets, created on a key's first request. Rate and burst are this
+    replica's part of the fleet's (divided by `replicas`)."""
 
     def __init__(self, requests_per_s: float | None, burst: int, max_strong_share: float | None, strong_window: int,
-                 clock=time.monotonic) -> None:
-        self.requests_per_s, self.burst, self.clock = requests_per_s, burst, clock
+                 replicas: int = 1, clock=time.monotonic) -> None:
+        self.requests_per_s = None if requests_per_s is None else requests_per_s / replicas
+        self.burst, self.clock = max(1, math.ceil(burst / replicas)), clock
         self.max_strong_share, self.strong_window = max_strong_share, strong_window
         self.buckets: dict[str, TokenBucket] = {}
         self.budgets: dict[str, StrongBudget] = {}
+
+    @classmethod
+    def from_config(cls, limits, clock=time.monotonic) -> Limits:
+        """From `api.limits` (serve.config.KeyLimitsConfig)."""
+        return cls(limits.requests_per_s, limits.burst, limits.max_strong_share, limits.strong_window,
+                   limits.ingress_replicas, clock)
 
     def admit(self, key: str) -> None:
         if self.requests_per_s is not None:
@@ -148,14 +203,29 @@ class Limits:
                 key, TokenBucket(self.requests_per_s, self.burst, self.clock))
             bucket.take()
 
-    def strong(self, key: str, strong: bool) -> None:
-        if self.max_strong_share is None:
-            return
-        budget = self.budgets.get(key) or self.budgets.setdefault(
-            key, StrongBudget(self.max_strong_share, self.strong_window))
-        # a strong share falls as weak calls arrive; at the key's own rate, about one call's time per window slot
-        retry = 1.0 / self.requests_per_s if self.requests_per_s else 1.0
-        budget.check(strong, max(1.0, retry))
+    def charge(self, key: str, side: str, fallback: bool = False) -> Charge:
+        """The claim of one call going to `side`. A strong call past the cap: 429 strong_budget_exceeded, or the
+        weak side where strong was only a fallback (`fallback`)."""
+        budget = None
+        if self.max_strong_share is not None:
+            budget = self.budgets.get(key) or self.budgets.setdefault(
+                key, StrongBudget(self.max_strong_share, self.strong_window))
+        if side == "strong" and budget is not None and not budget.allows_strong():
+            if fallback:
+                return Charge(budget, "weak")
+            # a strong share falls as weak calls arrive; at the key's own rate, about one call's time per slot
+            retry = max(1.0, 1.0 / self.requests_per_s if self.requests_per_s else 1.0)
+            raise RateLimited(f"strong-call budget: at most {self.max_strong_share:.0%} of this key's last "
+                              f"{self.strong_window} calls may go to the strong model", retry,
+                              code="strong_budget_exceeded")
+        return Charge(budget, side)
+
+
+def may_choose_threshold(setting, key: str) -> bool:
+    """Whether `key` may bring its own threshold (api.auth.client_thresholds: "all", "none" or key ids)."""
+    if setting == "all":
+        return True
+    return setting != "none" and key in setting
 
 
 def retry_after_header(seconds: float) -> str:

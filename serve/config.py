@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 APP_IMPORT_PATH = "serve.app:build_app"
 APP_NAME = "turnout"
 SIDES = ("strong", "weak")
+# The OpenAI chat-completion request fields forwarded upstream by default (api.forward_fields). Left out on
+# purpose: billing and storage switches (`service_tier`, `store`, `metadata`) and server-specific ones such as
+# vLLM's `priority` and `request_id`, which would let a client jump queues or collide with others' ids.
+OPENAI_CHAT_FIELDS = (
+    "messages", "model", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens",
+    "max_completion_tokens", "stop", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+    "top_logprobs", "user", "seed", "tools", "tool_choice", "parallel_tool_calls", "response_format", "functions",
+    "function_call", "reasoning_effort", "modalities", "audio", "prediction",
+)
 # Enabled when a config names none: everything `turnout serve` can build on a fresh machine by itself.
 DEFAULT_ROUTERS = ("sw_ranking", "mf", "length", "random")
 
@@ -133,6 +142,22 @@ class ControllerConfig(_Strict):
         description="live decisions needed before the threshold leaves its offline starting value when no "
         "reference scores seed the window",
     )
+    max_key_share: float = Field(
+        0.25,
+        gt=0.0,
+        le=1.0,
+        description="most of the window one API key's scores may hold (with auth on); a key at its share replaces "
+        "its own oldest score, so whatever one key sends, the threshold for a strong share r stays between the "
+        "other traffic's quantiles at 1 - r/(1 - c) and 1 - (r - c)/(1 - c) for this share c. Smaller protects "
+        "tenants from each other more; with few keys the reference scores then fill the rest of the window "
+        "(1.0 for a single-key gateway)",
+    )
+    learn_from_route: bool = Field(
+        False,
+        description="whether /v1/route decisions feed the window too (for gateways that route with /v1/route and "
+        "call the models themselves). Otherwise only chat completions feed it, and only the ones the controller "
+        "decided (not a client's own threshold or strong_ratio) that an upstream answered",
+    )
 
 
 class RoutingConfig(_Strict):
@@ -205,6 +230,13 @@ class AuthConfig(_Strict):
     api_keys_file: str | None = Field(
         None, description="a file with one key (or sha256:<hex>) per line, e.g. a mounted Kubernetes Secret")
     api_keys_env: str | None = Field(None, description="environment variable with comma-separated keys")
+    client_thresholds: Literal["all", "none"] | list[str] = Field(
+        "all", description="keys that may choose their own threshold or strong_ratio (`threshold`, `strong_ratio`, "
+        "`router-<name>-<threshold>`; others get 403 threshold_not_allowed): all, none, or a list of key ids "
+        "(the first 12 hex digits of a key's SHA-256, as logs show them)")
+    allow_public_without_auth: bool = Field(
+        False, description="serve on a non-loopback address with no keys configured; without this, `turnout serve` "
+        "and `turnout deploy render` refuse such a config")
 
     @property
     def configured(self) -> bool:
@@ -218,7 +250,16 @@ class KeyLimitsConfig(_Strict):
     burst: int = Field(20, ge=1, description="requests a key may send at once above its rate (token bucket size)")
     max_strong_share: float | None = Field(
         None, ge=0.0, le=1.0, description="most of a key's recent calls that may go to the strong model; null: no cap")
-    strong_window: int = Field(200, ge=1, description="recent calls per key the strong share is measured over")
+    strong_window: int = Field(200, ge=1, description="recent billed calls per key the strong share is measured over")
+    max_n: int = Field(4, ge=1, description="largest `n` (completions per call) a chat request may ask for")
+    max_tokens: int | None = Field(
+        None, ge=1, description="largest `max_tokens` / `max_completion_tokens` a chat request may ask for; null: "
+        "the upstream's own limit")
+    ingress_replicas: int = Field(
+        1, ge=1, description="ingress replicas the limits are shared across: each replica enforces requests_per_s "
+        "and burst divided by this (rounded up), so the fleet allows the configured rate; set it to the "
+        "deployment's num_replicas (`turnout serve` and `turnout deploy render` fill it from a fixed "
+        "num_replicas, or max_replicas with autoscaling)")
 
 
 class ApiConfig(_Strict):
@@ -230,10 +271,17 @@ class ApiConfig(_Strict):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="largest request body accepted, in bytes (413 beyond it): a chat "
         "request of this size is far beyond what the router scores (scoring.max_chars) or an upstream accepts")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="the longest a client may take to send its whole body (408 body_timeout beyond "
+        "it); the key is checked from the headers before any body byte is read")
+    forward_fields: list[str] = Field(
+        default_factory=lambda: list(OPENAI_CHAT_FIELDS),
+        description="chat request fields forwarded upstream (`model` is always replaced); a request with any "
+        "other field is refused (422), so nothing a client sends reaches an upstream unchecked")
     docs: bool = Field(
         False, description="serve the interactive docs at /docs and /redoc; their pages load scripts from a CDN, "
         "which an offline or locked-down deployment cannot reach, so they are off unless asked for. "
-        "/openapi.json (the schema itself) is always served")
+        "/openapi.json (the schema itself) is always served, behind the key when auth is on")
 
 
 # ---------------------------------------------------------------------------------------------- upstreams
@@ -249,6 +297,12 @@ class UpstreamConfig(_Strict):
         600.0, gt=0, description="read timeout: the longest the upstream may stay silent, waiting for the answer's "
         "first bytes or between two chunks of a stream (a long generation may stream for longer in total)")
     connect_timeout_s: float = Field(3.0, gt=0, description="connect timeout: an unreachable upstream fails fast")
+    total_timeout_s: float = Field(
+        900.0, gt=0, description="the longest a non-streamed answer may take from the send to its last byte "
+        "(502 upstream_failed beyond it)")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest non-streamed answer read from the upstream (502 "
+        "upstream_failed beyond it)")
 
     @field_validator("base_url")
     @classmethod
@@ -268,8 +322,12 @@ class UpstreamsConfig(_Strict):
                                                api_key_env="TURNOUT_WEAK_API_KEY"),
         description="where calls routed to the weak model go")
     fallback_on_error: bool = Field(
-        True, description="if the chosen upstream cannot be reached, send the call to the other side"
+        True, description="if the chosen upstream cannot be reached (connect-phase failures only: nothing was "
+        "sent, nothing can be billed), send the call to the other side, within the key's strong-call budget"
     )
+    fallback_on_503: bool = Field(
+        False, description="also send a call to the other side when the chosen upstream answers 503 (only "
+        "where a 503 means the upstream refused before generating; behind a load balancer it may not)")
 
 
 # ------------------------------------------------------------------------------------------------ backends

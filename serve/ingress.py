@@ -7,8 +7,10 @@ metrics are here. Only work that needs its own resources (a model, an index, a G
 
 Each router has a `StrongRatioController` (`serve.controller`): a fixed threshold from the config, or the
 configured strong_ratio held on live traffic, starting from the offline calibration (reference scores written
-by `turnout prepare` / `turnout serve`, else `turnout calibrate`'s threshold, else 1 - strong_ratio). A request
-may bring its own threshold or strong_ratio; its decision still counts in the window and in the realised ratio.
+by `turnout prepare` / `turnout serve`, else `turnout calibrate`'s threshold, else 1 - strong_ratio). The window
+learns only from chat calls the controller itself decided and an upstream answered (not a request's own threshold
+or strong_ratio, not a call refused or failed, not /v1/route unless `routing.controller.learn_from_route`), and
+one key holds at most `routing.controller.max_key_share` of it: no tenant can steer the others' threshold.
 Controllers are per replica: with N ingress replicas each holds the target on the traffic it sees (Serve spreads
 requests evenly, so each sees a sample of the same mix and the fleet's share converges to the same target, more
 slowly, each window filling at 1/N of the rate); /v1/routers shows the answering replica's window. Thresholds and
@@ -20,7 +22,8 @@ Endpoints:
   streaming is passed through byte for byte; the decision is in `x-turnout-*` response headers
 - `GET /v1/models`, `GET /v1/routers` (thresholds and realised strong ratios), `GET /healthz`, `GET /readyz`
 - `/openapi.json`; interactive docs at `/docs` only with `api.docs` (they load from a CDN)
-- API keys, per-key rate and strong-call limits, body size limit: `api` config, `serve/auth.py`
+- API keys, per-key rate and strong-call limits: `api` config, `serve/auth.py`; the key and the rate are checked
+  from the headers before any body byte is read, and the body has a size limit and a deadline (`Gate`)
 
 Errors: every `TurnoutError` becomes its `http_status` with an OpenAI-style `{"error": {...}}` body in one
 handler; malformed JSON is 400, a body that fails validation 422, each with a message that names the field.
@@ -42,10 +45,14 @@ from typing import Any
 
 from index.errors import ConfigError, ScoringError, TurnoutError, first_line
 from serve.config import SIDES, TurnoutConfig
-from serve.auth import KeyRing, Limits, RateLimited, Unauthorized, load_digests, retry_after_header
+from serve.auth import (
+    Forbidden, KeyRing, Limits, RateLimited, Unauthorized, load_digests, may_choose_threshold, retry_after_header,
+)
 from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
+    BodyTimeout,
+    BodyTooLarge,
     ChatCompletionRequest,
     ErrorResponse,
     MalformedBody,
@@ -58,6 +65,7 @@ from serve.protocol import (
     parse_model,
     scorable,
     scoring_text,
+    upstream_body,
 )
 
 log = logging.getLogger(__name__)
@@ -66,7 +74,8 @@ log = logging.getLogger(__name__)
 # started with a shorter interval (the tests') sets TURNOUT_GAUGE_REFRESH_S to match.
 GAUGE_REFRESH_S = float(os.environ.get("TURNOUT_GAUGE_REFRESH_S", "5.0"))
 READY_FRESH_S = 10.0  # a backend heard from this recently counts as ready without another call
-UNAVAILABLE_STATUS = (502, 503, 504)  # an upstream answering these has produced nothing: safe to retry elsewhere
+OPEN_PATHS = ("/healthz", "/readyz")  # the only paths answered without a key
+MAX_REPORTED_ERRORS = 20  # validation errors named in one 422 message; the rest are counted
 
 
 # The error answers of the POST endpoints as the OpenAPI document declares them (README's Errors table), each with
@@ -75,13 +84,16 @@ ERROR_RESPONSES = {
     400: "`malformed_json`: the body is not JSON (or not UTF-8); `invalid_option`: an unknown router, a bad "
          "strong_ratio or threshold",
     401: "`unauthorized`: auth is on and no valid `Authorization: Bearer` key was sent",
+    403: "`threshold_not_allowed`: the key may not choose its own threshold or strong_ratio",
+    408: "`body_timeout`: the body took longer than api.body_timeout_s to arrive",
     413: "`body_too_large`: the body is over api.max_body_bytes",
     422: "`invalid_request`: the body does not match the schema (the message names the field); `invalid_input`: "
          "unusable content, e.g. nothing to score in the messages",
     429: "`rate_limited` / `strong_budget_exceeded`: over the key's request rate / strong-call share (Retry-After)",
     500: "`internal`: a bug",
     502: "`upstream_unavailable`: no upstream could be reached; `upstream_failed`: the chosen upstream failed after "
-         "the request was sent",
+         "the request was sent (its answer too large or too slow included); `upstream_auth_failed`: the upstream "
+         "refused turnout's own key",
     503: "`router_overloaded` (Retry-After), `router_timeout`, `router_unavailable`, `scoring_failed`, "
          "`artifact_unavailable`: no routing decision could be made",
 }
@@ -117,6 +129,12 @@ class UpstreamFailed(UpstreamError):
         self.side = side  # the upstream that may have generated (and billed) the call
 
 
+class UpstreamAuthFailed(UpstreamError):
+    """The upstream answered 401/403: turnout's key for it is wrong, not the client's."""
+
+    code = "upstream_auth_failed"
+
+
 class IngressDeployment:
     def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
         import httpx
@@ -136,8 +154,7 @@ class IngressDeployment:
         self.keys = KeyRing(load_digests(api.auth.api_keys_sha256, api.auth.api_keys_file, api.auth.api_keys_env))
         if not self.keys.enabled:
             log.warning("auth is off (no api.auth keys configured): anyone who can reach this service can call it")
-        self.limits = Limits(api.limits.requests_per_s, api.limits.burst, api.limits.max_strong_share,
-                             api.limits.strong_window)
+        self.limits = Limits.from_config(api.limits)
         self.routing = config.routing
         self.controllers = self._controllers(self.routing)
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
@@ -191,18 +208,19 @@ class IngressDeployment:
     def _controller(self, name: str, routing) -> StrongRatioController:
         from serve.artifacts import calibrated_threshold, load_reference
 
-        window, min_live = routing.controller.window, routing.controller.min_live
+        settings = routing.controller
+        window = {"window": settings.window, "max_key_share": settings.max_key_share}
         if name in routing.thresholds:
-            return StrongRatioController(threshold=routing.thresholds[name], window=window)
+            return StrongRatioController(threshold=routing.thresholds[name], **window)
         ratio = routing.strong_ratio
         reference = load_reference(self.config, name)
         if reference is not None:
-            return StrongRatioController(strong_ratio=ratio, window=window, reference=reference, min_live=min_live)
+            return StrongRatioController(strong_ratio=ratio, reference=reference, min_live=settings.min_live, **window)
         start = calibrated_threshold(self.config, name, ratio)
         if start is None:
             start = 1.0 - ratio  # exact for uniform scores (random); the window corrects the rest
             log.warning("%s: no offline calibration for strong_ratio %s; starting at threshold %.3f", name, ratio, start)
-        return StrongRatioController(strong_ratio=ratio, window=window, initial_threshold=start, min_live=min_live)
+        return StrongRatioController(strong_ratio=ratio, initial_threshold=start, min_live=settings.min_live, **window)
 
     def check_router(self, name: str | None) -> str:
         name = name or self.config.routers.default
@@ -239,14 +257,23 @@ class IngressDeployment:
             threshold, source = controller.threshold_for(strong_ratio), "request_strong_ratio"
         else:
             source = controller.mode
-        strong, used = controller.decide([p_strong], threshold)
+        strong, used = controller.decide([p_strong], threshold, record=False)
         model = "strong" if strong[0] else "weak"
         stages["decide"] = (time.perf_counter() - t0) * 1000.0
         self.metrics.stage("decide", name, stages["decide"])
         self.metrics.decision(name, model)
-        self._export(name, controller)
         return {"model": model, "p_strong": p_strong, "threshold": float(used[0]), "threshold_source": source,
                 "router": name, "stages": stages}
+
+    def learn(self, key: str, decision: dict) -> None:
+        """Record a served decision in its router's window, if the controller made it (a request's own threshold
+        or strong_ratio teaches the controller nothing), as `key`'s (capped when auth is on; with auth off
+        every caller is one and the same)."""
+        controller = self.controllers[decision["router"]]
+        if decision["threshold_source"] == controller.mode:
+            owner = key if self.keys.enabled else None
+            controller.observe(decision["p_strong"], decision["model"] == "strong", owner)
+            self._export(decision["router"], controller)
 
     async def _score(self, name: str, text: str, budget: float) -> tuple[float, dict[str, float]]:
         """p_strong and the backend's stage times; local routers cost microseconds and run right here."""
@@ -302,12 +329,13 @@ class IngressDeployment:
 
     # -------------------------------------------------------------------------------------------- upstream
 
-    async def forward(self, side: str, body: dict[str, Any]):
-        """POST the body to one side's upstream; returns the httpx response with its body still unread."""
+    async def forward(self, side: str, body: dict[str, Any], accept_encoding: str | None = None):
+        """POST the body to one side's upstream, asking for the encoding the client accepts (identity when it
+        names none); returns the httpx response with its body still unread."""
         import httpx
 
         upstream = getattr(self.config.upstreams, side)
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", "accept-encoding": accept_encoding or "identity"}
         if self.upstream_keys[side]:
             headers["authorization"] = f"Bearer {self.upstream_keys[side]}"
         request = self.http.build_request(
@@ -335,6 +363,21 @@ def _error_body(message: str, kind: str, code: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": code}}
 
 
+def _error_response(exc: TurnoutError):
+    """The one error answer of a TurnoutError: its status, the error body, and the headers its kind needs."""
+    from starlette.responses import JSONResponse
+
+    kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
+    headers = None
+    if isinstance(exc, RoutingUnavailable):
+        headers = {"retry-after": str(exc.retry_after_s)}
+    elif isinstance(exc, RateLimited):
+        headers = {"retry-after": retry_after_header(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"www-authenticate": "Bearer"}
+    return JSONResponse(_error_body(str(exc), kind, exc.code), status_code=exc.http_status, headers=headers)
+
+
 def _parse_failure(exc: BaseException | None) -> str:
     """Why json.loads failed, for people."""
     if isinstance(exc, RecursionError):
@@ -359,7 +402,7 @@ def _is_json_type(content_type: str | None) -> bool:
 def _validation_message(errors: list[dict]) -> tuple[str, bool]:
     """One readable line from FastAPI validation errors, and whether the body was not JSON at all."""
     parts, malformed = [], False
-    for err in errors:
+    for err in errors[:MAX_REPORTED_ERRORS]:
         if err.get("type") == "json_invalid":
             malformed = True
             ctx = err.get("ctx") or {}
@@ -370,6 +413,8 @@ def _validation_message(errors: list[dict]) -> tuple[str, bool]:
         if err.get("type") == "missing" and not loc:
             msg = "request body is required"
         parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REPORTED_ERRORS} more errors")
     return "; ".join(parts) or "invalid request", malformed
 
 
@@ -386,7 +431,8 @@ def build_api(ingress: IngressDeployment):
     docs = {} if config.api.docs else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title="turnout", version="0.1.0",
                   description="LLM router: strong/weak routing decisions and an OpenAI-compatible proxy", **docs)
-    app.add_middleware(BodyLimit, max_bytes=config.api.max_body_bytes, on_refuse=metrics.error)
+    app.add_middleware(Gate, keys=ingress.keys, limits=ingress.limits, max_bytes=config.api.max_body_bytes,
+                       timeout_s=config.api.body_timeout_s, on_refuse=metrics.error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method, ...
@@ -409,15 +455,7 @@ def build_api(ingress: IngressDeployment):
     @app.exception_handler(TurnoutError)
     async def turnout_error(request: Request, exc: TurnoutError):
         metrics.error(endpoint_of(request), exc.code)
-        kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
-        headers = None
-        if isinstance(exc, RoutingUnavailable):
-            headers = {"retry-after": str(exc.retry_after_s)}
-        elif isinstance(exc, RateLimited):
-            headers = {"retry-after": retry_after_header(exc.retry_after)}
-        elif isinstance(exc, Unauthorized):
-            headers = {"www-authenticate": "Bearer"}
-        return JSONResponse(_error_body(str(exc), kind, exc.code), status_code=exc.http_status, headers=headers)
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -450,8 +488,12 @@ def build_api(ingress: IngressDeployment):
     async def readyz():
         try:
             ready = await asyncio.wait_for(ingress.ready(), 5.0)
-        except Exception as exc:
-            return JSONResponse({"status": "not ready", "reason": first_line(_cause(exc))}, status_code=503)
+        except Exception as exc:  # open to anyone: the reason stays generic, the details go to the log and a metric
+            cause = _cause(exc)
+            log.warning("not ready: %s: %s", type(cause).__name__, first_line(cause))
+            metrics.error("/readyz", "timeout" if isinstance(cause, asyncio.TimeoutError) else "backend_failed")
+            return JSONResponse({"status": "not ready", "reason": "a backend did not answer (see the service log)"},
+                                status_code=503)
         return {"status": "ready", **ready}
 
     async def json_body(request: Request) -> None:
@@ -464,10 +506,12 @@ def build_api(ingress: IngressDeployment):
                 raise MalformedBody(f"malformed JSON body: {problem}")
 
     def caller(request: Request) -> str:
-        """The calling key's id after auth and its rate limit (Unauthorized / RateLimited otherwise)."""
-        key = ingress.keys.identify(request.headers.get("authorization"))
-        ingress.limits.admit(key)
-        return key
+        """The calling key's id, which `Gate` checked (with its rate) before the body was read."""
+        return request.state.key
+
+    def own_threshold(key: str, *chosen) -> None:
+        if any(value is not None for value in chosen) and not may_choose_threshold(config.api.auth.client_thresholds, key):
+            raise Forbidden("this key may not choose its own threshold or strong_ratio (api.auth.client_thresholds)")
 
     @app.get("/v1/routers", summary="thresholds and realised strong ratios (the answering ingress replica's window)")
     async def routers(key: str = Depends(caller)):
@@ -479,74 +523,91 @@ def build_api(ingress: IngressDeployment):
         return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "turnout"} for n in names]}
 
     @app.post("/v1/route", response_model=RouteResponse, summary="routing decision only",
-              responses=error_responses(400, 401, 413, 422, 429, 500, 503), dependencies=[Depends(json_body)])
+              description="A decision, not a call: it is never counted in the key's strong-call budget, and feeds "
+                          "the live controller only with routing.controller.learn_from_route.",
+              responses=error_responses(400, 401, 403, 408, 413, 422, 429, 500, 503), dependencies=[Depends(json_body)])
     async def route(body: RouteRequest, key: str = Depends(caller)) -> RouteResponse:
         start = time.perf_counter()
         name = ingress.check_router(body.router)
+        own_threshold(key, body.threshold, body.strong_ratio)
         text = body.prompt if body.prompt is not None else scoring_text(
             body.messages, config.scoring.user_turns, config.scoring.max_chars)
         decision = await ingress.route(text[-config.scoring.max_chars:], name, body.threshold, body.strong_ratio)
-        ingress.limits.strong(key, decision["model"] == "strong")
+        if ingress.routing.controller.learn_from_route:
+            ingress.learn(key, decision)
         latency_ms = (time.perf_counter() - start) * 1000.0
         metrics.request("/v1/route", name, latency_ms)
         return RouteResponse(latency_ms=latency_ms, **{k: v for k, v in decision.items() if k != "stages"})
 
     @app.post("/v1/chat/completions", summary="route, then proxy to the chosen OpenAI-compatible upstream",
               description="The upstream's answer is passed through with its status and body, its own errors "
-                          "included; the errors below are the service's own. Where /v1/route would answer 503 (no "
-                          "routing decision), the call goes to routing.fallback_model instead.",
+                          "included (but a 401/403, which concerns turnout's key, is a 502); the errors below are "
+                          "the service's own. Where /v1/route would answer 503 (no routing decision), the call "
+                          "goes to routing.fallback_model instead, or to the weak model where the key's strong-call "
+                          "budget has no room. Every call an upstream answers is counted in the key's budget by "
+                          "the model that answered.",
               responses={200: {"description": "the upstream's completion: JSON, or server-sent events with stream",
                                "content": {"application/json": {}, "text/event-stream": {"schema": SSE_EVENT}}},
-                         **error_responses(400, 401, 413, 422, 429, 500, 502)},
+                         **error_responses(400, 401, 403, 408, 413, 422, 429, 500, 502)},
               dependencies=[Depends(json_body)])
     async def chat_completions(body: ChatCompletionRequest, request: Request, key: str = Depends(caller)):
         start = time.perf_counter()
         name, threshold = parse_model(body.model, config.routers.default)
         name = ingress.check_router(name)
+        own_threshold(key, threshold)
+        limits = config.api.limits
+        payload = upstream_body(await request.json(), config.api.forward_fields, limits.max_n, limits.max_tokens)
         text = scoring_text(body.messages, config.scoring.user_turns, config.scoring.max_chars)
         headers = {"x-turnout-router": name}
+        decision = None
         try:
             decision = await ingress.route(text, name, threshold, None)
             side = decision["model"]
-            ingress.limits.strong(key, side == "strong")
             headers.update({"x-turnout-p-strong": f"{decision['p_strong']:.6f}",
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
         except RoutingUnavailable as exc:
             side = config.routing.fallback_model
-            reason = exc.code
-            metrics.fallback(reason, side)
-            _add_fallback(headers, reason)
+            metrics.fallback(exc.code, side)
+            _add_fallback(headers, exc.code)
             log.warning("routing failed (%s): sending to %s", exc, side)
-        payload = await request.json()  # the client's body, every field as sent
-        t_up = time.perf_counter()
+        charge = ingress.limits.charge(key, side, fallback=decision is None)  # 429 for a routed strong call past the cap
+        if charge.side != side:
+            metrics.fallback("strong_budget_exceeded", charge.side)
+            _add_fallback(headers, "strong_budget_exceeded")
+        billed = False
         try:
-            upstream, side = await _send(ingress, side, payload, headers)
+            t_up = time.perf_counter()
+            upstream = await _send(ingress, charge, payload, headers, request.headers.get("accept-encoding"))
+            side = charge.side
+            headers["x-turnout-model"] = side
+            if upstream.status_code in (401, 403):  # turnout's key for the upstream, not the client's
+                await upstream.aclose()
+                raise UpstreamAuthFailed(f"the {side} upstream refused turnout's credentials ({upstream.status_code})")
+            billed = upstream.status_code < 400
+            if upstream.headers.get("retry-after"):  # an upstream's 429 says when to come back: the client needs it
+                headers["retry-after"] = upstream.headers["retry-after"]
+            media_type = upstream.headers.get("content-type", "application/json")
+            if upstream.headers.get("content-encoding"):  # raw bytes are passed on: the client decodes them
+                headers["content-encoding"] = upstream.headers["content-encoding"]
+            if body.stream and upstream.status_code < 400:
+                metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
+                return StreamingResponse(_relay(upstream, metrics, name, start), status_code=upstream.status_code,
+                                         media_type=media_type, headers=headers,
+                                         background=BackgroundTask(upstream.aclose))
+            content = await _read(upstream, getattr(config.upstreams, side), side, t_up)
+            metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
         except UpstreamError as exc:
+            billed = isinstance(exc, UpstreamFailed)  # sent and maybe generated: the upstream may bill it
             metrics.error("/v1/chat/completions", exc.code)
             if isinstance(exc, UpstreamFailed):  # the client learns which side may bill it, as on success
                 headers["x-turnout-model"] = exc.side
+            headers.pop("content-encoding", None)
             return JSONResponse(_error_body(str(exc), "service_unavailable", exc.code),
                                 status_code=exc.http_status, headers=headers)
-        headers["x-turnout-model"] = side
-        if upstream.headers.get("retry-after"):  # an upstream's 429 says when to come back: the client needs it
-            headers["retry-after"] = upstream.headers["retry-after"]
-        metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
-        media_type = upstream.headers.get("content-type", "application/json")
-        if upstream.headers.get("content-encoding"):  # raw bytes are passed on: the client decodes them
-            headers["content-encoding"] = upstream.headers["content-encoding"]
-        if body.stream and upstream.status_code < 400:
-            return StreamingResponse(_relay(upstream, metrics, name, start), status_code=upstream.status_code,
-                                     media_type=media_type, headers=headers, background=BackgroundTask(upstream.aclose))
-        try:
-            # raw, as the stream path: aread() would decode a gzip body that then goes out labelled gzip
-            content = b"".join([chunk async for chunk in upstream.aiter_raw()])
-        except httpx.TransportError as exc:  # sent and maybe generating: never retried on the other side
-            metrics.error("/v1/chat/completions", "upstream_failed")
-            message = f"{side} upstream failed while answering ({type(exc).__name__})"
-            return JSONResponse(_error_body(message, "service_unavailable", "upstream_failed"), status_code=502,
-                                headers={k: v for k, v in headers.items() if k != "content-encoding"})
         finally:
-            await upstream.aclose()
+            charge.settle(billed)
+            if billed and decision is not None:
+                ingress.learn(key, decision)
         if upstream.status_code >= 400:
             metrics.error("/v1/chat/completions", f"upstream_{upstream.status_code}")
         metrics.request("/v1/chat/completions", name, (time.perf_counter() - start) * 1000.0)
@@ -555,51 +616,77 @@ def build_api(ingress: IngressDeployment):
     return app
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` is answered 413, whether it declares its length
-    (Content-Length: refused before the app runs) or streams it (counted as it arrives). The app's reader treats
-    any error while reading as a parse error, so an oversized stream is cut short instead, and whatever the app
-    answers about the cut body is replaced by the 413."""
+class Gate:
+    """ASGI middleware in front of every route; before the app runs, in this order:
 
-    def __init__(self, app, max_bytes: int, on_refuse=None) -> None:
-        self.app, self.max_bytes, self.on_refuse = app, max_bytes, on_refuse
+    1. the key, from the Authorization header (401; only OPEN_PATHS need none), and the key's request rate
+       (429): a caller without a valid key never gets a body byte read;
+    2. the whole body, within `timeout_s` (408 body_timeout) and `max_bytes` (413 body_too_large, whether declared
+       in Content-Length or streamed): the app only ever sees a complete body, so a cut one never runs.
+
+    The key's id reaches the routes as `request.state.key`. The answers have the one error body; each refusal is
+    counted under the endpoint label "unmatched" (no route has matched yet)."""
+
+    def __init__(self, app, keys: KeyRing, limits: Limits, max_bytes: int, timeout_s: float, on_refuse) -> None:
+        self.app, self.keys, self.limits = app, keys, limits
+        self.max_bytes, self.timeout_s, self.on_refuse = max_bytes, timeout_s, on_refuse
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(scope, send)
-        seen, too_large = 0, False
+        headers = dict(scope.get("headers") or [])
+        try:
+            if _app_path(scope) not in OPEN_PATHS:
+                authorization = headers.get(b"authorization")
+                key = self.keys.identify(authorization.decode("latin-1") if authorization is not None else None)
+                self.limits.admit(key)
+                scope.setdefault("state", {})["key"] = key
+            declared = headers.get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)")
+            try:
+                body = await asyncio.wait_for(self._body(receive), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise BodyTimeout(f"the request body did not arrive within {self.timeout_s:g} s "
+                                  "(api.body_timeout_s)") from None
+        except TurnoutError as exc:
+            return await self._refuse(scope, send, exc)
+        if body is None:  # the client went away: nobody to answer
+            return
+        replayed = False
 
-        async def counted():
-            nonlocal seen, too_large
-            if too_large:
-                return {"type": "http.request", "body": b"", "more_body": False}
+        async def replay():
+            nonlocal replayed
+            if replayed:  # after the body: the client's disconnect, as the app would have seen it
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _body(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    too_large = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
-        async def guarded(message):
-            if not too_large:
-                await send(message)
+    async def _refuse(self, scope, send, exc: TurnoutError) -> None:
+        self.on_refuse("unmatched", exc.code)
+        await _error_response(exc)(scope, None, send)
 
-        await self.app(scope, counted, guarded)
-        if too_large:
-            await self._refuse(scope, send)
 
-    async def _refuse(self, scope, send) -> None:
-        from starlette.responses import JSONResponse
-
-        if self.on_refuse is not None:
-            self.on_refuse("unmatched", "body_too_large")  # refused before any route matched
-        body = _error_body(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)",
-                           "invalid_request_error", "body_too_large")
-        await JSONResponse(body, status_code=413)(scope, None, send)
+def _app_path(scope) -> str:
+    """The request path within the application (Serve mounts an application under its route prefix)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 def _add_fallback(headers: dict, reason: str) -> None:
@@ -626,20 +713,51 @@ async def _relay(upstream, metrics, router: str, start: float):
         metrics.request("/v1/chat/completions", router, (time.perf_counter() - start) * 1000.0)
 
 
-async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: dict):
-    """Forward to `side`; to the other side (when allowed) only where nothing can have been generated: the
-    connection was never made (refused, DNS, connect timeout, no pooled connection) or the upstream answered
-    502/503/504 before any body. A failure after the request was sent (a read timeout on a long generation)
-    is not retried elsewhere: that would bill the call twice and generate it again."""
+
+async def _read(upstream, settings, side: str, sent_at: float) -> bytes:
+    """A non-streamed answer, raw (as the stream path: aread() would decode a gzip body that then goes out labelled
+    gzip), within the upstream's size cap and total deadline from the send; UpstreamFailed past either, or if the
+    connection fails: the call was sent and may have generated, so it is never retried on the other side."""
     import httpx
 
-    sides = [side]
-    if ingress.config.upstreams.fallback_on_error:
-        sides.append("weak" if side == "strong" else "strong")
-    failures = []
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(max(0.0, settings.total_timeout_s - (time.perf_counter() - sent_at))):
+            async for chunk in upstream.aiter_raw():
+                size += len(chunk)
+                if size > settings.max_response_bytes:
+                    raise UpstreamFailed(f"{side} upstream's answer is larger than {settings.max_response_bytes} "
+                                         "bytes (upstreams.max_response_bytes)", side)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise UpstreamFailed(f"{side} upstream did not finish its answer within {settings.total_timeout_s:g} s "
+                             "(upstreams.total_timeout_s)", side) from None
+    except httpx.TransportError as exc:
+        raise UpstreamFailed(f"{side} upstream failed while answering ({type(exc).__name__})", side) from None
+    finally:
+        await upstream.aclose()
+    return b"".join(chunks)
+
+
+async def _send(ingress: IngressDeployment, charge, payload: dict, headers: dict, accept_encoding: str | None):
+    """Forward to the charged side; to the other side (when allowed, and within the key's strong-call budget:
+    `charge` moves with the call) only where nothing can have been generated: the connection was never made
+    (refused, DNS, connect timeout, no pooled connection), or, with `upstreams.fallback_on_503`, the upstream
+    answered 503. Anything after the request was sent (a read timeout on a long generation, a 502 or 504 from a
+    load balancer whose backend may have generated) is not retried elsewhere: that could bill the call twice."""
+    import httpx
+
+    settings = ingress.config.upstreams
+    retry_status = (503,) if settings.fallback_on_503 else ()
+    side = charge.side
+    sides = [side, "weak" if side == "strong" else "strong"] if settings.fallback_on_error else [side]
+    failures, reason = [], None
     for i, current in enumerate(sides):
+        if i and not charge.move(current):
+            failures.append(f"not retried on the {current} upstream: the key's strong-call budget is spent")
+            break
         try:
-            upstream = await ingress.forward(current, payload)
+            upstream = await ingress.forward(current, payload, accept_encoding)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
             failures.append(f"{current} upstream unreachable ({type(exc).__name__})")
             reason = "upstream_unreachable"
@@ -649,11 +767,11 @@ async def _send(ingress: IngressDeployment, side: str, payload: dict, headers: d
             log.warning("%s", failures[-1])
             raise UpstreamFailed("; ".join(failures), current) from None
         else:
-            if upstream.status_code not in UNAVAILABLE_STATUS or i == len(sides) - 1:
+            if upstream.status_code not in retry_status or i == len(sides) - 1:
                 if i:
                     _add_fallback(headers, reason)
                     ingress.metrics.fallback(reason, current)
-                return upstream, current
+                return upstream
             await upstream.aclose()
             failures.append(f"{current} upstream answered {upstream.status_code}")
             reason = f"upstream_{upstream.status_code}"

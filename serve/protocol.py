@@ -1,8 +1,9 @@
 """HTTP request and response models, and the small pure functions between them and the routers.
 
 `RouteRequest`/`RouteResponse` are turnout's own API (`POST /v1/route`). `ChatCompletionRequest` validates only
-what routing needs from the OpenAI schema (model, messages, stream) and keeps every other field, so that the
-body forwarded upstream is the client's, with only `model` replaced.
+what routing needs from the OpenAI schema (model, messages, stream) and keeps every other field; `upstream_body`
+forwards the client's body with `model` replaced, after checking its fields against the allowlist and its `n` and
+`max_tokens` against the per-key caps.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ class RoutingOverloaded(RoutingUnavailable):
     retry_after_s = 1  # overload clears as fast as the queue drains; Retry-After spreads the retries
 
 
+class BodyTimeout(TurnoutError):
+    """The client did not send its whole body within api.body_timeout_s."""
+
+    http_status = 408
+    code = "body_timeout"
+
+
+class BodyTooLarge(TurnoutError):
+    """The body is over api.max_body_bytes."""
+
+    http_status = 413
+    code = "body_too_large"
+
+
 class MalformedBody(TurnoutError):
     """A body FastAPI's parser takes but that is not the JSON the API accepts (see `json_problem`)."""
 
@@ -48,6 +63,7 @@ class MalformedBody(TurnoutError):
 
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MAX_MESSAGES = 1000  # checked before any message is validated: a huge list costs one error, not one per item
 SERVICE_MODEL = "turnout"  # chat model name meaning "the configured default router and threshold"
 _ROUTER_MODEL = re.compile(r"^router-([A-Za-z0-9_]+)(?:-(.+))?$")
 
@@ -98,7 +114,8 @@ def _unit(value: float | None, name: str) -> float | None:
 class RouteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[ChatMessage] | None = Field(None, description="an OpenAI chat conversation; its recent user turns are scored")
+    messages: list[ChatMessage] | None = Field(
+        None, max_length=MAX_MESSAGES, description="an OpenAI chat conversation; its recent user turns are scored")
     prompt: str | None = Field(None, description="a single prompt (instead of messages)")
     router: str | None = Field(None, description="router name; the configured default when absent")
     threshold: float | None = Field(None, description="decide with this threshold in [0, 1] instead of the controller's")
@@ -156,8 +173,27 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(description="'turnout', 'router-<name>' or 'router-<name>-<threshold>'")
-    messages: list[ChatMessage] = Field(description="the conversation", min_length=1)
+    messages: list[ChatMessage] = Field(description="the conversation", min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
+
+
+def upstream_body(payload: dict[str, Any], fields: list[str], max_n: int, max_tokens: int | None) -> dict[str, Any]:
+    """The body to forward: the client's fields, each on the allowlist (`api.forward_fields`), with `n` and the
+    token limits within the per-key caps. InputError (422) naming the first field that is not."""
+    extra = sorted(set(payload) - set(fields))
+    if extra:
+        raise InputError(f"field(s) {', '.join(map(repr, extra[:5]))} are not forwarded by this service "
+                         "(api.forward_fields)")
+    n = payload.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_n):
+        raise InputError(f"n must be a whole number from 1 to {max_n} (api.limits.max_n), got {n!r}")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = payload.get(name)
+        if max_tokens is not None and value is not None and not (isinstance(value, int) and value <= max_tokens):
+            raise InputError(f"{name} must be at most {max_tokens} (api.limits.max_tokens), got {value!r}")
+    if max_tokens is not None and payload.get("max_tokens") is None and payload.get("max_completion_tokens") is None:
+        return {**payload, "max_tokens": max_tokens}  # an absent limit would be the upstream's, past the cap
+    return payload
 
 
 # Deep enough for any real request (OpenAI tool and response-format schemas nest a few dozen levels at most), far

@@ -1,9 +1,13 @@
 """A tiny OpenAI-compatible upstream for serve tests: uvicorn in a thread on a free loopback port.
 
 It answers `/v1/chat/completions` with the model name it was sent, streams three SSE chunks when asked, and
-records each request's model and Authorization header. Models that misbehave on purpose: `fail-503` answers
-503; `slow` answers after 2 s; `gzip` streams gzip-encoded (Content-Encoding: gzip); `cut` streams one chunk and
-then drops the connection.
+records each request's model, Authorization and Accept-Encoding headers and body. Models that misbehave on
+purpose: `fail-503` / `fail-502` / `fail-401` answer that status; `slow` answers after 2 s; `gzip` streams
+gzip-encoded (Content-Encoding: gzip); `cut` streams one chunk and then drops the connection; `huge` answers 2 MiB;
+`drip` sends its answer a few bytes every 0.2 s for 3 s.
+
+`LoopbackServer` serves any ASGI app with uvicorn in a thread on a free loopback port (the upstream, or the
+ingress app itself in tests without Ray).
 """
 
 import asyncio
@@ -31,10 +35,22 @@ def build_upstream(seen: list[dict]):
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
-        seen.append({"model": body.get("model"), "authorization": request.headers.get("authorization"), "body": body})
+        seen.append({"model": body.get("model"), "authorization": request.headers.get("authorization"), "body": body,
+                     "accept-encoding": request.headers.get("accept-encoding")})
         model = body.get("model")
         if model == "fail-503":
             return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if model in ("fail-502", "fail-401"):
+            return JSONResponse({"error": {"message": f"{model}"}}, status_code=int(model[-3:]))
+        if model == "huge":
+            return JSONResponse({"padding": "x" * (2 << 20)})
+        if model == "drip":
+            async def drip():
+                for _ in range(15):
+                    yield b"   "
+                    await asyncio.sleep(0.2)
+                yield b"{}"
+            return StreamingResponse(drip(), media_type="application/json")
         if model == "slow":
             await asyncio.sleep(2.0)
         if model == "gzip" and body.get("stream"):
@@ -73,26 +89,32 @@ def _event(model: str, piece: str) -> str:
     return f"data: {json.dumps(chunk)}\n\n"
 
 
-class FakeUpstream:
-    def __init__(self):
+class LoopbackServer:
+    def __init__(self, app):
         import uvicorn
 
-        self.seen: list[dict] = []
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        config = uvicorn.Config(build_upstream(self.seen), host="127.0.0.1", port=self.port, log_level="warning")
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "FakeUpstream":
+    def __enter__(self):
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
             if time.monotonic() > deadline:
-                raise RuntimeError("fake upstream did not start")
+                raise RuntimeError("loopback server did not start")
             time.sleep(0.05)
         return self
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+class FakeUpstream(LoopbackServer):
+    def __init__(self):
+        self.seen: list[dict] = []
+        super().__init__(build_upstream(self.seen))
+        self.base_url = f"{self.url}/v1"

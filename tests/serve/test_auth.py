@@ -3,7 +3,7 @@
 import pytest
 
 from index.errors import ConfigError
-from serve.auth import ANONYMOUS, KeyRing, Limits, RateLimited, StrongBudget, TokenBucket, Unauthorized, digest, load_digests
+from serve.auth import ANONYMOUS, KeyRing, Limits, RateLimited, TokenBucket, Unauthorized, digest, load_digests
 
 
 def test_keys_from_digests_a_file_and_the_environment(tmp_path, monkeypatch):
@@ -39,18 +39,42 @@ def test_token_bucket_refills_at_its_rate():
     bucket.take()  # one token back after 1/rate seconds
 
 
-def test_strong_budget_caps_the_share_and_weak_calls_make_room():
-    budget = StrongBudget(max_share=0.5, window=4)
-    budget.check(True, 1.0)  # the first call can be strong
+def test_strong_budget_caps_the_share_of_billed_calls():
+    limits = Limits(requests_per_s=None, burst=1, max_strong_share=0.5, strong_window=4)
+    limits.charge("k", "strong").settle(billed=True)  # a first call may be strong
     with pytest.raises(RateLimited, match="at most 50%") as info:
-        budget.check(True, 1.0)  # 2 of 2 would be 100 %
-    assert info.value.retry_after == 1.0
-    budget.check(False, 1.0)
+        limits.charge("k", "strong")  # 2 of 2 would be 100 %
+    assert info.value.retry_after == 1.0 and info.value.code == "strong_budget_exceeded"
+    fallback = limits.charge("k", "strong", fallback=True)
+    assert fallback.side == "weak"  # a fallback goes where the budget allows
+    fallback.settle(billed=False)  # not billed (the upstream failed): makes no room
     with pytest.raises(RateLimited):
-        budget.check(True, 1.0)  # 2 of 3
-    budget.check(False, 1.0)
-    budget.check(True, 1.0)  # 2 of 4: at the cap, allowed
-    assert list(budget.decisions) == [True, False, False, True]  # refused calls are not counted
+        limits.charge("k", "strong")
+    for _ in range(2):
+        limits.charge("k", "weak").settle(billed=True)
+    limits.charge("k", "strong").settle(billed=True)  # 2 of 4: at the cap, allowed
+    assert list(limits.budgets["k"].calls) == [True, False, False, True]
+
+
+def test_calls_in_flight_count_as_strong_and_moves_are_checked():
+    limits = Limits(requests_per_s=None, burst=1, max_strong_share=0.4, strong_window=10)
+    for _ in range(2):
+        limits.charge("k", "weak").settle(billed=True)
+    held = limits.charge("k", "strong")  # 1 of 3, in flight
+    with pytest.raises(RateLimited):
+        limits.charge("k", "strong")  # a concurrent second one would make 2 of 4
+    weak = limits.charge("k", "weak")
+    assert not weak.move("strong")  # a failover to strong is checked like a decision
+    held.settle(billed=True)
+    weak.settle(billed=False)
+    assert limits.budgets["k"].pending_strong == 0 and list(limits.budgets["k"].calls) == [False, False, True]
+
+
+def test_a_zero_share_refuses_the_first_strong_call():
+    limits = Limits(requests_per_s=None, burst=1, max_strong_share=0.0, strong_window=10)
+    with pytest.raises(RateLimited):
+        limits.charge("k", "strong")
+    assert Limits(None, 1, None, 10).charge("k", "strong").side == "strong"  # no cap: always allowed
 
 
 def test_limits_are_per_key():

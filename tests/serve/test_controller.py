@@ -120,3 +120,29 @@ def test_a_router_producing_nan_is_an_error_at_the_source():
 
     with pytest.raises(ScoringError, match="router broken produced 1 non-finite"):
         Broken().score(["a", "b"])  # np.clip alone would have passed the NaN through
+
+
+def test_one_owner_holds_at_most_its_share_and_the_threshold_stays_in_the_bound():
+    """A burst from one key, all its scores at one extreme, against others' traffic: the key never holds more than
+    floor(c * n) of the window, others' scores are never pushed out by it, and the threshold for share r stays
+    between the others' quantiles at 1 - r/(1 - c) and 1 - (r - c)/(1 - c) (serve/controller.py)."""
+    rng = np.random.default_rng(4)
+    r, c, n = 0.3, 0.2, 500
+    for extreme in (0.0, 1.0):
+        controller = StrongRatioController(strong_ratio=r, window=n, reference=rng.random(n), max_key_share=c)
+        for i, value in enumerate(rng.beta(2, 5, 600)):
+            controller.observe(value, False, f"tenant-{i % 7}")
+        others_before = sorted(v for v, who in controller.window._fifo if who != "attacker")
+        for _ in range(5000):
+            controller.observe(extreme, extreme >= controller.threshold, "attacker")
+        assert controller.window.owned("attacker") == int(c * n)
+        others = sorted(v for v, who in controller.window._fifo if who != "attacker")
+        assert len(others) == n - int(c * n) and set(others) <= set(others_before)
+        low = threshold_for_ratio(np.array(others), r / (1 - c))
+        high = threshold_for_ratio(np.array(others), (r - c) / (1 - c))
+        assert low <= controller.threshold <= high, (extreme, low, controller.threshold, high)
+        # the same burst without the cap takes the whole window
+        uncapped = StrongRatioController(strong_ratio=r, window=n, reference=rng.random(n))
+        for _ in range(n):
+            uncapped.observe(extreme, False, "attacker")
+        assert uncapped.threshold == extreme
