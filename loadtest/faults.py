@@ -25,12 +25,13 @@ state from the controller twice a second. Per kill:
 
 Upstream faults, with the load stopped, `--per-fault` requests each, routed to the strong side (model
 `router-length-0`: threshold 0, so every request goes strong). The fake upstream picks its misbehaviour from the
-request's `metadata.fault` (forwarded by the ingress with every other field) and records each request it
+request's `metadata.fault` (forwarded by the ingress: the run adds `metadata` to `api.forward_fields`, and turns
+`upstreams.fallback_on_503` on so that the failover path is exercised) and records each request it
 receives with its `metadata.id`, so that a request answered by both sides is found. Each fault reports what the
 client saw (status, body `code`, `x-turnout-*` headers, what a stream delivered) and the
 `ray_turnout_errors_total` / `ray_turnout_fallbacks_total` series that moved on Ray's metrics port. Checked for
 each: no request reached both upstreams unless the first could not have generated anything (it was unreachable,
-or answered 502-504 before a body: `serve.ingress._send`'s rule).
+or answered 503 before a body with fallback_on_503: `serve.ingress._send`'s rule).
 
 Ray's metrics report interval is shortened to 1 s for the run (RAY_metrics_report_interval_ms) so that counters
 can be read after each fault.
@@ -64,7 +65,7 @@ NO_ANSWER = 0  # status recorded for a request that got no HTTP answer (connecti
 CLIENT_TIMEOUT_S = 30.0  # a request unanswered this long is lost
 ROUTE, CHAT = "/v1/route", "/v1/chat/completions"
 STRONG_MODEL = "router-length-0"  # threshold 0: every call goes to the strong upstream, the one faults are put on
-UNAVAILABLE_STATUS = (502, 503, 504)  # serve.ingress: an upstream answering these produced nothing
+UNAVAILABLE_STATUS = (503,)  # serve.ingress with upstreams.fallback_on_503: retried elsewhere only after a 503
 SHORT = {"IngressDeployment": "ingress", "EmbeddingDeployment": "embedding", "ClassifierDeployment": "classifier"}
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -260,7 +261,7 @@ def billed_twice(seen: dict[str, list[dict[str, Any]]]) -> list[str]:
     """Request ids that reached both upstreams although the first one may have generated something.
 
     seen: side -> the fake upstream's records ({"id", "answer", ...}). A request may reach the second side only
-    when the first answered 502/503/504 before any body (`answer` is that status): it reached the first side
+    when the first answered 503 before any body (`answer` is that status): it reached the first side
     only if it was received there, so an unreachable first side leaves no record and needs no exception.
     """
     firsts: dict[str, list[dict[str, Any]]] = {}
@@ -393,7 +394,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------ fake upstream
 
 
-FAULTS = ("none", "slow", "slow_stream", "500", "429", "503", "reset_stream", "reset_body", "gzip")
+FAULTS = ("none", "slow", "slow_stream", "500", "429", "502", "503", "reset_stream", "reset_body", "gzip")
 
 
 def serve_fake(side: str, port: int, slow_s: float) -> None:
@@ -440,7 +441,7 @@ def serve_fake(side: str, port: int, slow_s: float) -> None:
                  "answer": None}
         seen.append(entry)
         stream = bool(body.get("stream"))
-        if fault in ("500", "429", "503"):
+        if fault in ("500", "429", "502", "503"):
             entry["answer"] = int(fault)
             headers = {"retry-after": "7"} if fault == "429" else {}
             return web.json_response({"error": {"message": f"upstream says {fault}", "type": "upstream"}},
@@ -579,10 +580,11 @@ def machine() -> dict[str, Any]:
 
 def service_document(config: str | None, upstreams: dict[str, str], timeout_s: float | None) -> str:
     """The serve config as YAML: the file (or the embedded default) with the upstreams pointed at `upstreams`
-    (side -> base_url), no upstream API keys, and the read timeout set to `timeout_s` when given."""
+    (side -> base_url), no upstream API keys, the read timeout set to `timeout_s` when given, `metadata` forwarded
+    (the fake upstream's instructions) and a 503 failed over."""
     import yaml
 
-    from serve.config import default_document, load_serve_file
+    from serve.config import OPENAI_CHAT_FIELDS, default_document, load_serve_file
 
     served = load_serve_file(path=config) if config else None
     document = json.loads(json.dumps(served.document if served else default_document()))
@@ -591,6 +593,8 @@ def service_document(config: str | None, upstreams: dict[str, str], timeout_s: f
     args = app.setdefault("args", {}) or {}
     app["args"] = args
     ups = args.setdefault("upstreams", {})
+    ups["fallback_on_503"] = True
+    args.setdefault("api", {})["forward_fields"] = [*OPENAI_CHAT_FIELDS, "metadata"]
     for side, url in upstreams.items():
         entry = ups.setdefault(side, {})
         entry.update(base_url=url, model=side, api_key_env=None)
@@ -937,7 +941,8 @@ UPSTREAM_FAULTS = (
           "upstream_stream_cut event"),
     Fault("error_500", "500", expect="passed through as 500, not retried"),
     Fault("error_429", "429", expect="passed through as 429, not retried"),
-    Fault("error_503", "503", expect="503 before a body: failover to weak (allowed twice)"),
+    Fault("error_502", "502", expect="passed through as 502, not retried (a gateway's 502 may follow a generation)"),
+    Fault("error_503", "503", expect="503 before a body, fallback_on_503: failover to weak (allowed twice)"),
     Fault("reset_mid_stream", "reset_stream", True, expect="200, one chunk, then an upstream_stream_cut event"),
     Fault("reset_mid_body", "reset_body", expect="502 upstream_failed, not retried"),
     Fault("gzip", "gzip", expect="gzip bytes passed through with Content-Encoding"),

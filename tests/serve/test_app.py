@@ -144,10 +144,13 @@ def test_api_keys_rate_limits_and_strong_budget(service):
     limited = client.post("/secure/v1/route", json=body, headers=one)
     _error(limited, 429, "rate limit: 0.2 requests/s (burst 3) per key")
     assert 1 <= int(limited.headers["retry-after"]) <= 5
-    # key 2 has its own bucket, and a strong-call cap of 50 %: a second strong call in a row is refused
-    strong = {"prompt": "hi", "threshold": 0.0}
-    assert client.post("/secure/v1/route", json=strong, headers=two).json()["model"] == "strong"
-    _error(client.post("/secure/v1/route", json=strong, headers=two), 429, "strong-call budget: at most 50%")
+    # key 2 has its own bucket, and a strong-call cap of 50 % of its billed chat calls: a second strong call in a
+    # row is refused (/v1/route decisions are not calls and never count)
+    strong = {"model": "router-length-0.0", "messages": [{"role": "user", "content": "hi"}]}
+    assert client.post("/secure/v1/chat/completions", json=strong, headers=two).headers["x-turnout-model"] == "strong"
+    _error(client.post("/secure/v1/chat/completions", json=strong, headers=two), 429, "strong-call budget: at most 50%")
+    # the schema is behind the key too
+    _error(client.get("/secure/openapi.json"), 401, "missing API key")
 
 
 def test_every_error_has_the_one_body_shape(service):

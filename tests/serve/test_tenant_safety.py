@@ -1,12 +1,11 @@
 """Tenant safety (issue 24): each attack of the security review as a regression test, against the ingress app over
-real HTTP on loopback (uvicorn, no Ray: the app is the one `build_api` gives Serve) with the fake upstream.
+real HTTP on loopback (uvicorn, no Ray: the app is the one `build_api` gives Serve) with the fake upstream, built
+by the harness `loadtest.tenant_attacks` measures the attacks with (RELIABILITY.md, 'Multi-tenant').
 
-The service routes with the `length` router only (local: no artifact, no backend deployment), so every decision
-is made in this process and p_strong follows prompt length.
+The service routes with the `length` router (local: no artifact, no backend deployment), so every decision is
+made in this process and p_strong follows prompt length.
 """
 
-import asyncio
-import socket
 import time
 
 import numpy as np
@@ -15,65 +14,27 @@ import pytest
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
+from loadtest.tenant_attacks import HEADERS, KEYS, chat, ingress, mixed_prompts, served, stalled_body
 from models.calibration import threshold_for_ratio
 from serve.auth import digest
-from tests.serve.fakes import LoopbackServer, free_port
-
-KEYS = {"a": "sk-tenant-a", "b": "sk-tenant-b"}
-HEADERS = {name: {"authorization": f"Bearer {key}"} for name, key in KEYS.items()}
-
-
-def _ingress(tmp_path, upstream, *, auth=True, weak_url=None, **sections):
-    """An IngressDeployment serving `length` and `random`, both sides on the fake upstream unless told otherwise,
-    each controller's window seeded with reference scores as `turnout prepare` writes them."""
-    from serve.artifacts import prepare
-    from serve.config import parse_app_args
-    from serve.ingress import IngressDeployment
-
-    reference = tmp_path / "reference.txt"
-    reference.write_text("\n".join(_mixed(200, seed=1)) + "\n")
-
-    args = {
-        "routers": {"enabled": ["length", "random"], "default": "length"},
-        "routing": {"strong_ratio": 0.3, "controller": {"window": 50, "min_live": 10}},
-        "artifacts": {"home": str(tmp_path), "build_missing": False, "embedder": "hash-64"},
-        "calibration": {"reference": str(reference)},
-        "upstreams": {"strong": {"base_url": upstream.base_url, "model": "strong"},
-                      "weak": {"base_url": weak_url or upstream.base_url, "model": "weak"}},
-        "api": {"auth": {"api_keys_sha256": [digest(k) for k in KEYS.values()] if auth else []}},
-    }
-    for path, value in sections.items():  # "api__limits__max_strong_share": 0.2
-        *parents, leaf = path.split("__")
-        node = args
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return IngressDeployment(prepare(parse_app_args(args)))
+from tests.serve.fakes import free_port
 
 
 @pytest.fixture
 def serve(tmp_path, upstream):
-    """serve(**options) -> (ingress, client): the ingress app on a loopback port."""
-    from serve.ingress import build_api
+    """serve(**options) -> (ingress, client): an ingress (`loadtest.tenant_attacks.ingress`) on a loopback port."""
+    from contextlib import ExitStack
 
-    servers, clients = [], []
-
-    def start(**options):
-        ingress = _ingress(tmp_path, upstream, **options)
-        server = LoopbackServer(build_api(ingress)).__enter__()
-        servers.append(server)
-        clients.append(httpx.Client(base_url=server.url, timeout=30))
-        return ingress, clients[-1]
-
-    yield start
-    for client in clients:
-        client.close()
-    for server in servers:
-        server.__exit__(None, None, None)
-
-
-def _chat(text="hi", model="turnout", **fields):
-    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+    started = []
+    with ExitStack() as stack:
+        def start(**options):
+            home = tmp_path / f"service-{len(started)}"
+            home.mkdir()
+            started.append(home)
+            deployment = ingress(home, upstream.base_url, **options)
+            url = stack.enter_context(served(deployment))
+            return deployment, stack.enter_context(httpx.Client(base_url=url, timeout=30))
+        yield start
 
 
 def _code(response, status):
@@ -87,33 +48,15 @@ def _sides(upstream, since):
 
 # ------------------------------------------------------------------------------- 1. auth before the body, deadline
 
-def _raw(port: int, head: bytes, body: bytes, wait_s: float) -> tuple[bytes, float]:
-    """Send the head and part of a body, then stall; what the server answers within wait_s, and when."""
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(head + body)
-        sock.settimeout(wait_s)
-        start = time.perf_counter()
-        try:
-            answer = sock.recv(65536)
-        except socket.timeout:
-            answer = b""
-        return answer, time.perf_counter() - start
-
-
 def test_a_caller_without_a_key_is_refused_before_its_body_is_read(serve):
     """Before: no answer after 4 s (the key was checked after the whole body had been read). After: 401 at once."""
     _, client = serve(api__body_timeout_s=1.0)
-    port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-            b"content-length: 100000\r\n\r\n")
-    answer, waited = _raw(port, head, b'{"model": "tu', wait_s=3.0)
-    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-    assert waited < 0.5 and b'"unauthorized"' in answer
+    url = str(client.base_url).rstrip("/")
+    refused = stalled_body(url, {}, wait_s=3.0)
+    assert refused["status"] == 401 and refused["answered_after_s"] < 0.5
     # with a valid key, a body that stalls gets 408 once api.body_timeout_s has passed
-    keyed = head.replace(b"host: x\r\n", f"host: x\r\nauthorization: Bearer {KEYS['a']}\r\n".encode())
-    answer, waited = _raw(port, keyed, b'{"model": "tu', wait_s=5.0)
-    assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer[:200]
-    assert 0.8 < waited < 3.0
+    timed_out = stalled_body(url, HEADERS["a"], wait_s=5.0)
+    assert timed_out["status"] == 408 and 0.8 < timed_out["answered_after_s"] < 3.0
 
 
 def test_an_oversized_chunked_body_never_runs(serve, upstream):
@@ -124,9 +67,10 @@ def test_an_oversized_chunked_body_never_runs(serve, upstream):
 
     def chunks():
         yield b'{"model": "turnout", "messages": [{"role": "user", "content": "hi"}]}'
+        time.sleep(0.3)  # a parseable prefix arrives on its own before the limit is passed
         yield b" " * 4096
 
-    response = client.post("/v1/chat/completions", content=chunks(), headers=HEADERS["a"])
+    response = client.post("/v1/chat/completions", content=chunks(), headers={**HEADERS["a"], "content-type": "application/json"})
     assert _code(response, 413) == "body_too_large"
     assert len(upstream.seen) == before and ingress.controllers["length"].n_live == live
 
@@ -141,15 +85,15 @@ def test_route_calls_do_not_dilute_the_strong_budget(serve, upstream):
     for _ in range(20):
         for _ in range(4):
             assert client.post("/v1/route", json={"prompt": "hi", "threshold": 1.0}, headers=HEADERS["a"]).status_code == 200
-        response = client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"])
+        response = client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"])
         passed += response.status_code == 200
         if response.status_code != 200:
             assert _code(response, 429) == "strong_budget_exceeded"
     assert passed == 1 and _sides(upstream, since) == ["strong"]
     # weak calls billed by the upstream make room, as the share says: 2 strong of 11 calls is within 20 %
     for _ in range(9):
-        assert client.post("/v1/chat/completions", json=_chat(model="router-length-1.0"), headers=HEADERS["a"]).status_code == 200
-    assert client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"]).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat(model="router-length-1.0"), headers=HEADERS["a"]).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"]).status_code == 200
 
 
 def test_fallbacks_are_charged_and_stay_within_the_budget(serve, upstream):
@@ -158,14 +102,14 @@ def test_fallbacks_are_charged_and_stay_within_the_budget(serve, upstream):
     ingress, client = serve(api__limits__max_strong_share=0.0, routing__max_in_flight=1)
     ingress.in_flight = 1  # routing overloaded: every chat falls back
     since = len(upstream.seen)
-    response = client.post("/v1/chat/completions", json=_chat(), headers=HEADERS["a"])
+    response = client.post("/v1/chat/completions", json=chat(), headers=HEADERS["a"])
     assert response.status_code == 200 and response.headers["x-turnout-model"] == "weak"
     assert response.headers["x-turnout-fallback"] == "router_overloaded,strong_budget_exceeded"
     assert _sides(upstream, since) == ["weak"] and list(ingress.limits.budgets[ingress.keys.identify(
         f"Bearer {KEYS['a']}")].calls) == [False]
     # a zero share refuses a key's very first strong call too
     _, fresh = serve(api__limits__max_strong_share=0.0)
-    assert _code(fresh.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["b"]),
+    assert _code(fresh.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["b"]),
                  429) == "strong_budget_exceeded"
 
 
@@ -175,10 +119,10 @@ def test_an_upstream_failover_to_strong_is_charged_and_capped(serve, upstream):
     ingress, client = serve(api__limits__max_strong_share=0.5, weak_url=dead)
     key = ingress.keys.identify(f"Bearer {KEYS['a']}")
     since = len(upstream.seen)
-    first = client.post("/v1/chat/completions", json=_chat(model="router-length-1.0"), headers=HEADERS["a"])
+    first = client.post("/v1/chat/completions", json=chat(model="router-length-1.0"), headers=HEADERS["a"])
     assert first.status_code == 200 and first.headers["x-turnout-model"] == "strong"
     assert list(ingress.limits.budgets[key].calls) == [True]
-    second = client.post("/v1/chat/completions", json=_chat(model="router-length-1.0"), headers=HEADERS["a"])
+    second = client.post("/v1/chat/completions", json=chat(model="router-length-1.0"), headers=HEADERS["a"])
     assert _code(second, 502) == "upstream_unavailable"
     assert "strong-call budget is spent" in second.json()["error"]["message"]
     assert _sides(upstream, since) == ["strong"] and ingress.limits.budgets[key].pending_strong == 0
@@ -186,28 +130,23 @@ def test_an_upstream_failover_to_strong_is_charged_and_capped(serve, upstream):
 
 # ------------------------------------------------------------------------------------ 4. the shared controller
 
-def _mixed(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(["word"] * int(k)) for k in rng.integers(1, 400, n)]
-
-
 def test_one_key_cannot_move_everyones_threshold(serve):
     """Before: 200 /v1/route {"prompt": "a"} calls from one key moved the live threshold from 0.275 to 0.002.
     After: /v1/route, a request's own threshold and refused calls teach the controller nothing, and one key's
     chats hold at most max_key_share of the window, which bounds where the threshold can go."""
     ingress, client = serve(api__limits__max_strong_share=0.9, routing__controller__max_key_share=0.25)
     controller = ingress.controllers["length"]
-    statuses = [client.post("/v1/chat/completions", json=_chat(text), headers=HEADERS["a"]).status_code
-                for text in _mixed(60)]
+    statuses = [client.post("/v1/chat/completions", json=chat(text), headers=HEADERS["a"]).status_code
+                for text in mixed_prompts(60)]
     assert statuses.count(200) >= 30 and set(statuses) <= {200, 429}  # past the strong budget: 429, not learned
     settled = controller.threshold
     key_b = ingress.keys.identify(f"Bearer {KEYS['b']}")
     for _ in range(200):
         client.post("/v1/route", json={"prompt": "a"}, headers=HEADERS["b"])
-        client.post("/v1/chat/completions", json=_chat("a", model="router-length-0.0"), headers=HEADERS["b"])
+        client.post("/v1/chat/completions", json=chat("a", model="router-length-0.0"), headers=HEADERS["b"])
     assert controller.threshold == settled  # free decisions, own thresholds and 429-refused calls: no effect
     for _ in range(200):
-        assert client.post("/v1/chat/completions", json=_chat("a"), headers=HEADERS["b"]).status_code == 200
+        assert client.post("/v1/chat/completions", json=chat("a"), headers=HEADERS["b"]).status_code == 200
     window = controller.window
     assert window.owned(key_b) == 12 and len(window) == 50  # floor(0.25 * 50) of the full window
     others = np.array([v for v, who in window._fifo if who != key_b])
@@ -218,7 +157,7 @@ def test_one_key_cannot_move_everyones_threshold(serve):
 
 def test_route_calls_feed_the_controller_only_when_configured(serve):
     ingress, client = serve(routing__controller__learn_from_route=True)
-    for text in _mixed(20):
+    for text in mixed_prompts(20):
         assert client.post("/v1/route", json={"prompt": text}, headers=HEADERS["a"]).status_code == 200
     assert ingress.controllers["length"].n_live == 20
 
@@ -230,10 +169,10 @@ def test_only_allowlisted_fields_within_the_caps_go_upstream(serve, upstream):
     for fields, fragment in [({"priority": -100}, "'priority'"), ({"request_id": "x"}, "'request_id'"),
                              ({"n": 64}, "n must be a whole number from 1 to 2"),
                              ({"max_tokens": 5000}, "max_tokens must be at most 100")]:
-        response = client.post("/v1/chat/completions", json=_chat(**fields), headers=HEADERS["a"])
+        response = client.post("/v1/chat/completions", json=chat(**fields), headers=HEADERS["a"])
         assert _code(response, 422) == "invalid_input" and fragment in response.json()["error"]["message"]
     since = len(upstream.seen)
-    ok = client.post("/v1/chat/completions", json=_chat(temperature=0.2, n=2), headers=HEADERS["a"])
+    ok = client.post("/v1/chat/completions", json=chat(temperature=0.2, n=2), headers=HEADERS["a"])
     assert ok.status_code == 200, ok.text
     sent = upstream.seen[since]["body"]
     assert sent["temperature"] == 0.2 and sent["n"] == 2 and sent["max_tokens"] == 100  # the cap fills a missing limit
@@ -242,10 +181,10 @@ def test_only_allowlisted_fields_within_the_caps_go_upstream(serve, upstream):
 def test_upstream_answers_have_a_size_cap_and_a_total_deadline(serve, upstream):
     ingress, client = serve(upstreams__strong__model="huge", upstreams__weak__model="drip",
                             upstreams__strong__max_response_bytes=1 << 20, upstreams__weak__total_timeout_s=1.0)
-    huge = client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"])
+    huge = client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"])
     assert _code(huge, 502) == "upstream_failed" and "larger than 1048576 bytes" in huge.text
     start = time.perf_counter()
-    drip = client.post("/v1/chat/completions", json=_chat(model="router-length-1.0"), headers=HEADERS["a"])
+    drip = client.post("/v1/chat/completions", json=chat(model="router-length-1.0"), headers=HEADERS["a"])
     assert _code(drip, 502) == "upstream_failed" and "within 1 s" in drip.text
     assert time.perf_counter() - start < 2.5
 
@@ -253,12 +192,12 @@ def test_upstream_answers_have_a_size_cap_and_a_total_deadline(serve, upstream):
 def test_a_502_is_not_retried_on_the_other_side_and_a_503_only_when_configured(serve, upstream):
     _, client = serve(upstreams__strong__model="fail-502")
     since = len(upstream.seen)
-    response = client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"])
+    response = client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"])
     assert response.status_code == 502 and response.json()["error"]["message"] == "fail-502"
     assert _sides(upstream, since) == ["fail-502"]  # the weak side was never called: no second bill
     _, client = serve(upstreams__strong__model="fail-503", upstreams__fallback_on_503=True)
     since = len(upstream.seen)
-    response = client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"])
+    response = client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"])
     assert response.status_code == 200 and response.headers["x-turnout-fallback"] == "upstream_503"
     assert _sides(upstream, since) == ["fail-503", "weak"]
 
@@ -279,9 +218,9 @@ def test_client_thresholds_need_the_keys_permission(serve):
     ingress, client = serve(api__auth__client_thresholds=[digest(KEYS["a"])[:12]])
     assert client.post("/v1/route", json={"prompt": "hi", "threshold": 0.0}, headers=HEADERS["a"]).status_code == 200
     for request in [("/v1/route", {"prompt": "hi", "threshold": 0.0}), ("/v1/route", {"prompt": "hi", "strong_ratio": 1}),
-                    ("/v1/chat/completions", _chat(model="router-length-0.0"))]:
+                    ("/v1/chat/completions", chat(model="router-length-0.0"))]:
         assert _code(client.post(request[0], json=request[1], headers=HEADERS["b"]), 403) == "threshold_not_allowed"
-    assert client.post("/v1/chat/completions", json=_chat(), headers=HEADERS["b"]).status_code == 200
+    assert client.post("/v1/chat/completions", json=chat(), headers=HEADERS["b"]).status_code == 200
 
 
 def test_the_rate_is_the_fleets_divided_among_ingress_replicas(serve):
@@ -305,12 +244,12 @@ def test_schema_needs_a_key_and_readiness_says_nothing_internal(serve):
 
 def test_upstream_auth_failures_and_encodings(serve, upstream):
     _, client = serve(upstreams__strong__model="fail-401")
-    response = client.post("/v1/chat/completions", json=_chat(model="router-length-0.0"), headers=HEADERS["a"])
+    response = client.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["a"])
     assert _code(response, 502) == "upstream_auth_failed"
     _, client = serve()
     since = len(upstream.seen)
     raw = httpx.Client(base_url=client.base_url, headers={"accept-encoding": ""})  # no encoding asked for
-    raw.post("/v1/chat/completions", json=_chat(), headers=HEADERS["a"])
-    client.post("/v1/chat/completions", json=_chat(), headers={**HEADERS["a"], "accept-encoding": "gzip"})
+    raw.post("/v1/chat/completions", json=chat(), headers=HEADERS["a"])
+    client.post("/v1/chat/completions", json=chat(), headers={**HEADERS["a"], "accept-encoding": "gzip"})
     raw.close()
     assert [seen["accept-encoding"] for seen in upstream.seen[since:]] == ["identity", "gzip"]
