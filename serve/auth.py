@@ -14,9 +14,10 @@
   silently sent weak (the caller chose a router or threshold; a quiet downgrade would hide the cap); a call that
   was going strong only as a fallback goes weak instead. Calls in flight count as strong from the decision on, so
   concurrent requests cannot all pass one check. A key's first call may be strong unless the cap is 0.
-- Fleet: limits live in each ingress replica's memory. The rate and burst are divided by
-  `ingress_replicas` (the fleet then allows the configured rate when Serve spreads a key's calls evenly); the
-  share needs no division (each replica holds it on its sample). A restart starts every key afresh.
+- Fleet: limits live in each ingress replica's memory. The rate and burst are divided by `ingress_replicas`
+  (filled from the file's IngressDeployment; the fleet then allows the configured rate when Serve spreads a
+  key's calls evenly); the share needs no division (each replica holds it on its sample). A restart starts every
+  key afresh.
 
 Keys are identified in logs and limits by the first 12 hex digits of their digest, never by the key.
 """
@@ -184,7 +185,8 @@ class Limits:
     replica's part of the fleet's (divided by `replicas`)."""
 
     def __init__(self, requests_per_s: float | None, burst: int, max_strong_share: float | None, strong_window: int,
-                 replicas: int = 1, clock=time.monotonic) -> None:
+                 replicas: int | None = 1, clock=time.monotonic) -> None:
+        replicas = replicas or 1
         self.requests_per_s = None if requests_per_s is None else requests_per_s / replicas
         self.burst, self.clock = max(1, math.ceil(burst / replicas)), clock
         self.max_strong_share, self.strong_window = max_strong_share, strong_window

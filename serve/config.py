@@ -50,6 +50,9 @@ BACKEND_DEPLOYMENTS = {"embedding": EMBEDDING, "classifier": CLASSIFIER}
 # starts one every health_check_period_s (Ray's default 10 s): the replacement starts that much later. The check is
 # Ray's own no-op ping (no deployment here defines check_health), so a short period costs next to nothing.
 HEALTH_CHECK_PERIOD_S = 2.0
+# Ray's end-to-end limit per HTTP request (http_options.request_timeout_s), streams included: as long as the
+# longest non-streamed upstream answer may take (UpstreamConfig.total_timeout_s).
+REQUEST_TIMEOUT_S = 900.0
 DEPLOYMENT_DEFAULTS: dict[str, dict[str, Any]] = {
     # Routing, decisions, metrics and the upstream proxy: light work per request, many requests in flight.
     INGRESS: {"num_replicas": 1, "max_ongoing_requests": 128, "health_check_period_s": HEALTH_CHECK_PERIOD_S,
@@ -255,11 +258,11 @@ class KeyLimitsConfig(_Strict):
     max_tokens: int | None = Field(
         None, ge=1, description="largest `max_tokens` / `max_completion_tokens` a chat request may ask for; null: "
         "the upstream's own limit")
-    ingress_replicas: int = Field(
-        1, ge=1, description="ingress replicas the limits are shared across: each replica enforces requests_per_s "
-        "and burst divided by this (rounded up), so the fleet allows the configured rate; set it to the "
-        "deployment's num_replicas (`turnout serve` and `turnout deploy render` fill it from a fixed "
-        "num_replicas, or max_replicas with autoscaling)")
+    ingress_replicas: int | None = Field(
+        None, ge=1, description="ingress replicas the limits are shared across: each replica enforces "
+        "requests_per_s and burst divided by this (burst rounded up), so the fleet allows the configured rate. "
+        "null: from the config file's IngressDeployment (num_replicas, or autoscaling max_replicas, so a "
+        "scaled-down fleet allows less, never more), else 1")
 
 
 class ApiConfig(_Strict):
@@ -530,15 +533,42 @@ def parse_app_args(args: Any, where: str = "args") -> TurnoutConfig:
 def default_document(config: TurnoutConfig | None = None) -> dict[str, Any]:
     """The Ray Serve config file for `config` (default: every default), with the deployments it binds listed."""
     config = config or TurnoutConfig()
+    deployments = [{"name": name, **DEPLOYMENT_DEFAULTS[name]} for name in config.deployments()]
     app = {
         "name": APP_NAME,
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
         "logging_config": {"enable_access_log": False},  # an access-log line per request costs the ingress CPU
-        "args": config.model_dump(mode="json"),
-        "deployments": [{"name": name, **DEPLOYMENT_DEFAULTS[name]} for name in config.deployments()],
+        "args": with_fleet_size(config, deployments).model_dump(mode="json"),
+        "deployments": deployments,
     }
-    return {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": 8000}, "applications": [app]}
+    return {"proxy_location": "HeadOnly",
+            "http_options": {"host": "127.0.0.1", "port": 8000, "request_timeout_s": REQUEST_TIMEOUT_S},
+            "applications": [app]}
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(config: TurnoutConfig, host: str, where: str) -> None:
+    """ConfigError for a service on a non-loopback address with no API keys, unless the config says so."""
+    if host not in LOOPBACK_HOSTS and not config.api.auth.configured and not config.api.auth.allow_public_without_auth:
+        raise ConfigError(f"{where}: serving on {host} with no API keys: configure api.auth (api_keys_sha256, "
+                          "api_keys_file or api_keys_env), or set api.auth.allow_public_without_auth: true")
+
+
+def with_fleet_size(config: TurnoutConfig, deployments: list[dict[str, Any]]) -> TurnoutConfig:
+    """`api.limits.ingress_replicas` from the ingress's `num_replicas` (or autoscaling `max_replicas`) in the
+    file's deployments (1 when it names neither), unless the args set it themselves."""
+    limits = config.api.limits
+    if limits.ingress_replicas is not None:
+        return config
+    ingress = next((d for d in deployments if d.get("name") == INGRESS), {})
+    replicas = (ingress.get("autoscaling_config") or {}).get("max_replicas") or ingress.get("num_replicas") or 1
+    if not isinstance(replicas, int):
+        return config
+    api = config.api.model_copy(update={"limits": limits.model_copy(update={"ingress_replicas": replicas})})
+    return config.model_copy(update={"api": api})
 
 
 def render_yaml(document: dict[str, Any]) -> str:
@@ -673,7 +703,8 @@ def load_serve_file(text: str | None = None, path: str | Path | None = None) -> 
     app = document["applications"][index]
     config = parse_app_args(app.get("args") or {}, f"{where}.args")
     check_deployments(app.get("deployments") or [], config, where)
-    return ServeFile(document, index, config)
+    check_exposure(config, (document.get("http_options") or {}).get("host", "127.0.0.1"), source)
+    return ServeFile(document, index, with_fleet_size(config, app.get("deployments") or []))
 
 
 def check_deployments(overrides: list[Any], config: TurnoutConfig, where: str = "deployments") -> None:

@@ -164,7 +164,11 @@ class StrongRatioController:
         return self.window.threshold_for(self.strong_ratio)
 
     def threshold_for(self, strong_ratio: float) -> float:
-        """The threshold that sends `strong_ratio` of the windowed traffic to the strong model."""
+        """The threshold that sends `strong_ratio` of the windowed traffic to the strong model; 0 and 1 mean no
+        call and every call, whatever the window holds (a score beyond the window's range would cross its
+        quantile otherwise)."""
+        if strong_ratio in (0.0, 1.0):
+            return 0.0 if strong_ratio else float(np.nextafter(1.0, 2.0))
         if not len(self.window):
             raise ConfigError("no scores seen yet: a per-request strong_ratio needs reference scores or live traffic")
         return self.window.threshold_for(strong_ratio)

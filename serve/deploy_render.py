@@ -29,7 +29,7 @@ from typing import Any
 
 from index.errors import ConfigError
 from serve.config import (CLASSIFIER, DEFAULT_ROUTERS, DEPLOYMENT_DEFAULTS, EMBEDDING, INGRESS, TurnoutConfig,
-                          default_document, load_serve_file, parse_app_args)
+                          default_document, load_serve_file, parse_app_args, with_fleet_size)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ DATA_DIR = f"{VOLUME_MOUNT}/data"  # only `turnout prepare` reads it (training o
 SERVE_PORT = 8000  # KubeRay's serve Service targets the container port named "serve", 8000 by its default
 # Upstreams as Services in the RayService's namespace; a real deployment names its own with --config.
 UPSTREAM_URLS = {"strong": "http://strong-llm:8000/v1", "weak": "http://weak-llm:8000/v1"}
+# The inbound API keys: the Secret turnout-api-keys (key `keys`, one key or sha256:<hex> per line) mounted in every
+# worker pod (deploy/k8s/base/rayservice.yaml). A missing Secret keeps the pods from starting: never open by default.
+API_KEYS_FILE = "/etc/turnout/api-keys/keys"
+# Per key, for the whole fleet (each ingress replica enforces its part: api.limits.ingress_replicas).
+KEY_LIMITS = {"requests_per_s": 50.0, "burst": 100}
 GPU_RESOURCE = "nvidia.com/gpu"
 UPGRADE_TYPES = ("NewCluster", "NewClusterWithIncrementalUpgrade", "None")  # KubeRay's RayServiceUpgradeType
 MAX_NAME = 47  # KubeRay: RayCluster names are <= 53 and the RayService appends a 6-character suffix
@@ -101,6 +106,8 @@ def overlay_config(overlay: str) -> TurnoutConfig:
     spec = _spec(overlay)
     dumped = TurnoutConfig().model_dump(mode="json")
     dumped["artifacts"].update(home=ARTIFACTS_HOME, data_dir=DATA_DIR)
+    dumped["api"]["auth"]["api_keys_file"] = API_KEYS_FILE
+    dumped["api"]["limits"].update(KEY_LIMITS)
     for side, url in UPSTREAM_URLS.items():
         dumped["upstreams"][side]["base_url"] = url
     if spec.gpu_group:
@@ -158,7 +165,8 @@ def serve_document(overlay: str, config: str | Path | None = None) -> dict[str, 
     document = default_document(turnout)
     # Every node runs a proxy (the head's stays out of the serve Service: excludeHeadPodFromServeSvc), listening
     # on the pod's address for KubeRay's Service.
-    document.update(proxy_location="EveryNode", http_options={"host": "0.0.0.0", "port": SERVE_PORT})
+    document.update(proxy_location="EveryNode",
+                    http_options={**document["http_options"], "host": "0.0.0.0", "port": SERVE_PORT})
     app = document["applications"][0]
     deployments = []
     for entry in app["deployments"]:
@@ -177,6 +185,7 @@ def serve_document(overlay: str, config: str | Path | None = None) -> dict[str, 
         deployments.append(_merge(options, user))
     # Names this config does not bind stay in the list, so that check_deployments names them in its error.
     app["deployments"] = deployments + list(user_deployments.values())
+    app["args"] = with_fleet_size(turnout, deployments).model_dump(mode="json")
     where = f"overlay {overlay}" + (f" with {config}" if config else "")
     served = _load(yaml.safe_dump(document, sort_keys=False), where)  # Ray's schema + ours, strict keys
     _check_devices(served.document, turnout, spec, where)

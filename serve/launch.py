@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 
 from index.errors import ConfigError, TurnoutError
-from serve.config import ServeFile, TurnoutConfig, load_serve_file, parse_app_args
+from serve.config import ServeFile, TurnoutConfig, check_exposure, load_serve_file, parse_app_args
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def configure(path: str | None = None, *, home: str | None = None, data_dir: str
             raise ConfigError(f"--port must be in 1..65535, got {port}")
         http["port"] = port
     document["http_options"] = http
+    check_exposure(config, http.get("host", "127.0.0.1"), "--host")
     return ServeFile(document, served.app_index, config)
 
 

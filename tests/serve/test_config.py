@@ -16,6 +16,7 @@ from serve.config import (
     load_serve_file,
     parse_app_args,
     render_yaml,
+    with_fleet_size,
 )
 
 
@@ -52,7 +53,10 @@ def test_print_config_is_the_defaults_with_their_descriptions():
     text = render_yaml(default_document())
     parsed = yaml.safe_load(text)
     assert parsed == default_document()
-    assert TurnoutConfig.model_validate(parsed["applications"][0]["args"]) == TurnoutConfig()
+    app = parsed["applications"][0]
+    # the defaults, with the ingress replica count the limits are divided by taken from the deployments
+    assert TurnoutConfig.model_validate(app["args"]) == with_fleet_size(TurnoutConfig(), app["deployments"])
+    assert app["args"]["api"]["limits"]["ingress_replicas"] == 1
     description = TurnoutConfig.model_fields["routing"].annotation.model_fields["max_in_flight"].description
     assert f"# {description.split()[0]} {description.split()[1]}" in text
 

@@ -253,3 +253,25 @@ def test_upstream_auth_failures_and_encodings(serve, upstream):
     client.post("/v1/chat/completions", json=chat(), headers={**HEADERS["a"], "accept-encoding": "gzip"})
     raw.close()
     assert [seen["accept-encoding"] for seen in upstream.seen[since:]] == ["identity", "gzip"]
+
+
+def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path):
+    """`turnout serve --host 0.0.0.0` and a KubeRay render with the keys removed refuse to start open to the
+    network; the KubeRay overlays read their keys from the turnout-api-keys Secret and divide the rate by the
+    ingress's max_replicas."""
+    from index.errors import ConfigError
+    from serve.deploy_render import API_KEYS_FILE, SCALING, serve_document
+    from serve.launch import configure
+
+    with pytest.raises(ConfigError, match="serving on 0.0.0.0 with no API keys"):
+        configure(host="0.0.0.0")
+    assert configure(host="127.0.0.1").host == "127.0.0.1"
+    mine = tmp_path / "open.yaml"
+    mine.write_text("applications:\n- args: {api: {auth: {api_keys_file: null}}}\n")
+    with pytest.raises(ConfigError, match="with no API keys"):
+        serve_document("cpu", mine)
+    mine.write_text("applications:\n- args: {api: {auth: {api_keys_file: null, allow_public_without_auth: true}}}\n")
+    assert serve_document("cpu", mine)["applications"][0]["args"]["api"]["auth"]["api_keys_file"] is None
+    args = serve_document("cpu")["applications"][0]["args"]
+    assert args["api"]["auth"]["api_keys_file"] == API_KEYS_FILE
+    assert args["api"]["limits"]["ingress_replicas"] == SCALING["IngressDeployment"]["max_replicas"]
