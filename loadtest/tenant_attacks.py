@@ -140,20 +140,28 @@ def measure(home: Path, upstream) -> dict[str, Any]:
                                           "fallback": response.headers.get("x-turnout-fallback")}
     # 4. one key's traffic against the shared controller (strong_ratio 0.3, window 50)
     with run("steer") as url, httpx.Client(base_url=url, timeout=30) as client:
+        probes = mixed_prompts(100, seed=2)
+
+        def strong_share() -> float:
+            """Of ordinary prompts, at the live threshold read once (each probe brings it as its own threshold, so
+            that probing cannot move it, before the fixes either)."""
+            live = threshold(client)
+            return sum(client.post("/v1/route", json={"prompt": p, "threshold": live}, headers=HEADERS["a"]).json()
+                       ["model"] == "strong" for p in probes) / len(probes)
+
         for text in mixed_prompts(200):
             client.post("/v1/chat/completions", json=chat(text), headers=HEADERS["a"])
-        steps = {"after_200_mixed_chats_key_a": threshold(client)}
+        steps = {"threshold_after_200_mixed_chats_key_a": threshold(client)}
+        share_before = strong_share()
         for _ in range(200):
             client.post("/v1/route", json={"prompt": "a"}, headers=HEADERS["b"])
-        steps["after_200_route_calls_key_b"] = threshold(client)
+        steps["threshold_after_200_route_calls_key_b"] = threshold(client)
         for _ in range(200):
             client.post("/v1/chat/completions", json=chat("a"), headers=HEADERS["b"])
-        steps["after_200_chats_key_b"] = threshold(client)
-        probes = mixed_prompts(100, seed=2)
-        strong = sum(client.post("/v1/route", json={"prompt": p}, headers=HEADERS["a"]).json()["model"] == "strong"
-                     for p in probes)
+        steps["threshold_after_200_chats_key_b"] = threshold(client)
         out["4_one_key_moves_threshold"] = {**{k: round(v, 4) for k, v in steps.items()},
-                                            "strong_share_of_100_ordinary_prompts_after": strong / len(probes)}
+                                            "strong_share_of_100_ordinary_prompts": {
+                                                "before_key_b": share_before, "after_key_b": strong_share()}}
     # 5, 6, 9, 12, 13: one service with a 2 KiB body limit
     with run("hardening", api__max_body_bytes=2048) as url, httpx.Client(base_url=url, timeout=30) as client:
         before = len(seen)

@@ -491,7 +491,7 @@ def build_api(ingress: IngressDeployment):
         except Exception as exc:  # open to anyone: the reason stays generic, the details go to the log and a metric
             cause = _cause(exc)
             log.warning("not ready: %s: %s", type(cause).__name__, first_line(cause))
-            metrics.error("/readyz", "timeout" if isinstance(cause, asyncio.TimeoutError) else "backend_failed")
+            metrics.error("/readyz", "not_ready")
             return JSONResponse({"status": "not ready", "reason": "a backend did not answer (see the service log)"},
                                 status_code=503)
         return {"status": "ready", **ready}

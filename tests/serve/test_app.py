@@ -50,6 +50,8 @@ def service(ray_cluster, artifacts, upstream):
     down = app_args(home, reference, upstream.base_url, f"http://127.0.0.1:{free_port()}/v1")
     down["routers"].update(enabled=["length"], default="length")
     down["upstreams"]["strong"]["model"] = "fail-503"  # the fake upstream answers 503 for this model
+    down["upstreams"]["fallback_on_503"] = True  # a 503 before any body: safe to send elsewhere
+    down["routing"]["controller"]["learn_from_route"] = True  # its one /v1/route call sets its gauges
 
     # one embedding slot and one queue place per caller: the rest of a burst is rejected at once
     tight = app_args(home, reference, upstream.base_url, upstream.base_url)
@@ -217,8 +219,9 @@ def test_multi_turn_scores_recent_user_turns(service):
 
 def test_controller_state_is_exposed(service):
     client = service["client"]
-    for i in range(30):
-        client.post("/v1/route", json={"prompt": f"{MATH} {i}", "router": "random"})
+    for i in range(30):  # chat calls an upstream answered: what the controller learns from
+        body = {"model": "router-random", "messages": [{"role": "user", "content": f"{MATH} {i}"}]}
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
     state = client.get("/v1/routers").json()
     assert state["default"] == "mf"
     random = state["routers"]["random"]
@@ -479,7 +482,8 @@ def test_metrics_reach_the_export_port(service):
     for router in ("mf", "sw_ranking", "random"):
         for threshold in (0.0, 1.0):
             client.post("/v1/route", json={"prompt": MATH, "router": router, "threshold": threshold})
-    client.post("/v1/chat/completions", json={"model": "router-mf", "messages": [{"role": "user", "content": "hi"}]})
+    for router in ("mf", "random"):  # served chats: the controllers' realised ratios
+        client.post("/v1/chat/completions", json={"model": f"router-{router}", "messages": [{"role": "user", "content": "hi"}]})
     client.post("/v1/route", content=b"{", headers={"content-type": "application/json"})
     client.post("/v1/route", json={"prompt": "a", "router": "bert"})
     client.post("/v1/route", json={"prompt": "a", "threshold": 3})

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from serve.config import OPENAI_CHAT_FIELDS
 from tests.serve.conftest import app_args, deploy_apps
 
 pytest.importorskip("ray.serve")
@@ -30,6 +31,7 @@ def service(ray_cluster, artifacts):
         args["routers"].update(enabled=["mf", "length"], default="mf")
         for side in ("strong", "weak"):
             args["upstreams"][side].update(model=side, api_key_env=None, timeout_s=1.0)
+        args["api"]["forward_fields"] = [*OPENAI_CHAT_FIELDS, "metadata"]  # the fake upstreams' instructions
         deploy_apps({APP: (PREFIX, args, {})})
         with httpx.Client(base_url=ray_cluster["http"] + PREFIX, timeout=30) as client:
             yield {"client": client, "fakes": fakes, "url": ray_cluster["http"] + PREFIX}

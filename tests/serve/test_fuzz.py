@@ -100,8 +100,8 @@ def test_openapi_declares_the_error_body_for_every_status(service):
     assert schemas["ErrorResponse"]["required"] == ["error"]
     assert set(schemas["ErrorDetail"]["required"]) == {"message", "type", "code"}
     assert "HTTPValidationError" not in schemas
-    expected = {"/v1/route": {400, 401, 413, 422, 429, 500, 503},
-                "/v1/chat/completions": {400, 401, 413, 422, 429, 500, 502}}
+    expected = {"/v1/route": {400, 401, 403, 408, 413, 422, 429, 500, 503},
+                "/v1/chat/completions": {400, 401, 403, 408, 413, 422, 429, 500, 502}}
     for path, statuses in expected.items():
         responses = doc["paths"][path]["post"]["responses"]
         assert {int(s) for s in responses} == statuses | {200}, (path, sorted(responses))
@@ -136,7 +136,7 @@ def test_a_stream_matches_the_declared_event_schema(service):
 @pytest.mark.parametrize("path, template", [
     ("/v1/route", '{{"messages": [{{"role": "user", "content": "hi", "x": {}}}], "router": "length"}}'),
     ("/v1/chat/completions",
-     '{{"model": "router-length", "messages": [{{"role": "user", "content": "hi"}}], "x": {}}}'),
+     '{{"model": "router-length", "messages": [{{"role": "user", "content": "hi"}}], "response_format": {}}}'),
 ], ids=["route", "chat"])
 def test_deep_nesting_is_refused_at_every_depth(service, path, template):
     """Before: a 500 at two places. Sent as JSON, a body nested ~970 levels deep parsed, then overflowed the stack
