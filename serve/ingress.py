@@ -420,7 +420,6 @@ def _validation_message(errors: list[dict]) -> tuple[str, bool]:
 
 def build_api(ingress: IngressDeployment):
     """The FastAPI app of one ingress replica."""
-    import httpx
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
