@@ -17,6 +17,7 @@ changes: `deploy/causal.yaml` is such an overlay (causal_llm is opt-in: it needs
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,7 +233,8 @@ class AuthConfig(_Strict):
         "the config never holds a key itself")
     api_keys_file: str | None = Field(
         None, description="a file with one key (or sha256:<hex>) per line, e.g. a mounted Kubernetes Secret")
-    api_keys_env: str | None = Field(None, description="environment variable with comma-separated keys")
+    api_keys_env: str | None = Field(
+        "TURNOUT_API_KEYS", description="environment variable with comma-separated keys (unset or empty: none)")
     client_thresholds: Literal["all", "none"] | list[str] = Field(
         "all", description="keys that may choose their own threshold or strong_ratio (`threshold`, `strong_ratio`, "
         "`router-<name>-<threshold>`; others get 403 threshold_not_allowed): all, none, or a list of key ids "
@@ -243,7 +245,10 @@ class AuthConfig(_Strict):
 
     @property
     def configured(self) -> bool:
-        return bool(self.api_keys_sha256 or self.api_keys_file or self.api_keys_env)
+        """Whether a key source holds keys: digests, a key file (each replica reads it, and fails without it), or
+        the environment variable, set in this process."""
+        env = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
+        return bool(self.api_keys_sha256 or self.api_keys_file or env.strip())
 
 
 class KeyLimitsConfig(_Strict):
@@ -553,8 +558,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 def check_exposure(config: TurnoutConfig, host: str, where: str) -> None:
     """ConfigError for a service on a non-loopback address with no API keys, unless the config says so."""
     if host not in LOOPBACK_HOSTS and not config.api.auth.configured and not config.api.auth.allow_public_without_auth:
-        raise ConfigError(f"{where}: serving on {host} with no API keys: configure api.auth (api_keys_sha256, "
-                          "api_keys_file or api_keys_env), or set api.auth.allow_public_without_auth: true")
+        env = config.api.auth.api_keys_env
+        raise ConfigError(f"{where}: serving on {host} with no API keys: set ${env} or configure api.auth "
+                          "(api_keys_sha256, api_keys_file), or set api.auth.allow_public_without_auth: true")
 
 
 def with_fleet_size(config: TurnoutConfig, deployments: list[dict[str, Any]]) -> TurnoutConfig:

@@ -303,6 +303,8 @@ def _serve_config(work: Path, http_port: int, strong_url: str, weak_url: str) ->
     args = app_args(work / "home", work / "reference.txt", strong_url, weak_url)
     args["routers"].update(enabled=ROUTERS, default="mf", extra={"slow": f"{MODULE}:SLOW"})
     args["routing"].update(max_in_flight=8, timeout_s=1.0)
+    # most of the load is /v1/route: it feeds the controllers (and so their strong-ratio gauges) only when told to
+    args["routing"]["controller"]["learn_from_route"] = True
     args["embedding"].update(max_batch_size=1)  # the slow router's requests queue one call each
     document = default_document()
     document["applications"][0].update(args=args, deployments=[
