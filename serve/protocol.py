@@ -179,7 +179,8 @@ class ChatCompletionRequest(BaseModel):
 
 def upstream_body(payload: dict[str, Any], fields: list[str], max_n: int, max_tokens: int | None) -> dict[str, Any]:
     """The body to forward: the client's fields, each on the allowlist (`api.forward_fields`), with `n` and the
-    token limits within the per-key caps. InputError (422) naming the first field that is not."""
+    token limits within the per-key caps, and the token cap as `max_tokens` where the request sets no limit.
+    InputError (422) naming what is not."""
     extra = sorted(set(payload) - set(fields))
     if extra:
         raise InputError(f"field(s) {', '.join(map(repr, extra[:5]))} are not forwarded by this service "

@@ -143,8 +143,7 @@ def test_every_error_class_has_a_stable_documented_code():
         seen[cls.code] = cls
         if cls.__name__ not in ("DeployError", "DataNotFoundError"):  # CLI-only: never an HTTP answer
             assert cls.http_status in DOCUMENTED_CODES.get(cls.code, ()), (cls, cls.code, cls.http_status)
-    budget = serve.auth.StrongBudget(max_share=0.0, window=4)
-    budget.check(False, 1.0)
+    limits = serve.auth.Limits(requests_per_s=None, burst=1, max_strong_share=0.0, strong_window=4)
     with pytest.raises(serve.auth.RateLimited) as refused:
-        budget.check(True, 1.0)
+        limits.charge("k", "strong")
     assert refused.value.code == "strong_budget_exceeded" and refused.value.code in DOCUMENTED_CODES
