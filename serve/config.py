@@ -183,6 +183,10 @@ class RoutingConfig(_Strict):
         "strong favours quality, weak favours cost",
     )
     timeout_s: float = Field(2.0, gt=0, description="routing budget per request before the fallback is used")
+    max_key_in_flight_share: float = Field(
+        0.5, gt=0.0, le=1.0, description="most of max_in_flight one API key's routing calls may hold (with auth "
+        "on); past it that key's calls are refused at the door as overload (chat: its fallback), while other keys "
+        "are still routed")
     max_in_flight: int = Field(
         32,
         ge=1,

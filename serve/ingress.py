@@ -160,6 +160,7 @@ class IngressDeployment:
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
         self.upstream_keys: dict[str, str | None] = {}  # side -> the key sent upstream (not the clients' keys)
         self.in_flight = 0  # routing calls outstanding (one event loop: no lock needed)
+        self.key_in_flight: dict[str, int] = {}  # the same, per API key (auth on)
         self.replica = _replica_id()
         self.backend_seen: dict[str, float] = {}  # backend -> monotonic time it last answered (see ready())
         self.backend_routers: dict[str, list[str]] = {}  # backend -> routers its last ready() listed
@@ -228,10 +229,13 @@ class IngressDeployment:
             raise ConfigError(f"unknown router {name!r}; this service has: {', '.join(self.config.routers.enabled)}")
         return name
 
-    async def route(self, text: str, router: str | None, threshold: float | None, strong_ratio: float | None) -> dict:
+    async def route(self, text: str, router: str | None, threshold: float | None, strong_ratio: float | None,
+                    key: str | None = None) -> dict:
         """Score and decide within the routing budget. Returns model, p_strong, threshold, threshold_source,
         router and stage times; request errors pass through as TurnoutErrors, backend failures become
-        RoutingUnavailable (timeout, overload, error).
+        RoutingUnavailable (timeout, overload, error). With auth on, `key`'s calls hold at most
+        `routing.max_key_in_flight_share` of the replica's routing slots, so that one key's flood cannot push
+        everyone else's chats to the fallback model.
 
         The budget travels with the request so that a backend skips work nobody waits for any more: without
         it, an overloaded service spends its time on requests that already timed out and then none succeed.
@@ -242,6 +246,12 @@ class IngressDeployment:
         if self.in_flight >= routing.max_in_flight:
             # Refused here, a request costs nothing downstream; queued behind capacity it would time out anyway.
             raise RoutingOverloaded(f"routing is overloaded ({self.in_flight} requests in flight); retry later")
+        if key is not None and self.keys.enabled:
+            slots = max(1, math.floor(routing.max_key_in_flight_share * routing.max_in_flight))
+            if self.key_in_flight.get(key, 0) >= slots:
+                raise RoutingOverloaded(f"this key has {slots} routing calls in flight, its share of this replica's "
+                                        f"{routing.max_in_flight}; retry later")
+            self.key_in_flight[key] = self.key_in_flight.get(key, 0) + 1
         self.in_flight += 1
         try:
             p_strong, stages = await self._score(name, text, routing.timeout_s)
@@ -249,6 +259,10 @@ class IngressDeployment:
             raise RoutingUnavailable(str(exc)) from None
         finally:
             self.in_flight -= 1
+            if key is not None and key in self.key_in_flight:
+                self.key_in_flight[key] -= 1
+                if not self.key_in_flight[key]:
+                    del self.key_in_flight[key]
         t0 = time.perf_counter()
         controller = self.controllers[name]
         if threshold is not None:
@@ -531,7 +545,7 @@ def build_api(ingress: IngressDeployment):
         own_threshold(key, body.threshold, body.strong_ratio)
         text = body.prompt if body.prompt is not None else scoring_text(
             body.messages, config.scoring.user_turns, config.scoring.max_chars)
-        decision = await ingress.route(text[-config.scoring.max_chars:], name, body.threshold, body.strong_ratio)
+        decision = await ingress.route(text[-config.scoring.max_chars:], name, body.threshold, body.strong_ratio, key)
         if ingress.routing.controller.learn_from_route:
             ingress.learn(key, decision)
         latency_ms = (time.perf_counter() - start) * 1000.0
@@ -560,7 +574,7 @@ def build_api(ingress: IngressDeployment):
         headers = {"x-turnout-router": name}
         decision = None
         try:
-            decision = await ingress.route(text, name, threshold, None)
+            decision = await ingress.route(text, name, threshold, None, key)
             side = decision["model"]
             headers.update({"x-turnout-p-strong": f"{decision['p_strong']:.6f}",
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})

@@ -128,6 +128,19 @@ def test_an_upstream_failover_to_strong_is_charged_and_capped(serve, upstream):
     assert _sides(upstream, since) == ["strong"] and ingress.limits.budgets[key].pending_strong == 0
 
 
+def test_one_keys_flood_of_routing_calls_leaves_others_routed(serve, upstream):
+    """Before: one key filling routing.max_in_flight sent every key's chats to the fallback model (strong). After:
+    a key holds at most max_key_in_flight_share of the slots; past that its own calls fall back, others' are routed."""
+    ingress, client = serve(routing__max_in_flight=4, routing__max_key_in_flight_share=0.5)
+    flooder = ingress.keys.identify(f"Bearer {KEYS['a']}")
+    ingress.key_in_flight[flooder], ingress.in_flight = 2, 2  # key a's two slots are busy
+    own = client.post("/v1/chat/completions", json=chat(), headers=HEADERS["a"])
+    assert own.status_code == 200 and own.headers["x-turnout-fallback"] == "router_overloaded"
+    other = client.post("/v1/chat/completions", json=chat(), headers=HEADERS["b"])
+    assert other.status_code == 200 and "x-turnout-fallback" not in other.headers
+    assert "x-turnout-p-strong" in other.headers
+
+
 # ------------------------------------------------------------------------------------ 4. the shared controller
 
 def test_one_key_cannot_move_everyones_threshold(serve):
