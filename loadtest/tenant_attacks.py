@@ -80,12 +80,14 @@ def chat(text: str = "hi", model: str = "turnout", **fields) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
 
 
-def stalled_body(url: str, headers: dict[str, str], wait_s: float) -> dict:
-    """Send the head of a POST announcing 100 kB and 13 bytes of it, then stall: what comes back, and when."""
+def stalled_body(url: str, headers: dict[str, str], wait_s: float, path: str = "/v1/chat/completions",
+                 method: str = "POST") -> dict:
+    """Send the head of a request announcing 100 kB of body and 13 bytes of it, then stall: what comes back, and
+    when."""
     host, port = url.removeprefix("http://").split(":")
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{head}"
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{head}"
                      "content-length: 100000\r\n\r\n".encode() + b'{"model": "tu')
         sock.settimeout(wait_s)
         start = time.perf_counter()

@@ -67,9 +67,10 @@ def load_digests(sha256: list[str], path: str | None = None, env: str | None = N
             lines = Path(path).read_text().splitlines()
         except OSError as exc:
             raise ConfigError(f"auth.api_keys_file {path}: {exc.strerror}") from None
-        for line in (raw.strip() for raw in lines):
-            if line and not line.startswith("#"):
-                digests.append(line.removeprefix("sha256:") if line.startswith("sha256:") else digest(line))
+        keys = [line for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
+        if not keys:  # an empty Secret must not turn auth off
+            raise ConfigError(f"auth.api_keys_file {path} holds no key")
+        digests += [line.removeprefix("sha256:") if line.startswith("sha256:") else digest(line) for line in keys]
     if env is not None:
         value = os.environ.get(env, "")
         digests += [digest(k.strip()) for k in value.split(",") if k.strip()]

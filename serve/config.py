@@ -151,8 +151,9 @@ class ControllerConfig(_Strict):
         gt=0.0,
         le=1.0,
         description="most of the window one API key's scores may hold (with auth on); a key at its share replaces "
-        "its own oldest score, so whatever one key sends, the threshold for a strong share r stays between the "
-        "other traffic's quantiles at 1 - r/(1 - c) and 1 - (r - c)/(1 - c) for this share c. Smaller protects "
+        "its own oldest score, so once the window is full, whatever one key sends, the threshold for a strong "
+        "share r stays between the other traffic's quantiles at 1 - r/(1 - c) and 1 - (r - c)/(1 - c) for this "
+        "share c (keep c below strong_ratio: otherwise one key can take every strong place). Smaller protects "
         "tenants from each other more; with few keys the reference scores then fill the rest of the window "
         "(1.0 for a single-key gateway)",
     )
@@ -249,10 +250,10 @@ class AuthConfig(_Strict):
 
     @property
     def configured(self) -> bool:
-        """Whether a key source holds keys: digests, a key file (each replica reads it, and fails without it), or
-        the environment variable, set in this process."""
+        """Whether a key source holds keys: digests, a key file (each replica reads it, and refuses to start
+        without a key in it), or at least one key in the environment variable, set in this process."""
         env = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
-        return bool(self.api_keys_sha256 or self.api_keys_file or env.strip())
+        return bool(self.api_keys_sha256 or self.api_keys_file or any(k.strip() for k in env.split(",")))
 
 
 class KeyLimitsConfig(_Strict):
@@ -574,9 +575,10 @@ def with_fleet_size(config: TurnoutConfig, deployments: list[dict[str, Any]]) ->
     if limits.ingress_replicas is not None:
         return config
     ingress = next((d for d in deployments if d.get("name") == INGRESS), {})
-    replicas = (ingress.get("autoscaling_config") or {}).get("max_replicas") or ingress.get("num_replicas") or 1
-    if not isinstance(replicas, int):
-        return config
+    scaling = ingress.get("autoscaling_config") or {}
+    if ingress.get("num_replicas") == "auto":  # Ray's default autoscaling then: at most 100 replicas
+        scaling = {"max_replicas": 100, **scaling}
+    replicas = scaling.get("max_replicas") or ingress.get("num_replicas") or 1
     api = config.api.model_copy(update={"limits": limits.model_copy(update={"ingress_replicas": replicas})})
     return config.model_copy(update={"api": api})
 

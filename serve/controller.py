@@ -11,12 +11,15 @@ Start-up: the window is seeded with the reference scores (evenly spaced order st
 than fit), so the first threshold *is* the offline calibration, and live scores push the reference out FIFO.
 Without reference scores the controller holds the given starting threshold until `min_live` live scores arrived.
 
-Tenants: every live score carries its owner (the calling key), and no owner holds more than `max_owner_share`
-of the window; an owner at its share replaces its own oldest score instead of pushing out anyone else's. The
-window then always holds at least (1 − c)·n scores of others (c the share, n the window), so whatever one
-key sends, the threshold for a strong share r stays between the others' quantiles at 1 − r/(1 − c) (the key's
-scores all below) and 1 − (r − c)/(1 − c) (all above). The ingress decides which calls are observed at all
-(`serve.ingress`: only served calls the controller itself decided).
+Tenants: every live score carries its owner (the calling key), and no owner holds more than ⌊c·n⌋ of the n
+places of the window (c = `max_owner_share`); an owner at its share replaces its own oldest score instead of
+pushing out anyone else's. Once the window is full (it starts full when the reference scores fill it, as
+`turnout prepare` writes them by default), it holds at least (1 − c)·n scores of others, so whatever one key
+sends, the threshold for a strong share r stays between the others' quantiles at 1 − r/(1 − c) (the key's scores
+all below) and 1 − (r − c)/(1 − c) (all above; for r ≤ c the key can fill every strong place, so keep c below the
+target). While the window fills, or before `min_live` scores when no reference seeds it, one key's share of it can
+be larger. The ingress decides which calls are observed at all (`serve.ingress`: only answered calls the
+controller itself decided).
 
 Pure Python + numpy: an insertion into or deletion from a sorted list of 10⁴ floats is a memmove of
 microseconds, so every decision sees an exact sliding-window quantile. Each replica of the router deployment

@@ -437,8 +437,21 @@ def build_api(ingress: IngressDeployment):
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
-    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    class Relayed(StreamingResponse):
+        """Closes the upstream response whatever happens to the stream, even when the client leaves before its
+        first chunk (the relay generator then never runs, nor would a background task)."""
+
+        def __init__(self, upstream, content, **kwargs) -> None:
+            super().__init__(content, **kwargs)
+            self.upstream = upstream
+
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.upstream.aclose()
 
     config, metrics = ingress.config, ingress.metrics
     docs = {} if config.api.docs else {"docs_url": None, "redoc_url": None}
@@ -587,7 +600,7 @@ def build_api(ingress: IngressDeployment):
         if charge.side != side:
             metrics.fallback("strong_budget_exceeded", charge.side)
             _add_fallback(headers, "strong_budget_exceeded")
-        billed = False
+        billed = answered = False  # billed: the upstream may charge for it; answered: it gave its answer
         try:
             t_up = time.perf_counter()
             upstream = await _send(ingress, charge, payload, headers, request.headers.get("accept-encoding"))
@@ -604,11 +617,15 @@ def build_api(ingress: IngressDeployment):
                 headers["content-encoding"] = upstream.headers["content-encoding"]
             if body.stream and upstream.status_code < 400:
                 metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
-                return StreamingResponse(_relay(upstream, metrics, name, start), status_code=upstream.status_code,
-                                         media_type=media_type, headers=headers,
-                                         background=BackgroundTask(upstream.aclose))
+                answered = True
+                return Relayed(upstream, _relay(upstream, metrics, name, start), status_code=upstream.status_code,
+                               media_type=media_type, headers=headers)
             content = await _read(upstream, getattr(config.upstreams, side), side, t_up)
+            answered = billed
             metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
+        except asyncio.CancelledError:  # the client left: a call already sent may still be generated and billed
+            billed = True
+            raise
         except UpstreamError as exc:
             billed = isinstance(exc, UpstreamFailed)  # sent and maybe generated: the upstream may bill it
             metrics.error("/v1/chat/completions", exc.code)
@@ -619,7 +636,7 @@ def build_api(ingress: IngressDeployment):
                                 status_code=exc.http_status, headers=headers)
         finally:
             charge.settle(billed)
-            if billed and decision is not None:
+            if answered and decision is not None:
                 ingress.learn(key, decision)
         if upstream.status_code >= 400:
             metrics.error("/v1/chat/completions", f"upstream_{upstream.status_code}")
@@ -632,8 +649,8 @@ def build_api(ingress: IngressDeployment):
 class Gate:
     """ASGI middleware in front of every route; before the app runs, in this order:
 
-    1. the key, from the Authorization header (401; only OPEN_PATHS need none), and the key's request rate
-       (429): a caller without a valid key never gets a body byte read;
+    1. the key, from the Authorization header (401), and the key's request rate (429): a caller without a valid
+       key never gets a body byte read. OPEN_PATHS need no key and are passed on without their body being read;
     2. the whole body, within `timeout_s` (408 body_timeout) and `max_bytes` (413 body_too_large, whether declared
        in Content-Length or streamed): the app only ever sees a complete body, so a cut one never runs.
 
@@ -647,13 +664,14 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if _app_path(scope) in OPEN_PATHS:  # answered without reading a body: nothing to wait for
+            return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         try:
-            if _app_path(scope) not in OPEN_PATHS:
-                authorization = headers.get(b"authorization")
-                key = self.keys.identify(authorization.decode("latin-1") if authorization is not None else None)
-                self.limits.admit(key)
-                scope.setdefault("state", {})["key"] = key
+            authorization = headers.get(b"authorization")
+            key = self.keys.identify(authorization.decode("latin-1") if authorization is not None else None)
+            self.limits.admit(key)
+            scope.setdefault("state", {})["key"] = key
             declared = headers.get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_bytes:
                 raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)")

@@ -190,8 +190,9 @@ def upstream_body(payload: dict[str, Any], fields: list[str], max_n: int, max_to
         raise InputError(f"n must be a whole number from 1 to {max_n} (api.limits.max_n), got {n!r}")
     for name in ("max_tokens", "max_completion_tokens"):
         value = payload.get(name)
-        if max_tokens is not None and value is not None and not (isinstance(value, int) and value <= max_tokens):
-            raise InputError(f"{name} must be at most {max_tokens} (api.limits.max_tokens), got {value!r}")
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if max_tokens is not None and value is not None and not (whole and 1 <= value <= max_tokens):
+            raise InputError(f"{name} must be a whole number from 1 to {max_tokens} (api.limits.max_tokens), got {value!r}")
     if max_tokens is not None and payload.get("max_tokens") is None and payload.get("max_completion_tokens") is None:
         return {**payload, "max_tokens": max_tokens}  # an absent limit would be the upstream's, past the cap
     return payload

@@ -57,6 +57,9 @@ def test_a_caller_without_a_key_is_refused_before_its_body_is_read(serve):
     # with a valid key, a body that stalls gets 408 once api.body_timeout_s has passed
     timed_out = stalled_body(url, HEADERS["a"], wait_s=5.0)
     assert timed_out["status"] == 408 and 0.8 < timed_out["answered_after_s"] < 3.0
+    # the open paths need no key and never wait for a body
+    open_path = stalled_body(url, {}, wait_s=3.0, path="/healthz", method="GET")
+    assert open_path["status"] == 200 and open_path["answered_after_s"] < 0.5
 
 
 def test_an_oversized_chunked_body_never_runs(serve, upstream):
@@ -111,6 +114,46 @@ def test_fallbacks_are_charged_and_stay_within_the_budget(serve, upstream):
     _, fresh = serve(api__limits__max_strong_share=0.0)
     assert _code(fresh.post("/v1/chat/completions", json=chat(model="router-length-0.0"), headers=HEADERS["b"]),
                  429) == "strong_budget_exceeded"
+
+
+def test_a_call_cancelled_after_its_send_is_charged_but_not_learned(tmp_path, upstream):
+    """A client that leaves while the upstream generates (Serve cancels the request) is still charged: the
+    upstream got the call. The controller learns nothing from it: no answer was served."""
+    import asyncio
+    import json
+
+    from serve.ingress import build_api
+
+    deployment = ingress(tmp_path, upstream.base_url, api__limits__max_strong_share=0.5,
+                         upstreams__strong__model="slow")  # the fake upstream answers "slow" after 2 s
+    app, controller = build_api(deployment), deployment.controllers["length"]
+    body = json.dumps(chat(model="router-length-0.0")).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "root_path": "", "query_string": b"",
+             "headers": [(b"authorization", f"Bearer {KEYS['a']}".encode()), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())], "http_version": "1.1", "scheme": "http",
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+
+    async def cancelled():
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive():
+            return next(messages, None) or await asyncio.sleep(3600)
+
+        async def send(message):
+            pass
+
+        task = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(0.5)  # routed, sent, the upstream generating
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    live = controller.n_live
+    since = len(upstream.seen)
+    asyncio.run(cancelled())
+    budget = deployment.limits.budgets[deployment.keys.identify(f"Bearer {KEYS['a']}")]
+    assert _sides(upstream, since) == ["slow"] and list(budget.calls) == [True] and budget.pending_strong == 0
+    assert controller.n_live == live
 
 
 def test_an_upstream_failover_to_strong_is_charged_and_capped(serve, upstream):
@@ -181,7 +224,8 @@ def test_only_allowlisted_fields_within_the_caps_go_upstream(serve, upstream):
     ingress, client = serve(api__limits__max_n=2, api__limits__max_tokens=100)
     for fields, fragment in [({"priority": -100}, "'priority'"), ({"request_id": "x"}, "'request_id'"),
                              ({"n": 64}, "n must be a whole number from 1 to 2"),
-                             ({"max_tokens": 5000}, "max_tokens must be at most 100")]:
+                             ({"max_tokens": 5000}, "max_tokens must be a whole number from 1 to 100"),
+                             ({"max_tokens": True}, "max_tokens must be a whole number")]:
         response = client.post("/v1/chat/completions", json=chat(**fields), headers=HEADERS["a"])
         assert _code(response, 422) == "invalid_input" and fragment in response.json()["error"]["message"]
     since = len(upstream.seen)
@@ -268,7 +312,7 @@ def test_upstream_auth_failures_and_encodings(serve, upstream):
     assert [seen["accept-encoding"] for seen in upstream.seen[since:]] == ["identity", "gzip"]
 
 
-def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path):
+def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path, monkeypatch):
     """`turnout serve --host 0.0.0.0` and a KubeRay render with the keys removed refuse to start open to the
     network; the KubeRay overlays read their keys from the turnout-api-keys Secret and divide the rate by the
     ingress's max_replicas."""
@@ -278,6 +322,12 @@ def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path):
 
     with pytest.raises(ConfigError, match="serving on 0.0.0.0 with no API keys"):
         configure(host="0.0.0.0")
+    monkeypatch.setenv("TURNOUT_API_KEYS", " , ")  # set, but no key in it
+    with pytest.raises(ConfigError, match="with no API keys"):
+        configure(host="0.0.0.0")
+    monkeypatch.setenv("TURNOUT_API_KEYS", "sk-1")
+    assert configure(host="0.0.0.0").host == "0.0.0.0"
+    monkeypatch.delenv("TURNOUT_API_KEYS")
     assert configure(host="127.0.0.1").host == "127.0.0.1"
     mine = tmp_path / "open.yaml"
     mine.write_text("applications:\n- args: {api: {auth: {api_keys_file: null}}}\n")
@@ -288,3 +338,20 @@ def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path):
     args = serve_document("cpu")["applications"][0]["args"]
     assert args["api"]["auth"]["api_keys_file"] == API_KEYS_FILE
     assert args["api"]["limits"]["ingress_replicas"] == SCALING["IngressDeployment"]["max_replicas"]
+    # an empty Secret does not turn auth off: the replica refuses to start
+    from serve.auth import load_digests
+
+    empty = tmp_path / "keys"
+    empty.write_text("# no keys yet\n\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        load_digests([], str(empty))
+
+
+def test_the_fleet_size_comes_from_the_ingress_deployment():
+    from serve.config import TurnoutConfig, with_fleet_size
+
+    def size(deployment):
+        return with_fleet_size(TurnoutConfig(), [{"name": "IngressDeployment", **deployment}]).api.limits.ingress_replicas
+
+    assert size({}) == 1 and size({"num_replicas": 3}) == 3 and size({"num_replicas": "auto"}) == 100
+    assert size({"autoscaling_config": {"min_replicas": 2, "max_replicas": 6}}) == 6
