@@ -715,7 +715,6 @@ def load_serve_file(text: str | None = None, path: str | Path | None = None) -> 
     app = document["applications"][index]
     config = parse_app_args(app.get("args") or {}, f"{where}.args")
     check_deployments(app.get("deployments") or [], config, where)
-    check_exposure(config, (document.get("http_options") or {}).get("host", "127.0.0.1"), source)
     return ServeFile(document, index, with_fleet_size(config, app.get("deployments") or []))
 
 

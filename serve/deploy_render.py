@@ -29,7 +29,8 @@ from typing import Any
 
 from index.errors import ConfigError
 from serve.config import (CLASSIFIER, DEFAULT_ROUTERS, DEPLOYMENT_DEFAULTS, EMBEDDING, INGRESS, TurnoutConfig,
-                          default_document, load_serve_file, parse_app_args, with_fleet_size)
+                          check_exposure, default_document, load_serve_file, parse_app_args,
+                          with_fleet_size)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ def serve_document(overlay: str, config: str | Path | None = None) -> dict[str, 
     app["deployments"] = deployments + list(user_deployments.values())
     app["args"] = with_fleet_size(turnout, deployments).model_dump(mode="json")
     where = f"overlay {overlay}" + (f" with {config}" if config else "")
+    check_exposure(turnout, document["http_options"]["host"], where)
     served = _load(yaml.safe_dump(document, sort_keys=False), where)  # Ray's schema + ours, strict keys
     _check_devices(served.document, turnout, spec, where)
     return document

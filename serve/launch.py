@@ -60,7 +60,7 @@ def configure(path: str | None = None, *, home: str | None = None, data_dir: str
             raise ConfigError(f"--port must be in 1..65535, got {port}")
         http["port"] = port
     document["http_options"] = http
-    check_exposure(config, http.get("host", "127.0.0.1"), "--host")
+    check_exposure(config, http.get("host", "127.0.0.1"), path or "default config")
     return ServeFile(document, served.app_index, config)
 
 

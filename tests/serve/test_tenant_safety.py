@@ -329,6 +329,11 @@ def test_no_public_address_without_keys_unless_the_config_says_so(tmp_path, monk
     assert configure(host="0.0.0.0").host == "0.0.0.0"
     monkeypatch.delenv("TURNOUT_API_KEYS")
     assert configure(host="127.0.0.1").host == "127.0.0.1"
+    public = tmp_path / "public.yaml"  # the file's host is overridden by --host before the check
+    public.write_text("http_options: {host: 0.0.0.0}\napplications:\n- import_path: serve.app:build_app\n")
+    with pytest.raises(ConfigError, match=f"{public}: serving on 0.0.0.0"):
+        configure(str(public))
+    assert configure(str(public), host="127.0.0.1").host == "127.0.0.1"
     mine = tmp_path / "open.yaml"
     mine.write_text("applications:\n- args: {api: {auth: {api_keys_file: null}}}\n")
     with pytest.raises(ConfigError, match="with no API keys"):
