@@ -316,6 +316,17 @@ class UpstreamConfig(_Strict):
     max_response_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest non-streamed answer read from the upstream (502 "
         "upstream_failed beyond it)")
+    price_input_usd_per_mtok: float | None = Field(
+        None, ge=0, description="what the upstream charges per million prompt tokens, in USD (shadow calls' spend "
+        "and `turnout label --max-usd`); null: unknown")
+    price_output_usd_per_mtok: float | None = Field(
+        None, ge=0, description="what the upstream charges per million completion tokens, in USD; null: unknown")
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """The price of one call from its token counts; None where either price is unknown."""
+        if self.price_input_usd_per_mtok is None or self.price_output_usd_per_mtok is None:
+            return None
+        return (prompt_tokens * self.price_input_usd_per_mtok + completion_tokens * self.price_output_usd_per_mtok) / 1e6
 
     @field_validator("base_url")
     @classmethod
@@ -341,6 +352,48 @@ class UpstreamsConfig(_Strict):
     fallback_on_503: bool = Field(
         False, description="also send a call to the other side when the chosen upstream answers 503 (only "
         "where a 503 means the upstream refused before generating; behind a load balancer it may not)")
+
+
+# ------------------------------------------------------------------------------------------------- capture
+
+
+class CaptureConfig(_Strict):
+    """Captured traffic for the learning loop (serve/capture.py): a sampled share of routed requests, the answers
+    and the users' feedback, written to rotating Parquet files off the request path. Off unless enabled."""
+
+    enabled: bool = Field(False, description="capture routed requests (/v1/route and /v1/chat/completions)")
+    dir: str | None = Field(None, description="folder of the Parquet files, one subfolder per table (requests, "
+                            "answers, feedback); null: <home>/capture. Shared by every ingress replica")
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="share of routed requests captured")
+    store_text: bool = Field(
+        True, description="keep the prompt, the messages and the answers' text; false: only the prompt's SHA-256 "
+        "and, for routers on the embedding deployment, its embedding (feedback can still label them; answers "
+        "cannot be judged)")
+    queue_size: int = Field(
+        10_000, ge=1, description="records waiting for the writer thread; past it a record is dropped (counted "
+        "in turnout_capture_records_total{outcome=\"dropped_queue_full\"}), never the request")
+    rotate_rows: int = Field(5_000, ge=1, description="a table's file is closed at this many rows")
+    rotate_s: float = Field(
+        60.0, gt=0, description="... or this long after its first row: at most this much capture is lost with a "
+        "crashed replica")
+    max_total_bytes: int = Field(
+        10 * 1024 ** 3, ge=1024 ** 2, description="the folder's size bound: past it the oldest files are removed")
+    shadow_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of chat requests for which the model not chosen is also called, "
+        "after the client's answer is sent, so that both answers can be compared (needs shadow_budget_usd and "
+        "both upstreams' prices); those requests are always captured")
+    shadow_budget_usd: float | None = Field(
+        None, gt=0, description="the most the fleet spends on shadow calls per shadow_budget_window_s (each "
+        "ingress replica takes its share, as api.limits does); past it shadow calls are skipped and counted")
+    shadow_budget_window_s: float = Field(86_400.0, gt=0, description="the shadow budget's period")
+    shadow_max_in_flight: int = Field(
+        4, ge=1, description="shadow calls one replica has outstanding; past it a shadow call is skipped")
+    feedback_ttl_s: float = Field(
+        7 * 86_400.0, gt=0, description="how long after a request POST /v1/feedback accepts its request id")
+    secret_env: str = Field(
+        "TURNOUT_CAPTURE_SECRET", description="environment variable with the secret that signs request ids, the "
+        "same on every ingress replica so that any of them accepts feedback on an id another issued; `turnout "
+        "serve` sets a random one when it is unset, a KubeRay fleet reads it from a Secret")
 
 
 # ------------------------------------------------------------------------------------------------ backends
@@ -466,10 +519,26 @@ class TurnoutConfig(_Strict):
         default_factory=ClassifierConfig, description="the causal_llm classifier deployment (used when causal_llm is enabled)"
     )
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig,
+                                   description="captured traffic, answers and feedback for the learning loop")
 
     @model_validator(mode="after")
     def _every_router_has_a_threshold(self) -> TurnoutConfig:
         check_live(self.routing, self.routers.enabled)
+        return self
+
+    @model_validator(mode="after")
+    def _shadow_calls_are_priced(self) -> TurnoutConfig:
+        capture = self.capture
+        if capture.shadow_rate > 0:
+            if not capture.enabled:
+                raise ValueError("capture.shadow_rate needs capture.enabled")
+            if capture.shadow_budget_usd is None:
+                raise ValueError("capture.shadow_rate needs capture.shadow_budget_usd (shadow calls cost money)")
+            unpriced = [side for side in SIDES if getattr(self.upstreams, side).cost_usd(0, 0) is None]
+            if unpriced:
+                raise ValueError(f"capture.shadow_rate needs the prices of upstreams {unpriced} "
+                                 "(price_input_usd_per_mtok, price_output_usd_per_mtok)")
         return self
 
     def backend_routers(self, backend: str) -> list[str]:

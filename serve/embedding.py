@@ -51,11 +51,13 @@ class EmbeddingDeployment:
                                     on_drop=lambda n: self.metrics.dropped("embedding", n))
         log.info("embedding ready in %.1fs: %s with %s", time.perf_counter() - start, list(self.routers), self.embedder)
 
-    async def score(self, text: str, router: str, budget_s: float | None = None) -> dict | None:
-        """{"p_strong", "stages": {stage: ms}}, or None when the caller's remaining `budget_s` ran out while queued."""
-        return await self.batcher.submit((text, router), budget_s)
+    async def score(self, text: str, router: str, budget_s: float | None = None, vector: bool = False) -> dict | None:
+        """{"p_strong", "stages": {stage: ms}}, or None when the caller's remaining `budget_s` ran out while queued.
+        With `vector`, also the prompt's embedding ("vector", float32) where the router scores from it (capture
+        without text keeps it in place of the prompt)."""
+        return await self.batcher.submit((text, router, vector), budget_s)
 
-    async def _score_batch(self, items: list[tuple[str, str]]) -> list[dict]:
+    async def _score_batch(self, items: list[tuple[str, str, bool]]) -> list[dict]:
         """p_strong for each (text, router) pair, with the embed and search/score time each request waited for.
 
         Blocks the event loop on purpose rather than running in a worker thread: a forward pass is hundreds of
@@ -63,8 +65,8 @@ class EmbeddingDeployment:
         throughput at 32 clients (see BENCHMARKS.md, 'Serving'). Requests arriving meanwhile wait in Ray's queue
         and form the next batch.
         """
-        texts = [text for text, _ in items]
-        names = [name for _, name in items]
+        texts = [text for text, _, _ in items]
+        names = [name for _, name, _ in items]
         shared_rows = [i for i, name in enumerate(names) if name in self.shared]
         embed_ms, vectors = 0.0, None
         if shared_rows:
@@ -83,7 +85,7 @@ class EmbeddingDeployment:
                 p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
             score_ms[name] = (time.perf_counter() - t1) * 1000.0
         results: list = []
-        for p, name in zip(p_strong, names):
+        for row, (p, name) in enumerate(zip(p_strong, names)):
             if not np.isfinite(p):  # an error for this caller only; it never reaches a controller window
                 results.append(ScoringError(f"router {name} produced a non-finite p_strong ({p})"))
                 continue
@@ -92,7 +94,10 @@ class EmbeddingDeployment:
             stages = {"embed": embed_ms, "search": score_ms[name]} if name in self.shared else {"classify": score_ms[name]}
             for stage, ms in stages.items():
                 self.metrics.stage(stage, name, ms)
-            results.append({"p_strong": float(np.clip(p, 0.0, 1.0)), "stages": stages})
+            result = {"p_strong": float(np.clip(p, 0.0, 1.0)), "stages": stages}
+            if items[row][2] and name in self.shared:
+                result["vector"] = np.asarray(vectors[position[row]], dtype=np.float32)
+            results.append(result)
         return results
 
     def ready(self) -> list[str]:

@@ -41,20 +41,26 @@ import math
 import os
 import threading
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from index.errors import ConfigError, ScoringError, TurnoutError, first_line
+from index.errors import ConfigError, InputError, ScoringError, TurnoutError, first_line
 from serve.config import SIDES, TurnoutConfig
 from serve.auth import (
     Forbidden, KeyRing, Limits, RateLimited, Unauthorized, load_digests, may_choose_threshold, retry_after_header,
 )
+from serve.capture import CaptureWriter, RequestIds, ShadowBudget, answer_fields, fleet_secret, prompt_digest, sample
 from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
     BodyTimeout,
     BodyTooLarge,
+    CaptureBusy,
     ChatCompletionRequest,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     MalformedBody,
     RouteRequest,
     RouteResponse,
@@ -65,6 +71,7 @@ from serve.protocol import (
     parse_model,
     scorable,
     scoring_text,
+    UnknownRequest,
     upstream_body,
 )
 
@@ -76,6 +83,7 @@ GAUGE_REFRESH_S = float(os.environ.get("TURNOUT_GAUGE_REFRESH_S", "5.0"))
 READY_FRESH_S = 10.0  # a backend heard from this recently counts as ready without another call
 OPEN_PATHS = ("/healthz", "/readyz")  # the only paths answered without a key
 MAX_REPORTED_ERRORS = 20  # validation errors named in one 422 message; the rest are counted
+MAX_TRACED_BYTES = 4 * 1024 * 1024  # a captured stream kept for its answer's record; beyond it the record is cut
 
 
 # The error answers of the POST endpoints as the OpenAPI document declares them (README's Errors table), each with
@@ -172,6 +180,34 @@ class IngressDeployment:
             if upstream.api_key_env and not key:
                 log.info("%s upstream: $%s is not set; calls go without an Authorization header", side, upstream.api_key_env)
             self.upstream_keys[side] = key
+        self._init_capture(config.capture)
+
+    def _init_capture(self, settings) -> None:
+        """Request ids always (every response carries one); the writer and the shadow budget with capture on."""
+        import secrets
+
+        from serve.artifacts import home_dir
+
+        secret = fleet_secret(settings.secret_env) if settings.enabled else secrets.token_bytes(32)
+        self.ids = RequestIds(secret, settings.feedback_ttl_s)
+        self.capture = self.shadow_budget = None
+        self.tasks: set[asyncio.Task] = set()  # answers parsed and shadow calls made after a response was sent
+        if not settings.enabled:
+            return
+        root = settings.dir or home_dir(self.config) / "capture"
+        self.capture = CaptureWriter(root, self.replica or f"pid{os.getpid()}", settings.queue_size,
+                                     settings.rotate_rows, settings.rotate_s, settings.max_total_bytes,
+                                     on_record=self.metrics.capture_record)
+        if settings.shadow_rate > 0:
+            share = self.config.api.limits.ingress_replicas or 1  # as the key limits: each replica its part
+            self.shadow_budget = ShadowBudget(settings.shadow_budget_usd / share, settings.shadow_budget_window_s,
+                                              settings.shadow_max_in_flight)
+        log.info("capturing %.0f%% of routed requests into %s (text %s, shadow %.0f%%)", 100 * settings.sample_rate,
+                 root, "kept" if settings.store_text else "not kept", 100 * settings.shadow_rate)
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down: write what capture has queued
+        if getattr(self, "capture", None) is not None:
+            self.capture.close()
 
     def __serve_build_asgi_app__(self):
         return build_api(self)
@@ -230,9 +266,10 @@ class IngressDeployment:
         return name
 
     async def route(self, text: str, router: str | None, threshold: float | None, strong_ratio: float | None,
-                    key: str | None = None) -> dict:
+                    key: str | None = None, vector: bool = False) -> dict:
         """Score and decide within the routing budget. Returns model, p_strong, threshold, threshold_source,
-        router and stage times; request errors pass through as TurnoutErrors, backend failures become
+        router and stage times (and with `vector` the prompt's embedding as "embedding", where the router scores
+        from one); request errors pass through as TurnoutErrors, backend failures become
         RoutingUnavailable (timeout, overload, error). With auth on, `key`'s calls hold at most
         `routing.max_key_in_flight_share` of the replica's routing slots, so that one key's flood cannot push
         everyone else's chats to the fallback model.
@@ -254,7 +291,7 @@ class IngressDeployment:
             self.key_in_flight[key] = self.key_in_flight.get(key, 0) + 1
         self.in_flight += 1
         try:
-            p_strong, stages = await self._score(name, text, routing.timeout_s)
+            scored = await self._score(name, text, routing.timeout_s, vector)
         except ScoringError as exc:  # the router's fault, not the request's: a chat call falls back
             raise RoutingUnavailable(str(exc)) from None
         finally:
@@ -263,6 +300,7 @@ class IngressDeployment:
                 self.key_in_flight[key] -= 1
                 if not self.key_in_flight[key]:
                     del self.key_in_flight[key]
+        p_strong, stages = scored["p_strong"], dict(scored["stages"])
         t0 = time.perf_counter()
         controller = self.controllers[name]
         if threshold is not None:
@@ -277,7 +315,7 @@ class IngressDeployment:
         self.metrics.stage("decide", name, stages["decide"])
         self.metrics.decision(name, model)
         return {"model": model, "p_strong": p_strong, "threshold": float(used[0]), "threshold_source": source,
-                "router": name, "stages": stages}
+                "router": name, "stages": stages, "embedding": scored.get("vector")}
 
     def learn(self, key: str, decision: dict) -> None:
         """Record a served decision in its router's window, if the controller made it (a request's own threshold
@@ -289,13 +327,14 @@ class IngressDeployment:
             controller.observe(decision["p_strong"], decision["model"] == "strong", owner)
             self._export(decision["router"], controller)
 
-    async def _score(self, name: str, text: str, budget: float) -> tuple[float, dict[str, float]]:
-        """p_strong and the backend's stage times; local routers cost microseconds and run right here."""
+    async def _score(self, name: str, text: str, budget: float, vector: bool = False) -> dict:
+        """{"p_strong", "stages": the backend's stage times, "vector" where asked for and the router has one};
+        local routers cost microseconds and run right here."""
         from ray.serve.exceptions import BackPressureError
 
         backend = self.entries[name].backend
         if backend == "local":  # microseconds: no stage of its own
-            return float(self.local[name].score([text])[0]), {}
+            return {"p_strong": float(self.local[name].score([text])[0]), "stages": {}}
         handle = self.backends[backend]
         response = None
 
@@ -304,7 +343,8 @@ class IngressDeployment:
 
         try:
             # The remaining budget, not a wall-clock deadline: the backend may run on another node and clock.
-            response = handle.score.remote(text, name, budget) if backend == "embedding" else handle.score.remote(text, budget)
+            response = (handle.score.remote(text, name, budget, vector) if backend == "embedding"
+                        else handle.score.remote(text, budget))
             scored = await asyncio.wait_for(result(), budget)
         except asyncio.TimeoutError:
             response.cancel()
@@ -321,7 +361,7 @@ class IngressDeployment:
         self.backend_seen[backend] = time.monotonic()
         if scored is None:
             raise RoutingTimeout(f"deadline passed while queued for the {backend} deployment")
-        return scored["p_strong"], dict(scored["stages"])
+        return scored
 
     def state(self) -> dict:
         """Per router: threshold, target, realised strong ratio over the window (this replica's view)."""
@@ -357,6 +397,110 @@ class IngressDeployment:
             headers=headers, timeout=httpx.Timeout(upstream.timeout_s, connect=upstream.connect_timeout_s))
         return await self.http.send(request, stream=True)
 
+    # --------------------------------------------------------------------------------------------- capture
+
+    def sample(self, chat: bool) -> tuple[bool, bool]:
+        """(captured, shadowed) for one routed request."""
+        settings = self.config.capture
+        return sample(settings.sample_rate, settings.shadow_rate, chat) if self.capture is not None else (False, False)
+
+    def capture_request(self, trace: "Trace", endpoint: str, router: str, decision: dict | None, text: str,
+                        fallback: str | None = None) -> None:
+        """Queue the request's record (never blocks; a full queue is counted, the request goes on)."""
+        store_text = self.config.capture.store_text
+        upstreams = self.config.upstreams
+        self.capture.offer("requests", {
+            "request_id": trace.request_id, "time": datetime.now(timezone.utc), "endpoint": endpoint,
+            "key": trace.key, "replica": self.replica, "router": router,
+            "models": [getattr(upstreams, side).model for side in SIDES],
+            "p_strong": decision and decision["p_strong"], "threshold": decision and decision["threshold"],
+            "threshold_source": decision and decision["threshold_source"], "decision": decision and decision["model"],
+            "fallback": fallback, "shadowed": trace.shadowed,
+            "prompt": text if store_text else None,
+            "messages": json.dumps(trace.payload.get("messages"), ensure_ascii=False)
+            if store_text and trace.payload else None,
+            "prompt_sha256": prompt_digest(text),
+            "embedding": None if store_text or decision is None or decision.get("embedding") is None
+            else decision["embedding"].tolist(),
+        })
+
+    def after_answer(self, trace: "Trace", side: str, status: int, raw: bytes, encoding: str | None,
+                     streamed: bool) -> None:
+        """Once the client has its answer: record it, and make the shadow call if the request was shadowed. A task
+        of its own, so that the request's slot is free meanwhile."""
+        task = asyncio.get_running_loop().create_task(self._after_answer(trace, side, status, raw, encoding, streamed))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _after_answer(self, trace: "Trace", side: str, status: int, raw: bytes, encoding: str | None,
+                            streamed: bool) -> None:
+        self._answer_row(trace, side, status, answer_fields(raw, encoding, streamed), shadow=False)
+        if not trace.shadowed or status >= 400:
+            return
+        other = "weak" if side == "strong" else "strong"
+        skipped = self.shadow_budget.room()
+        if skipped:
+            self.metrics.shadow(skipped, other)
+            return
+        self.shadow_budget.in_flight += 1
+        payload = {k: v for k, v in trace.payload.items() if k not in ("stream", "stream_options", "n")}
+        try:
+            sent_at = time.perf_counter()
+            upstream = await self.forward(other, payload)
+            raw = await _read(upstream, getattr(self.config.upstreams, other), other, sent_at)
+        except Exception as exc:  # unreachable, too slow, too large: the shadow answer is missing, and says why
+            self.metrics.shadow("failed", other)
+            log.warning("shadow call to %s failed: %s", other, first_line(exc))
+            self._answer_row(trace, other, None, {"error": first_line(exc)}, shadow=True)
+            return
+        finally:
+            self.shadow_budget.in_flight -= 1
+        fields = answer_fields(raw, upstream.headers.get("content-encoding"), streamed=False)
+        # Without the upstream's usage, estimate about four bytes a token, so that the budget still counts it.
+        tokens = (fields["prompt_tokens"] or len(json.dumps(payload.get("messages"))) // 4,
+                  fields["completion_tokens"] or len(raw) // 4)
+        cost = getattr(self.config.upstreams, other).cost_usd(*tokens)
+        self.shadow_budget.add(cost)
+        self.metrics.shadow("called" if upstream.status_code < 400 else "failed", other, cost)
+        self._answer_row(trace, other, upstream.status_code, fields, shadow=True, cost=cost)
+
+    def _answer_row(self, trace: "Trace", side: str, status: int | None, fields: dict, shadow: bool,
+                    cost: float | None = None) -> None:
+        upstream = getattr(self.config.upstreams, side)
+        tokens = fields.get("prompt_tokens"), fields.get("completion_tokens")
+        if cost is None and None not in tokens:
+            cost = upstream.cost_usd(*tokens)
+        self.capture.offer("answers", {
+            "request_id": trace.request_id, "time": datetime.now(timezone.utc), "side": side,
+            "model": upstream.model, "shadow": shadow, "status": status,
+            "answer": fields.get("answer") if self.config.capture.store_text else None,
+            "prompt_tokens": tokens[0], "completion_tokens": tokens[1], "cost_usd": cost, "error": fields.get("error"),
+        })
+
+    def feedback(self, body: FeedbackRequest, key: str) -> None:
+        issued = self.ids.check(body.request_id, key)
+        if self.capture is None or issued is None or not issued.captured:
+            raise UnknownRequest(f"no captured request {body.request_id!r} for this key: not issued by this "
+                                 "service, not sampled for capture, or past capture.feedback_ttl_s")
+        if body.preferred is not None and not issued.shadowed:
+            raise InputError(f"request {body.request_id!r} has one answer only (it was not shadowed): send a "
+                             "score, not preferred")
+        if not self.capture.offer("feedback", {"request_id": body.request_id, "time": datetime.now(timezone.utc),
+                                               "key": key, "score": body.score, "preferred": body.preferred}):
+            raise CaptureBusy("the capture writer is behind; retry the feedback later")
+
+
+@dataclass
+class Trace:
+    """A captured request on its way: its id, caller, sampling, the body sent upstream, the streamed answer."""
+
+    request_id: str
+    key: str
+    shadowed: bool = False
+    payload: dict = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)  # a streamed answer as relayed, up to max_response_bytes
+    size: int = 0
+
 
 def _replica_id() -> str | None:
     """This Serve replica's id (which window /v1/routers shows); None outside Serve."""
@@ -383,7 +527,7 @@ def _error_response(exc: TurnoutError):
 
     kind = "invalid_request_error" if exc.http_status < 500 else "service_unavailable"
     headers = None
-    if isinstance(exc, RoutingUnavailable):
+    if getattr(exc, "retry_after_s", None) is not None:  # routing failures, a busy capture writer
         headers = {"retry-after": str(exc.retry_after_s)}
     elif isinstance(exc, RateLimited):
         headers = {"retry-after": retry_after_header(exc.retry_after)}
@@ -437,6 +581,7 @@ def build_api(ingress: IngressDeployment):
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     class Relayed(StreamingResponse):
@@ -457,8 +602,9 @@ def build_api(ingress: IngressDeployment):
     docs = {} if config.api.docs else {"docs_url": None, "redoc_url": None}
     app = FastAPI(title="turnout", version="0.1.0",
                   description="LLM router: strong/weak routing decisions and an OpenAI-compatible proxy", **docs)
-    app.add_middleware(Gate, keys=ingress.keys, limits=ingress.limits, max_bytes=config.api.max_body_bytes,
-                       timeout_s=config.api.body_timeout_s, on_refuse=metrics.error)
+    app.add_middleware(Gate, keys=ingress.keys, limits=ingress.limits, ids=ingress.ids,
+                       max_bytes=config.api.max_body_bytes, timeout_s=config.api.body_timeout_s,
+                       on_refuse=metrics.error)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method, ...
@@ -535,6 +681,17 @@ def build_api(ingress: IngressDeployment):
         """The calling key's id, which `Gate` checked (with its rate) before the body was read."""
         return request.state.key
 
+    def start_trace(request: Request, key: str, captured: bool, shadowed: bool = False,
+                    payload: dict | None = None) -> Trace | None:
+        """A captured request gets an id that says so (feedback on it is accepted) and a Trace."""
+        if not captured:
+            return None
+        request.state.request_id = ingress.ids.issue(key, captured=True, shadowed=shadowed)
+        return Trace(request.state.request_id, key, shadowed, payload or {})
+
+    def wants_vector(trace: Trace | None) -> bool:
+        return trace is not None and not config.capture.store_text
+
     def own_threshold(key: str, *chosen) -> None:
         if any(value is not None for value in chosen) and not may_choose_threshold(config.api.auth.client_thresholds, key):
             raise Forbidden("this key may not choose its own threshold or strong_ratio (api.auth.client_thresholds)")
@@ -552,18 +709,24 @@ def build_api(ingress: IngressDeployment):
               description="A decision, not a call: it is never counted in the key's strong-call budget, and feeds "
                           "the live controller only with routing.controller.learn_from_route.",
               responses=error_responses(400, 401, 403, 408, 413, 422, 429, 500, 503), dependencies=[Depends(json_body)])
-    async def route(body: RouteRequest, key: str = Depends(caller)) -> RouteResponse:
+    async def route(body: RouteRequest, request: Request, key: str = Depends(caller)) -> RouteResponse:
         start = time.perf_counter()
         name = ingress.check_router(body.router)
         own_threshold(key, body.threshold, body.strong_ratio)
         text = body.prompt if body.prompt is not None else scoring_text(
             body.messages, config.scoring.user_turns, config.scoring.max_chars)
-        decision = await ingress.route(text[-config.scoring.max_chars:], name, body.threshold, body.strong_ratio, key)
+        text = text[-config.scoring.max_chars:]
+        messages = (await request.json()).get("messages")
+        trace = start_trace(request, key, ingress.sample(chat=False)[0], payload={"messages": messages} if messages else None)
+        decision = await ingress.route(text, name, body.threshold, body.strong_ratio, key, wants_vector(trace))
+        if trace is not None:
+            ingress.capture_request(trace, "/v1/route", name, decision, text)
         if ingress.routing.controller.learn_from_route:
             ingress.learn(key, decision)
         latency_ms = (time.perf_counter() - start) * 1000.0
         metrics.request("/v1/route", name, latency_ms)
-        return RouteResponse(latency_ms=latency_ms, **{k: v for k, v in decision.items() if k != "stages"})
+        return RouteResponse(latency_ms=latency_ms,
+                             **{k: v for k, v in decision.items() if k not in ("stages", "embedding")})
 
     @app.post("/v1/chat/completions", summary="route, then proxy to the chosen OpenAI-compatible upstream",
               description="The upstream's answer is passed through with its status and body, its own errors "
@@ -585,9 +748,10 @@ def build_api(ingress: IngressDeployment):
         payload = upstream_body(await request.json(), config.api.forward_fields, limits.max_n, limits.max_tokens)
         text = scoring_text(body.messages, config.scoring.user_turns, config.scoring.max_chars)
         headers = {"x-turnout-router": name}
+        trace = start_trace(request, key, *ingress.sample(chat=True), payload=payload)
         decision = None
         try:
-            decision = await ingress.route(text, name, threshold, None, key)
+            decision = await ingress.route(text, name, threshold, None, key, wants_vector(trace))
             side = decision["model"]
             headers.update({"x-turnout-p-strong": f"{decision['p_strong']:.6f}",
                             "x-turnout-threshold": f"{decision['threshold']:.6f}"})
@@ -615,11 +779,13 @@ def build_api(ingress: IngressDeployment):
             media_type = upstream.headers.get("content-type", "application/json")
             if upstream.headers.get("content-encoding"):  # raw bytes are passed on: the client decodes them
                 headers["content-encoding"] = upstream.headers["content-encoding"]
+            encoding = upstream.headers.get("content-encoding")
             if body.stream and upstream.status_code < 400:
                 metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
                 answered = True
-                return Relayed(upstream, _relay(upstream, metrics, name, start), status_code=upstream.status_code,
-                               media_type=media_type, headers=headers)
+                return Relayed(upstream, _relay(upstream, metrics, name, start, trace), status_code=upstream.status_code,
+                               media_type=media_type, headers=headers,
+                               background=after(trace, side, upstream.status_code, encoding, streamed=True))
             content = await _read(upstream, getattr(config.upstreams, side), side, t_up)
             answered = billed
             metrics.stage("upstream", name, (time.perf_counter() - t_up) * 1000.0)
@@ -638,10 +804,40 @@ def build_api(ingress: IngressDeployment):
             charge.settle(billed)
             if answered and decision is not None:
                 ingress.learn(key, decision)
+            if trace is not None:
+                ingress.capture_request(trace, "/v1/chat/completions", name, decision, text,
+                                        headers.get("x-turnout-fallback"))
         if upstream.status_code >= 400:
             metrics.error("/v1/chat/completions", f"upstream_{upstream.status_code}")
         metrics.request("/v1/chat/completions", name, (time.perf_counter() - start) * 1000.0)
-        return Response(content, status_code=upstream.status_code, media_type=media_type, headers=headers)
+        return Response(content, status_code=upstream.status_code, media_type=media_type, headers=headers,
+                        background=after(trace, side, upstream.status_code, encoding, streamed=False, raw=content))
+
+    def after(trace: Trace | None, side: str, status: int, encoding: str | None, streamed: bool,
+              raw: bytes | None = None) -> BackgroundTask | None:
+        """What runs once the client has the whole answer: its record, and the shadow call."""
+        if trace is None:
+            return None
+
+        async def answered():
+            ingress.after_answer(trace, side, status, b"".join(trace.chunks) if raw is None else raw, encoding, streamed)
+        return BackgroundTask(answered)
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, summary="a user's outcome for a captured request",
+              description="Stored beside the captured request in the capture folder's feedback table, for `turnout "
+                          "label`. The id is the request's x-turnout-request-id header; only the key that made "
+                          "the request may send feedback on it, within capture.feedback_ttl_s.",
+              responses={404: {"model": ErrorResponse, "description": "`unknown_request_id`: not a captured "
+                                                                      "request of this key, or too old"},
+                         **error_responses(400, 401, 408, 413, 422, 429, 500),
+                         503: {"model": ErrorResponse, "description": "`capture_busy`: the capture writer is "
+                                                                      "behind (Retry-After)"}},
+              dependencies=[Depends(json_body)])
+    async def feedback(body: FeedbackRequest, key: str = Depends(caller)) -> FeedbackResponse:
+        start = time.perf_counter()
+        ingress.feedback(body, key)
+        metrics.request("/v1/feedback", "", (time.perf_counter() - start) * 1000.0)
+        return FeedbackResponse(request_id=body.request_id, recorded=True)
 
     return app
 
@@ -654,16 +850,20 @@ class Gate:
     2. the whole body, within `timeout_s` (408 body_timeout) and `max_bytes` (413 body_too_large, whether declared
        in Content-Length or streamed): the app only ever sees a complete body, so a cut one never runs.
 
-    The key's id reaches the routes as `request.state.key`. The answers have the one error body; each refusal is
-    counted under the endpoint label "unmatched" (no route has matched yet)."""
+    The key's id reaches the routes as `request.state.key`. Every response carries `x-turnout-request-id`
+    (`request.state.request_id` where a captured route set one that says so). The answers have the one
+    error body; each refusal is counted under the endpoint label "unmatched" (no route has matched yet)."""
 
-    def __init__(self, app, keys: KeyRing, limits: Limits, max_bytes: int, timeout_s: float, on_refuse) -> None:
-        self.app, self.keys, self.limits = app, keys, limits
+    def __init__(self, app, keys: KeyRing, limits: Limits, ids: RequestIds, max_bytes: int, timeout_s: float,
+                 on_refuse) -> None:
+        self.app, self.keys, self.limits, self.ids = app, keys, limits, ids
         self.max_bytes, self.timeout_s, self.on_refuse = max_bytes, timeout_s, on_refuse
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        send = _with_request_id(send, state, self.ids)
         if _app_path(scope) in OPEN_PATHS:  # answered without reading a body: nothing to wait for
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -671,7 +871,7 @@ class Gate:
             authorization = headers.get(b"authorization")
             key = self.keys.identify(authorization.decode("latin-1") if authorization is not None else None)
             self.limits.admit(key)
-            scope.setdefault("state", {})["key"] = key
+            state["key"] = key
             declared = headers.get(b"content-length", b"")
             if declared.isdigit() and int(declared) > self.max_bytes:
                 raise BodyTooLarge(f"request body is larger than {self.max_bytes} bytes (api.max_body_bytes)")
@@ -714,6 +914,17 @@ class Gate:
         await _error_response(exc)(scope, None, send)
 
 
+def _with_request_id(send, state: dict, ids: RequestIds):
+    """`send`, with the request's id added to the response's headers: the one a captured route set in `state`,
+    else a new one for the caller."""
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            request_id = state.get("request_id") or ids.issue(state.get("key", ""))
+            message = {**message, "headers": [*message.get("headers", []), (b"x-turnout-request-id", request_id.encode())]}
+        await send(message)
+    return sending
+
+
 def _app_path(scope) -> str:
     """The request path within the application (Serve mounts an application under its route prefix)."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
@@ -724,14 +935,18 @@ def _add_fallback(headers: dict, reason: str) -> None:
     headers["x-turnout-fallback"] = ",".join(filter(None, [headers.get("x-turnout-fallback"), reason]))
 
 
-async def _relay(upstream, metrics, router: str, start: float):
+async def _relay(upstream, metrics, router: str, start: float, trace: Trace | None = None):
     """The upstream's stream, byte for byte. If the upstream fails mid-stream the client gets an SSE error event
     (when the stream is not content-encoded: an event cannot be spliced into gzip) and the failure is counted;
-    the request latency is recorded when the stream ends, so it means the whole request as for non-streams."""
+    the request latency is recorded when the stream ends, so it means the whole request as for non-streams.
+    A captured request's stream is also kept in its trace, up to the upstream's max_response_bytes."""
     import httpx
 
     try:
         async for chunk in upstream.aiter_raw():
+            if trace is not None and trace.size + len(chunk) <= MAX_TRACED_BYTES:
+                trace.chunks.append(chunk)
+                trace.size += len(chunk)
             yield chunk
     except httpx.TransportError as exc:
         metrics.error("/v1/chat/completions", "upstream_stream_cut")

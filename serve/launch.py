@@ -90,6 +90,10 @@ def serve_forever(served: ServeFile, metrics_port: int = DEFAULT_METRICS_PORT,
     stop = stop or threading.Event()
     previous = {}
     apply_ray_env()
+    if config.capture.enabled:  # every replica signs request ids with the same secret (inherited by Ray's workers)
+        import secrets
+
+        os.environ.setdefault(config.capture.secret_env, secrets.token_hex(32))
     # address="local": always a fresh local cluster, never whatever RAY_ADDRESS or a running `ray start` points to.
     ray.init(address="local", include_dashboard=False, _metrics_export_port=metrics_port, log_to_driver=False)
     try:

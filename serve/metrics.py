@@ -27,6 +27,9 @@ THRESHOLD = "turnout_threshold"  # Gauge{router}: the threshold the router's con
 ERRORS = "turnout_errors_total"  # Counter{endpoint, reason}: requests answered with an error
 FALLBACKS = "turnout_fallbacks_total"  # Counter{reason, model}: calls sent somewhere other than the decision
 DROPPED = "turnout_dropped_total"  # Counter{component}: queued requests skipped because their deadline passed
+CAPTURE_RECORDS = "turnout_capture_records_total"  # Counter{table, outcome}: written | dropped_queue_full | dropped_write_failed
+SHADOW_CALLS = "turnout_shadow_calls_total"  # Counter{model, outcome}: called | failed | skipped_budget | skipped_busy
+SHADOW_SPEND = "turnout_shadow_spend_usd_total"  # Counter{model}: what shadow calls cost, from the upstreams' prices
 
 STAGES = ("embed", "search", "classify", "decide", "upstream")
 # ms; dense where the latency targets are (route p50 <= 25 ms, causal <= 100 ms), sparse for upstream generation.
@@ -65,6 +68,15 @@ class ServeMetrics:
             DROPPED, description="queued requests dropped unprocessed because their caller's deadline had passed",
             tag_keys=("component",))
 
+        self.capture_records = Counter(
+            CAPTURE_RECORDS, description="captured records by table and outcome (written, or dropped: the request "
+            "itself is never held up)", tag_keys=("table", "outcome"))
+        self.shadow_calls = Counter(
+            SHADOW_CALLS, description="shadow calls of the model not chosen, by model and outcome",
+            tag_keys=("model", "outcome"))
+        self.shadow_spend = Counter(
+            SHADOW_SPEND, description="USD spent on shadow calls, from the upstreams' token prices", tag_keys=("model",))
+
     def stage(self, stage: str, router: str, ms: float) -> None:
         self.stage_latency.observe(ms, tags={"stage": stage, "router": router})
 
@@ -95,6 +107,14 @@ class ServeMetrics:
 
     def fallback(self, reason: str, model: str) -> None:
         self.fallbacks.inc(tags={"reason": reason, "model": model})
+
+    def capture_record(self, table: str, outcome: str, count: int = 1) -> None:
+        self.capture_records.inc(count, tags={"table": table, "outcome": outcome})
+
+    def shadow(self, outcome: str, model: str, usd: float | None = None) -> None:
+        self.shadow_calls.inc(tags={"model": model, "outcome": outcome})
+        if usd:
+            self.shadow_spend.inc(usd, tags={"model": model})
 
     def dropped(self, component: str, count: int = 1) -> None:
         self.dropped_requests.inc(count, tags={"component": component})

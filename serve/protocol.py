@@ -167,6 +167,46 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class FeedbackRequest(BaseModel):
+    """A user's outcome for one captured request: a score, which of two answers was better, or both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(max_length=64, description="the request's x-turnout-request-id response header")
+    score: float | None = Field(
+        None, ge=0.0, le=10.0, description="the user's grade of the answer they were served: 1 for thumbs-up and 0 "
+        "for thumbs-down, or a 1-10 rating")
+    preferred: Literal["strong", "weak", "tie"] | None = Field(
+        None, description="which model's answer was better, for a request whose two answers were both shown or "
+        "kept (a shadowed request: capture.shadow_rate)")
+
+    @model_validator(mode="after")
+    def _something(self) -> FeedbackRequest:
+        if self.score is None and self.preferred is None:
+            raise ValueError("give a 'score', a 'preferred', or both")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    recorded: bool = Field(description="true: queued for the capture folder's feedback table")
+
+
+class UnknownRequest(TurnoutError):
+    """Feedback on an id this service did not capture for this key, or captured longer ago than the TTL."""
+
+    http_status = 404
+    code = "unknown_request_id"
+
+
+class CaptureBusy(TurnoutError):
+    """The capture writer's queue is full: feedback is refused rather than dropped."""
+
+    http_status = 503
+    code = "capture_busy"
+    retry_after_s = 1
+
+
 class ChatCompletionRequest(BaseModel):
     """The fields routing reads; everything else is kept and forwarded as sent."""
 
