@@ -70,7 +70,7 @@ def test_timeout_cancels_and_passes_the_budget_down():
         asyncio.run(ingress.route("hi", "mf", None, None))
     backend = ingress.backends["embedding"]
     # the remaining budget in seconds (no wall-clock time: the backend's clock may differ)
-    assert backend.calls[0] == ("hi", "mf", 0.05)
+    assert backend.calls[0] == ("hi", "mf", 0.05, False)
     assert backend.response.cancelled
 
 
