@@ -101,6 +101,34 @@ def _parser() -> argparse.ArgumentParser:
     cov.add_argument("--router", help="router whose training prompts to compare with (every trained router uses all of <home>/data)")
     cov.add_argument("--out", help="JSON report (default: <home>/coverage.json)")
 
+    lab = sub.add_parser("label", help="label prompts with the models' answers, graded with gold answers or an LLM "
+                         "judge, into a file for `turnout data build --add` (resumable, spend-capped)")
+    source = lab.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", help="prompts: .txt (one per line) or .jsonl/.csv/.parquet with a prompt column")
+    source.add_argument("--captured", help="a capture folder of the service (capture.dir): its requests, and the "
+                        "answers already captured, which are not paid for again")
+    lab.add_argument("--models", required=True, help="comma list of the models to answer: the config's upstreams "
+                     "by model name (or strong / weak), or names given with --upstream")
+    lab.add_argument("--grader", required=True, choices=("gold", "judge"))
+    lab.add_argument("--gold", help="gold: reference answers (.jsonl/.csv/.parquet: prompt, answer); a letter A-J, a "
+                     "number (the answer's last number is compared) or text (compared ignoring case and punctuation)")
+    lab.add_argument("--judge", help="judge: the judge model (an upstream name, as --models)")
+    lab.add_argument("--judge-prompt", help="judge: prompt template with {question}, {answer_a}, {answer_b} "
+                     "(default: models/judge_pairwise.txt)")
+    lab.add_argument("--out", required=True, help="labels file to write (.jsonl); its journal beside it makes a "
+                     "rerun resume")
+    lab.add_argument("--max-usd", type=float, help="spend cap over every run into this --out (needs every model's "
+                     "prices: upstreams.<side>.price_* in the config, or --price)")
+    lab.add_argument("--max-tokens", type=int, default=1024, help="max_tokens of each call (default 1024)")
+    lab.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
+    lab.add_argument("--retries", type=int, default=4, help="retries per call on 429, 5xx and timeouts, with "
+                     "backoff that honours Retry-After (default 4)")
+    lab.add_argument("--config", help="Ray Serve config file whose upstreams to use (default: the embedded one)")
+    lab.add_argument("--upstream", action="append", default=[], metavar="NAME=URL[@KEY_ENV]",
+                     help="another OpenAI-compatible model (repeatable); KEY_ENV names the variable with its key")
+    lab.add_argument("--price", action="append", default=[], metavar="NAME=IN,OUT",
+                     help="a model's prices in USD per million prompt, completion tokens (repeatable)")
+
     srv = sub.add_parser("serve", help="run the HTTP service (Ray Serve) locally until Ctrl-C")
     srv.add_argument("--config", help="Ray Serve config file with the turnout application (default: the embedded CPU, offline config; see --print-config)")
     srv.add_argument("--host", help="HTTP host (default: the config's http_options.host, 127.0.0.1)")
@@ -331,6 +359,57 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"for {', '.join(controlled_routers(config)) or 'none (fixed thresholds)'}")
 
 
+def cmd_label(args: argparse.Namespace) -> None:
+    from models import labeling
+    from serve.launch import configure
+
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise ConfigError("turnout label needs the OpenAI client: pip install 'turnout[label]'") from None
+    out = Path(args.out)
+    if out.suffix != ".jsonl":
+        raise ConfigError(f"--out {out}: the labels file is .jsonl")
+    for name in ("max_tokens", "concurrency"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_usd is not None and args.max_usd <= 0:
+        raise ConfigError("--max-usd must be positive")
+    endpoints = labeling.endpoints_from(configure(args.config).config, args.upstream, args.price)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    wanted = names + ([args.judge] if args.judge else [])
+    unknown = [m for m in wanted if m not in endpoints]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(sorted(endpoints))} "
+                          "(add others with --upstream NAME=URL)")
+    models = list(dict.fromkeys(endpoints[m].name for m in names))
+    if args.grader == "gold" and not args.gold:
+        raise ConfigError("--grader gold needs --gold FILE (prompt, answer)")
+    if args.grader == "judge" and (not args.judge or len(models) < 2):
+        raise ConfigError("--grader judge needs --judge MODEL and at least two --models")
+    if args.max_usd is not None:
+        unpriced = sorted({endpoints[m].name for m in wanted if not endpoints[m].priced})
+        if unpriced:
+            raise ConfigError(f"--max-usd needs the prices of {', '.join(unpriced)} (--price NAME=IN,OUT)")
+    items = labeling.prompt_items(args.prompts) if args.prompts else labeling.captured_items(args.captured)
+    if args.grader == "gold":
+        items = labeling.with_references(items, args.gold, every=bool(args.prompts))
+    summary = labeling.run(items, endpoints, models, out, args.grader, endpoints.get(args.judge),
+                           Path(args.judge_prompt) if args.judge_prompt else None, args.max_usd, args.max_tokens,
+                           args.concurrency, args.retries)
+    print(f"{summary['rows']} label rows for {summary['prompts_labelled']} of {summary['prompts']} prompts -> "
+          f"{summary['labels']}")
+    print(f"answers: {summary['answers_called']} called, {summary['answers_reused']} reused; verdicts: "
+          f"{summary['verdicts_called']} called, {summary['unparsed_verdicts']} without a verdict; "
+          f"{summary['prompt_tokens'] + summary['completion_tokens']:,} tokens; "
+          f"${summary['spent_usd_this_run']:.4f} this run, ${summary['spent_usd_total']:.4f} in all")
+    if summary["failed_calls"]:
+        print(f"{summary['failed_calls']} calls failed after retries: {'; '.join(summary['errors'][:3])}")
+    if summary["skipped_for_budget"]:
+        print(f"stopped at the spend cap (--max-usd {args.max_usd}): {summary['skipped_for_budget']} calls not made; "
+              "rerun with a higher cap to go on (nothing paid for is paid again)")
+
+
 def cmd_deploy_render(args: argparse.Namespace) -> None:
     from serve.deploy_render import render, write
 
@@ -338,7 +417,7 @@ def cmd_deploy_render(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-COMMANDS = {"deploy": cmd_deploy_render, "prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
+COMMANDS = {"label": cmd_label, "deploy": cmd_deploy_render, "prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
             "coverage": cmd_coverage}
 
 
