@@ -87,9 +87,28 @@ def _key(config: TurnoutConfig, name: str, **extra: Any) -> str:
         extra["dtype"] = config.classifier.dtype
     if config.routers.options.get(name):  # e.g. sw_ranking's k changes its scores
         extra["options"] = config.routers.options[name]
+    version = overlay_version(config)
+    if version is not None and spec.shares_embedding:  # the promoted labels move this router's scores
+        extra["overlay"] = version
     return calibration.key(home_dir(config), name, config.routers.strong_model, config.routers.weak_model,
                            config.artifacts.embedder if spec.shares_embedding else None,
                            config.calibration.reference, **extra)
+
+
+def overlay_version(config: TurnoutConfig) -> str | None:
+    """The promoted overlay version the embedding deployment applies, if any (models/user_overlay.py)."""
+    from models.user_overlay import current_version
+
+    return current_version(home_dir(config)) if config.routers.overlay and config.embedding_routers else None
+
+
+def serving_overlay(config: TurnoutConfig, embedder: str):
+    """The promoted overlay, checked against the embedder (its `name`) and the config's pair; None without one."""
+    from models.user_overlay import served_overlay
+
+    if overlay_version(config) is None:
+        return None
+    return served_overlay(home_dir(config), embedder, config.routers.strong_model, config.routers.weak_model)
 
 
 def reference_key(config: TurnoutConfig, name: str) -> str:
@@ -153,6 +172,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     # A broken artifact fails here, before Ray. causal_llm was checked above; its weights load only to score.
     names = [n for n in config.routers.enabled if entries[n].backend != "classifier" or n in todo]
     routers = load_routers(config, names, ws.embedder)
+    overlay = serving_overlay(config, ws.embedder.name)  # a mismatched overlay fails here, before Ray
     if not todo:
         return config
     prompts = _reference_sample(reference_prompts(config.calibration.reference, ws.home, ws.data),
@@ -161,6 +181,8 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
         sample = _reference_sample(prompts, reference_limit(config, name))
         on_status(f"{name}: scoring {len(sample)} reference prompts (offline calibration) ...")
         p_strong = _score_with_progress(routers[name], sample, name)
+        if overlay is not None and name in overlay.routers:
+            p_strong = overlay.adjust(name, p_strong, ws.embedder.embed(sample))
         save_reference(ws.home, name, p_strong, reference_key(config, name))
     routers.clear()
     _release_gpu_memory()  # the classifier replica's vLLM engine on the same GPU sizes itself on free memory

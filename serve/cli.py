@@ -129,6 +129,27 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--price", action="append", default=[], metavar="NAME=IN,OUT",
                      help="a model's prices in USD per million prompt, completion tokens (repeatable)")
 
+    ret = sub.add_parser("retrain", help="fit your labels over the served routers (a new overlay version), compare "
+                         "it with the current one on a held-out file, and promote it if it is not worse")
+    ret.add_argument("--add", action="append", required=True, metavar="FILE",
+                     help="label files (repeatable; the --add schema, e.g. what `turnout label` writes)")
+    ret.add_argument("--holdout", required=True, help="held-out prompts of your traffic with both models' scores "
+                     "(prompt, model, score), never in the labels")
+    ret.add_argument("--config", help="Ray Serve config file of the service (default: the embedded one): its home, "
+                     "embedder, routers and pair")
+    ret.add_argument("--home", help="overrides the config's artifacts.home")
+    ret.add_argument("--data-dir", help="overrides the config's artifacts.data_dir")
+    ret.add_argument("--router", help="comma list of routers to fit for (default: the config's enabled sw_ranking, mf)")
+    ret.add_argument("--strong", help="strong model as the labels name it (default: the config's routers.strong_model)")
+    ret.add_argument("--weak", help="weak model as the labels name it (default: the config's routers.weak_model)")
+    ret.add_argument("--force", action="store_true", help="promote even if the new version is worse on the holdout")
+    ret.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the comparison (default 1000)")
+
+    pro = sub.add_parser("promote", help="serve another overlay version (rollback), or list them")
+    pro.add_argument("version", nargs="?", help="a version under <home>/overlays, or none; absent: list the versions")
+    pro.add_argument("--config", help="Ray Serve config file (default: the embedded one)")
+    pro.add_argument("--home", help="overrides the config's artifacts.home")
+
     srv = sub.add_parser("serve", help="run the HTTP service (Ray Serve) locally until Ctrl-C")
     srv.add_argument("--config", help="Ray Serve config file with the turnout application (default: the embedded CPU, offline config; see --print-config)")
     srv.add_argument("--host", help="HTTP host (default: the config's http_options.host, 127.0.0.1)")
@@ -410,6 +431,75 @@ def cmd_label(args: argparse.Namespace) -> None:
               "rerun with a higher cap to go on (nothing paid for is paid again)")
 
 
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from models import user_overlay
+    from models.pipeline import load, workspace
+    from models.registry import entry
+    from models.user_data import read_added, read_bench_file
+    from serve.launch import configure
+
+    config = configure(args.config, home=args.home, data_dir=args.data_dir).config
+    if args.resamples < 1:
+        raise ConfigError("--resamples must be at least 1")
+    strong, weak = args.strong or config.routers.strong_model, args.weak or config.routers.weak_model
+    names = ([n.strip() for n in args.router.split(",") if n.strip()] if args.router else
+             [n for n in config.routers.enabled if n in ("sw_ranking", "mf")])
+    unfit = [n for n in names if not entry(n).shares_embedding]
+    if unfit or not names:
+        raise ConfigError(f"an overlay fits routers scored from the shared embedding (sw_ranking, mf); got "
+                          f"{', '.join(unfit or names) or 'none'}")
+    labels = user_overlay.outcomes(read_added(args.add), strong, weak)
+    bench = read_bench_file(args.holdout, strong, weak)
+    shared = set(labels.prompts) & set(bench.prompts)
+    if shared:
+        raise ConfigError(f"{len(shared)} held-out prompts are also in the labels (first: {sorted(shared)[0][:60]!r}): "
+                          "the comparison would read too high")
+    ws = workspace(config.artifacts.home, config.artifacts.data_dir, config.artifacts.embedder, on_status=_status)
+    routers = {n: load(ws, n, strong=config.routers.strong_model, weak=config.routers.weak_model,
+                       build_missing=config.artifacts.build_missing) for n in names}
+    embed = lambda texts: ws.embedder.embed(texts, progress=True)  # noqa: E731
+    _status(f"fitting {len(labels.prompts)} labelled prompts ({strong} vs {weak}) over {', '.join(names)} ...")
+    new = user_overlay.fit_overlay(routers, embed, labels, ws.embedder.name)
+    current = user_overlay.load_current(ws.home)
+    if current is not None and (current.strong, current.weak) != (strong, weak):
+        current = None  # another pair's overlay: compare with the routers alone
+    report = user_overlay.compare(new, current, routers, embed, bench, args.resamples)
+    folder = new.save(user_overlay.overlays_dir(ws.home), {
+        "labels": list(args.add), "holdout": report,
+        "router_pair": [config.routers.strong_model, config.routers.weak_model]})
+    worse = [n for n, r in report["routers"].items() if r["p_new_gt"]["current"] < 0.5]
+    against = current.version if current is not None else "the routers alone"
+    for name, r in report["routers"].items():
+        a, i, p = r["apgr"], r["interval"], r["p_new_gt"]
+        print(f"{name}: APGR new {a['new']:.3f} [{i['new'][0]:.3f}, {i['new'][1]:.3f}], {against} {a['current']:.3f}, "
+              f"length {a['length']:.3f}, random {a['random']:.3f}; P(new > current) {p['current']:.2f}, "
+              f"P(new > length) {p['length']:.2f} (beta {new.routers[name]['beta']:g}, kappa "
+              f"{new.routers[name]['kappa']:g}, {len(bench)} held-out prompts)")
+    if worse and not args.force:
+        print(f"{new.version} written to {folder} but not promoted: worse than {against} for {', '.join(worse)} "
+              "(promote it anyway with `turnout promote` or --force)")
+        return
+    user_overlay.promote(ws.home, new.version)
+    print(f"promoted {new.version} (was {current.version if current else 'none'}); a running service loads it on its "
+          "next start")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from index.paths import artifacts_dir
+    from models import user_overlay
+    from serve.launch import configure
+
+    home = artifacts_dir(args.home or configure(args.config).config.artifacts.home)
+    if args.version is None:
+        current = user_overlay.current_version(home)
+        for version in user_overlay.versions(home):
+            print(f"{'*' if version == current else ' '} {version}")
+        return
+    version = None if args.version == "none" else args.version
+    user_overlay.promote(home, version)
+    print(f"serving overlay {version or 'none'}")
+
+
 def cmd_deploy_render(args: argparse.Namespace) -> None:
     from serve.deploy_render import render, write
 
@@ -417,7 +507,7 @@ def cmd_deploy_render(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-COMMANDS = {"label": cmd_label, "deploy": cmd_deploy_render, "prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
+COMMANDS = {"label": cmd_label, "retrain": cmd_retrain, "promote": cmd_promote, "deploy": cmd_deploy_render, "prepare": cmd_prepare, "build": cmd_data_build, "train": cmd_train, "eval": cmd_eval, "calibrate": cmd_calibrate, "serve": cmd_serve,
             "coverage": cmd_coverage}
 
 

@@ -91,6 +91,10 @@ class RoutersConfig(_Strict):
         "mistralai/Mixtral-8x7B-Instruct-v0.1", description="the weak model as named in the training data"
     )
 
+    overlay: bool = Field(
+        True, description="apply the promoted overlay of your own labels (<home>/overlays, `turnout retrain`) to the "
+        "routers it was fitted for; false: the routers alone")
+
     extra: dict[str, str] = Field(
         default_factory=dict,
         description="routers from other packages: name -> import path of a models.registry.RouterEntry "

@@ -41,6 +41,13 @@ class EmbeddingDeployment:
         # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more.
         self.embedder = load_embedder(config.artifacts.embedder) if self.shared else None
         self.routers = load_routers(config, config.embedding_routers, self.embedder)
+        self.overlay = None  # the user's labels over the shared-embedding routers (models/user_overlay.py)
+        if self.embedder is not None:
+            from serve.artifacts import serving_overlay
+
+            self.overlay = serving_overlay(config, self.embedder.name)
+            if self.overlay is not None:
+                log.info("overlay %s over %s", self.overlay.version, sorted(self.overlay.routers))
         self.metrics = ServeMetrics()
         self.embed_batch_size = config.embedding.embed_batch_size
         if self.embedder is not None:
@@ -80,7 +87,10 @@ class EmbeddingDeployment:
             rows = [i for i, n in enumerate(names) if n == name]
             t1 = time.perf_counter()
             if name in self.shared:
-                p_strong[rows] = self.routers[name].score_embeddings(vectors[[position[r] for r in rows]])
+                queries = vectors[[position[r] for r in rows]]
+                p_strong[rows] = self.routers[name].score_embeddings(queries)
+                if self.overlay is not None:
+                    p_strong[rows] = self.overlay.adjust(name, p_strong[rows], queries)
             else:
                 p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
             score_ms[name] = (time.perf_counter() - t1) * 1000.0

@@ -147,7 +147,7 @@ class IngressDeployment:
     def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
         import httpx
 
-        from serve.artifacts import load_routers
+        from serve.artifacts import load_routers, overlay_version
         from serve.metrics import ServeMetrics
 
         self.config = config
@@ -157,6 +157,7 @@ class IngressDeployment:
             if config.backend_routers(backend) and handle is None:
                 raise ConfigError(f"routers {config.backend_routers(backend)} need the {backend} deployment")
         self.local = load_routers(config, config.local_routers)
+        self.overlay_version = overlay_version(config)  # what the embedding replicas loaded at their start
         self.metrics = ServeMetrics()
         api = config.api
         self.keys = KeyRing(load_digests(api.auth.api_keys_sha256, api.auth.api_keys_file, api.auth.api_keys_env))
@@ -698,7 +699,8 @@ def build_api(ingress: IngressDeployment):
 
     @app.get("/v1/routers", summary="thresholds and realised strong ratios (the answering ingress replica's window)")
     async def routers(key: str = Depends(caller)):
-        return {"default": config.routers.default, "replica": ingress.replica, "routers": ingress.state()}
+        return {"default": config.routers.default, "replica": ingress.replica, "overlay": ingress.overlay_version,
+                "routers": ingress.state()}
 
     @app.get("/v1/models", summary="model names accepted by /v1/chat/completions")
     async def models(key: str = Depends(caller)):

@@ -1,0 +1,283 @@
+"""Your own labels on top of a public router: a kernel fit of the user's outcomes with the router's p_strong as prior.
+
+RouteLLM's routers gain on MMLU and GSM8K once in-domain labelled prompts join the Arena battles (arXiv 2406.18665,
+section 5). Added to turnout's 2.5 M public battles as one more source, a few hundred of a user's labels barely
+move a router (the issue this answers measured -0.02 to +0.03 APGR). Here they count for the traffic they came from
+instead: for a prompt q with unit embedding e_q,
+
+    p(q) = (sum_i w_i(q) y_i + kappa * p_public(q)) / (sum_i w_i(q) + kappa),   w_i(q) = exp(beta * (e_q . e_i - 1))
+
+where y_i is the user's outcome on labelled prompt i (1: the strong model's answer was better, 0: the weak
+model's, 0.5: a tie; the mean when a prompt has several labels) and p_public the served router's own p_strong. It
+is the posterior mean of a kernel-weighted Beta model whose prior is the public router, worth `kappa` labels:
+near the user's labelled prompts their outcomes decide, far from them the public router does. `beta` (how local)
+and `kappa` (how much the public router counts) are chosen for each router by cross-validation on the user's own
+labels (`fit`: K folds over labelled prompts, the AUC of p against the decisive outcomes); kappa = infinity, the
+public router alone, is always a candidate, so labels that do not help leave routing as it was.
+
+An overlay is a versioned artifact (`save`, `load`): the labelled prompts' embeddings and outcomes, the pair it was
+fitted for, the embedder, and per router (beta, kappa) with their cross-validation table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.errors import ArtifactError, ConfigError
+
+# Candidates for the cross-validation, fixed before any measurement (BENCHMARKS.md, 'Learning loop').
+BETAS = (5.0, 10.0, 20.0, 40.0)
+KAPPAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, math.inf)
+FOLDS = 5
+MIN_DECISIVE = 10  # labelled prompts where one model was better, needed before the overlay can move anything
+
+
+@dataclass
+class Outcomes:
+    """The user's per-prompt outcomes for one pair."""
+
+    prompts: list[str]
+    y: np.ndarray  # in [0, 1]: 1 strong better, 0 weak better, 0.5 tie
+    strong: str
+    weak: str
+
+
+def outcomes(user_files: list, strong: str, weak: str) -> Outcomes:
+    """Per-prompt outcomes between `strong` and `weak` from user label files (models.user_data.UserData: scores
+    become battles there, by the higher score); prompts without a battle between the two are left out."""
+    import pandas as pd
+
+    battles = pd.concat([u.battles for u in user_files], ignore_index=True) if user_files else pd.DataFrame()
+    if battles.empty:
+        raise ConfigError("the label files hold no battle")
+    pair = battles[((battles["model_a"] == strong) & (battles["model_b"] == weak))
+                   | ((battles["model_a"] == weak) & (battles["model_b"] == strong))]
+    if pair.empty:
+        models = sorted(set(battles["model_a"]) | set(battles["model_b"]))
+        raise ConfigError(f"no label compares {strong} with {weak}; the labels' models: {', '.join(models[:20])}")
+    strong_side = np.where(pair["model_a"] == strong, "model_a", "model_b")
+    y = np.where(pair["winner"].to_numpy() == "tie", 0.5, (pair["winner"].to_numpy() == strong_side).astype(float))
+    means = pd.Series(y, index=pair["prompt"].to_numpy()).groupby(level=0, sort=True).mean()
+    return Outcomes(means.index.tolist(), means.to_numpy(dtype=np.float64), strong, weak)
+
+
+def adjusted(p_public: np.ndarray, queries: np.ndarray, vectors: np.ndarray, y: np.ndarray, beta: float,
+             kappa: float) -> np.ndarray:
+    """The overlay's p_strong for unit-norm `queries` (B, d) given the labelled prompts' `vectors` (N, d)."""
+    p_public = np.asarray(p_public, dtype=np.float64)
+    if math.isinf(kappa) or len(vectors) == 0:
+        return p_public
+    weights = np.exp(beta * (queries.astype(np.float32) @ vectors.astype(np.float32).T - 1.0)).astype(np.float64)
+    return (weights @ y + kappa * p_public) / (weights.sum(axis=1) + kappa)
+
+
+def ranking_auc(p: np.ndarray, y: np.ndarray) -> float:
+    """P(p ranks a prompt the strong model won above one the weak model won), ties in p counting half; nan when
+    either kind is missing."""
+    from scipy.stats import rankdata
+
+    decisive = y != 0.5
+    p, label = p[decisive], y[decisive] > 0.5
+    n_pos, n_neg = int(label.sum()), int((~label).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, kappas=KAPPAS, folds: int = FOLDS,
+        seed: int = 0) -> dict[str, Any]:
+    """(beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted from
+    the other folds' outcomes and their own public p_strong, and the candidate with the best pooled AUC wins (ties
+    go to the larger kappa: the public router, unless the labels beat it). Returns beta, kappa, cv_auc and the
+    table of every candidate."""
+    decisive = int((y != 0.5).sum())
+    if decisive < MIN_DECISIVE:
+        raise ConfigError(f"{decisive} labelled prompts have a winner; the overlay needs at least {MIN_DECISIVE}")
+    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
+    table = []
+    for beta in betas:
+        for kappa in kappas:
+            predicted = np.empty(len(y))
+            for k in range(folds):
+                held, kept = fold_of == k, fold_of != k
+                predicted[held] = adjusted(p_public[held], vectors[held], vectors[kept], y[kept], beta, kappa)
+            table.append({"beta": beta, "kappa": kappa, "cv_auc": ranking_auc(predicted, y)})
+    best = max(table, key=lambda row: (np.nan_to_num(row["cv_auc"], nan=-1.0), row["kappa"], -row["beta"]))
+    return {**best, "folds": folds, "table": table}
+
+
+# ------------------------------------------------------------------------------------------------ artifact
+
+
+@dataclass
+class UserOverlay:
+    """A fitted overlay: the labelled prompts, their outcomes, and each router's (beta, kappa)."""
+
+    vectors: np.ndarray
+    y: np.ndarray
+    strong: str
+    weak: str
+    embedder: str
+    routers: dict[str, dict[str, Any]]  # name -> {"beta", "kappa", "cv_auc", ...}
+    version: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def adjust(self, router: str, p_public: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        params = self.routers.get(router)
+        if params is None:
+            return np.asarray(p_public, dtype=np.float64)
+        return adjusted(p_public, queries, self.vectors, self.y, params["beta"], params["kappa"])
+
+    def save(self, root: Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a new version folder under `root` (never over an existing one); returns it."""
+        from index.paths import atomic_dir
+
+        digest = hashlib.sha256(self.vectors.tobytes() + self.y.tobytes()).hexdigest()[:8]
+        self.version = time.strftime("v%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{digest}"
+        folder = Path(root) / self.version
+        if folder.exists():
+            raise ConfigError(f"overlay version {self.version} exists already")
+        self.manifest = {"version": self.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "strong": self.strong, "weak": self.weak, "embedder": self.embedder,
+                         "labelled_prompts": len(self.y), "routers": self.routers, **(extra or {})}
+        with atomic_dir(folder) as tmp:
+            np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
+            np.save(tmp / "y.npy", self.y.astype(np.float64))
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=1, default=_plain))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> UserOverlay:
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            vectors, y = np.load(folder / "vectors.npy"), np.load(folder / "y.npy")
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"overlay {folder} is missing or corrupted ({type(exc).__name__}); promote another "
+                                "version or retrain") from None
+        if len(vectors) != len(y):
+            raise ArtifactError(f"overlay {folder} is inconsistent ({len(vectors)} vectors, {len(y)} outcomes)")
+        routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
+        return cls(vectors, y, manifest["strong"], manifest["weak"], manifest["embedder"], routers,
+                   manifest["version"], manifest)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+# ------------------------------------------------------------------------------------------------ versions
+
+CURRENT = "CURRENT"  # the promoted version's name, in <home>/overlays/CURRENT
+
+
+def overlays_dir(home: Path) -> Path:
+    return Path(home) / "overlays"
+
+
+def versions(home: Path) -> list[str]:
+    root = overlays_dir(home)
+    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file()) if root.is_dir() else []
+
+
+def current_version(home: Path) -> str | None:
+    path = overlays_dir(home) / CURRENT
+    try:
+        name = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def promote(home: Path, version: str | None) -> None:
+    """Make `version` the served overlay (None: none); atomic, so a reader sees the old or the new name."""
+    root = overlays_dir(home)
+    if version is not None and version not in versions(home):
+        known = ", ".join(versions(home)) or "none"
+        raise ConfigError(f"no overlay version {version!r} under {root}; known: {known}")
+    root.mkdir(parents=True, exist_ok=True)
+    partial = root / f".{CURRENT}.partial"
+    partial.write_text((version or "") + "\n")
+    partial.replace(root / CURRENT)
+
+
+def load_current(home: Path) -> UserOverlay | None:
+    version = current_version(home)
+    return UserOverlay.load(overlays_dir(home) / version) if version else None
+
+
+def served_overlay(home: Path, embedder: str, strong_model: str, weak_model: str) -> UserOverlay | None:
+    """The promoted overlay for a service, checked against what it serves: the embedder its vectors came from and
+    the routers' pair it was fitted over (ArtifactError naming the fix otherwise)."""
+    overlay = load_current(home)
+    if overlay is None:
+        return None
+    if overlay.embedder != embedder:
+        raise ArtifactError(f"overlay {overlay.version} was fitted with the {overlay.embedder} embedder, this service "
+                            f"embeds with {embedder}: run `turnout retrain` again, or `turnout promote none`")
+    pair = overlay.manifest.get("router_pair")
+    if pair != [strong_model, weak_model]:
+        raise ArtifactError(f"overlay {overlay.version} was fitted over routers for {pair}, this service routes "
+                            f"{strong_model} vs {weak_model}: run `turnout retrain` again, or `turnout promote none`")
+    return overlay
+
+
+# ------------------------------------------------------------------------------------------------ retraining
+
+
+def fit_overlay(routers: dict[str, Any], embed, labels: Outcomes, embedder: str, seed: int = 0) -> UserOverlay:
+    """An overlay for `routers` (name -> a router with score_embeddings, fitted for the labels' pair): the
+    labelled prompts embedded once, then (beta, kappa) cross-validated per router against its own p_strong."""
+    vectors = np.asarray(embed(labels.prompts), dtype=np.float32)
+    params = {}
+    for name, router in routers.items():
+        result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed)
+        params[name] = {k: result[k] for k in ("beta", "kappa", "cv_auc", "folds")} | {"cv_table": result["table"]}
+    return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder, params)
+
+
+def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, Any], embed, bench,
+            n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """New against current (or the public router where there is none) on a held-out benchmark, per router:
+    APGR with 95 % bootstrap intervals on the same prompt resamples, for the new and current versions, prompt length
+    and random, and the paired P(new > each)."""
+    from models.length_router import LengthRouter
+    from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
+
+    queries = np.asarray(embed(bench.prompts), dtype=np.float32)
+    length = np.asarray(LengthRouter().score(bench.prompts))
+    out = {}
+    for name, router in routers.items():
+        public = np.asarray(router.score_embeddings(queries))
+        now = current.adjust(name, public, queries) if current is not None else public
+        scores = {"new": new.adjust(name, public, queries), "current": now, "length": length}
+        curves = bootstrap_curves(list(scores.values()), bench.strong, bench.weak, n_resamples, seed=seed)
+        apgr = dict(zip(scores, curves.apgr))
+        apgr["random"] = curves.random_apgr
+        point = {k: summarize(p, bench.strong, bench.weak)["apgr"] for k, p in scores.items()}
+        point["random"] = _random_apgr(bench)
+        out[name] = {"apgr": point,
+                     "interval": {k: percentile_interval(v) for k, v in apgr.items()},
+                     "p_new_gt": {k: p_greater(apgr["new"], apgr[k]) for k in ("current", "length", "random")}}
+    return {"benchmark": bench.name, "prompts": len(bench), "strong": bench.strong_model, "weak": bench.weak_model,
+            "current": current.version if current is not None else None, "resamples": n_resamples, "routers": out}
+
+
+def _random_apgr(bench) -> float:
+    from models.metrics import apgr, random_curve
+
+    share, quality = random_curve(bench.strong, bench.weak)
+    return apgr(share, quality, bench.strong.mean(), bench.weak.mean())

@@ -1,0 +1,185 @@
+"""The overlay of a user's own labels (issue 23): its math, its cross-validated fit, versions and promotion,
+`turnout retrain` / `turnout promote` on the serve tests' tiny artifacts, and the embedding deployment applying it."""
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+
+from index.errors import ArtifactError, ConfigError
+from models import user_overlay
+from models.user_data import read_user_file
+from models.user_overlay import UserOverlay, adjusted, fit, outcomes, ranking_auc
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_the_overlay_is_a_kernel_average_with_the_router_as_prior():
+    vectors = _unit([[1, 0], [0, 1]])
+    y = np.array([1.0, 0.0])
+    query = _unit([[1, 0]])
+    # the first labelled prompt is the query itself (weight 1), the second orthogonal (weight e^-beta)
+    w = math.exp(-10)
+    expected = (1.0 + w * 0.0 + 2.0 * 0.3) / (1.0 + w + 2.0)
+    assert adjusted(np.array([0.3]), query, vectors, y, beta=10, kappa=2.0)[0] == pytest.approx(expected)
+    assert adjusted(np.array([0.3]), query, vectors, y, beta=10, kappa=math.inf)[0] == 0.3
+    assert ranking_auc(np.array([0.9, 0.1, 0.5]), np.array([1.0, 0.0, 0.5])) == 1.0
+    assert math.isnan(ranking_auc(np.array([0.9, 0.5]), np.array([1.0, 0.5])))
+
+
+def _clusters(n, seed=0):
+    """Two topics: the strong model wins on the first, loses on the second (with 10 % noise)."""
+    rng = np.random.default_rng(seed)
+    topic = rng.integers(0, 2, n)
+    centres = _unit(rng.normal(size=(2, 16)))
+    vectors = _unit(centres[topic] + 0.3 * rng.normal(size=(n, 16)))
+    y = np.where(rng.random(n) < 0.9, 1.0 - topic, topic).astype(float)
+    return vectors, y
+
+
+def test_cross_validation_uses_labels_that_help_and_ignores_labels_that_do_not():
+    vectors, y = _clusters(200)
+    uninformative = np.full(len(y), 0.5)
+    helped = fit(vectors, y, uninformative)
+    assert math.isfinite(helped["kappa"]) and helped["cv_auc"] > 0.85
+    assert len(helped["table"]) == len(user_overlay.BETAS) * len(user_overlay.KAPPAS)
+    # outcomes unrelated to the prompts, a router that already knows: the router alone
+    rng = np.random.default_rng(1)
+    noise = (rng.random(len(y)) < 0.5).astype(float)
+    knowing = np.where(noise > 0.5, 0.7, 0.3) + 0.01 * rng.random(len(y))
+    kept = fit(vectors, noise, knowing)
+    assert kept["kappa"] == math.inf
+    with pytest.raises(ConfigError, match="needs at least 10"):
+        fit(vectors[:5], y[:5], uninformative[:5])
+
+
+def test_outcomes_from_scores_and_battles(tmp_path):
+    scores = tmp_path / "scores.csv"
+    scores.write_text("prompt,model,score\np1,big,1\np1,small,0\np2,big,0\np2,small,1\np3,big,1\np3,small,1\n"
+                      "p4,big,1\n")
+    battles = tmp_path / "battles.jsonl"
+    battles.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "p1", "model_a": "small", "model_b": "big", "winner": "model_b"},
+        {"prompt": "p5", "model_a": "small", "model_b": "big", "winner": "model_a"},
+        {"prompt": "p6", "model_a": "small", "model_b": "other", "winner": "model_a"}]))
+    found = outcomes([read_user_file(scores), read_user_file(battles)], "big", "small")
+    assert dict(zip(found.prompts, found.y)) == {"p1": 1.0, "p2": 0.0, "p3": 0.5, "p5": 0.0}
+    with pytest.raises(ConfigError, match="no label compares big with nobody"):
+        outcomes([read_user_file(scores)], "big", "nobody")
+
+
+def test_versions_promotion_and_a_corrupted_version(tmp_path):
+    vectors, y = _clusters(40)
+    overlay = UserOverlay(vectors, y, "big", "small", "hash-16",
+                          {"sw_ranking": {"beta": 10.0, "kappa": math.inf, "cv_auc": 0.5}})
+    first = overlay.save(user_overlay.overlays_dir(tmp_path), {"router_pair": ["s", "w"]})
+    assert user_overlay.current_version(tmp_path) is None and user_overlay.load_current(tmp_path) is None
+    user_overlay.promote(tmp_path, first.name)
+    loaded = user_overlay.load_current(tmp_path)
+    assert loaded.version == first.name and loaded.routers["sw_ranking"]["kappa"] == math.inf
+    np.testing.assert_allclose(loaded.vectors, vectors, atol=1e-6)
+    assert user_overlay.served_overlay(tmp_path, "hash-16", "s", "w").version == first.name
+    with pytest.raises(ArtifactError, match="hash-32"):
+        user_overlay.served_overlay(tmp_path, "hash-32", "s", "w")
+    with pytest.raises(ArtifactError, match="routes a vs b"):
+        user_overlay.served_overlay(tmp_path, "hash-16", "a", "b")
+    with pytest.raises(ConfigError, match="no overlay version 'v0'"):
+        user_overlay.promote(tmp_path, "v0")
+    user_overlay.promote(tmp_path, None)
+    assert user_overlay.load_current(tmp_path) is None
+    (first / "y.npy").write_bytes(b"broken")
+    user_overlay.promote(tmp_path, first.name)
+    with pytest.raises(ArtifactError, match="corrupted"):
+        user_overlay.load_current(tmp_path)
+
+
+# ------------------------------------------------------------------------------- retrain on tiny artifacts
+
+TOPICS = {"poetry verse rhyme sonnet": ("strong-1", "weak-1"), "weather forecast rain cloud": ("weak-1", "strong-1")}
+
+
+def _labelled(path, ids):
+    """Scores for strong-1 and weak-1: the first topic's prompts the strong model gets right, the second's (half as
+    many) the weak one."""
+    lines = ["prompt,model,score"]
+    for n, (topic, (right, wrong)) in enumerate(TOPICS.items()):
+        for i in ids[::n + 1]:
+            prompt = f"{topic} request {i} detail {i * 3 % 7}"
+            lines += [f"{prompt},{right},1", f"{prompt},{wrong},0"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.serve.conftest import app_args, build_tiny_artifacts
+
+    home = tmp_path_factory.mktemp("overlay-home")
+    reference = build_tiny_artifacts(home)
+    args = app_args(home, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1")
+    args["routers"].update(enabled=["sw_ranking", "mf", "length"], default="sw_ranking")
+    config = tmp_path_factory.mktemp("overlay-config") / "serve.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump({"applications": [{"name": "turnout", "import_path": "serve.app:build_app",
+                                                        "args": args}]}))
+    return home, config, args
+
+
+def test_retrain_fits_compares_and_promotes_and_promote_rolls_back(tiny, tmp_path, capsys):
+    from serve.cli import main
+
+    home, config, _ = tiny
+    labels = _labelled(tmp_path / "labels.csv", range(30))
+    holdout = _labelled(tmp_path / "holdout.csv", range(100, 120))
+    assert main(["retrain", "--config", str(config), "--add", str(labels), "--holdout", str(holdout),
+                 "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "promoted v" in out and "fitting 45 labelled prompts" in out and "sw_ranking: APGR new" in out and "mf: APGR new" in out
+    version = user_overlay.current_version(home)
+    manifest = json.loads((user_overlay.overlays_dir(home) / version / "manifest.json").read_text())
+    report = manifest["holdout"]["routers"]["sw_ranking"]
+    assert report["apgr"]["new"] > report["apgr"]["current"] and report["p_new_gt"]["current"] > 0.9
+    assert manifest["router_pair"] == ["strong-1", "weak-1"] and manifest["labelled_prompts"] == 45
+    assert main(["promote", "--config", str(config)]) == 0
+    assert f"* {version}" in capsys.readouterr().out
+    assert main(["promote", "none", "--config", str(config)]) == 0
+    assert user_overlay.current_version(home) is None
+    assert main(["promote", version, "--config", str(config)]) == 0
+    # bad input: one line, exit 2, the promoted version untouched
+    for args, message in [
+        (["--add", str(labels), "--holdout", str(labels)], "held-out prompts are also in the labels"),
+        (["--add", str(labels), "--holdout", str(holdout), "--router", "length"], "shared embedding"),
+        (["--add", str(labels), "--holdout", str(holdout), "--weak", "nobody"], "no label compares"),
+    ]:
+        assert main(["retrain", "--config", str(config), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert user_overlay.current_version(home) == version
+
+
+def test_the_embedding_deployment_serves_the_promoted_overlay(tiny, tmp_path):
+    from serve.config import parse_app_args
+    from serve.embedding import EmbeddingDeployment
+
+    home, config, args = tiny
+    if user_overlay.current_version(home) is None:  # run alone: fit one first
+        from serve.cli import main
+
+        assert main(["retrain", "--config", str(config), "--add", str(_labelled(tmp_path / "l.csv", range(30))),
+                     "--holdout", str(_labelled(tmp_path / "h.csv", range(100, 120))), "--force"]) == 0
+    prompt = "poetry verse rhyme sonnet request 555 detail 2"
+
+    def p_strong(overlay: bool) -> float:
+        options = {**args, "routers": {**args["routers"], "overlay": overlay}}
+        deployment = EmbeddingDeployment(parse_app_args(options))
+        return asyncio.run(deployment._score_batch([(prompt, "sw_ranking", False)]))[0]["p_strong"]
+
+    alone, overlaid = p_strong(False), p_strong(True)
+    overlay = user_overlay.load_current(home)
+    assert overlay.routers["sw_ranking"]["kappa"] != math.inf
+    assert overlaid > alone  # the labels say the strong model wins this topic
