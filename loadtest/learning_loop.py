@@ -1,0 +1,130 @@
+"""What the user's own labels buy (issue 23): the overlay (models/user_overlay.py) over the served routers, as a
+curve of held-out APGR against the number of labelled prompts, with paired bootstrap intervals.
+
+    python -m loadtest.learning_loop --out benchmarks/learning_loop.json
+
+The user's traffic is the dev split of a correctness source (mmlu-pro-dev: gpt-4o vs Mixtral-8x7B; faithful-cot-dev:
+GPT-4 vs gpt-3.5-turbo): prompts of a domain the public data covers, never trained on. Their recorded correctness
+is the gold grader's answer for each prompt (what `turnout label --grader gold` writes from the models' answers).
+Each benchmark's prompts are split once, with a fixed seed, into a held-out part (TEST_SHARE) and a label pool;
+labels are drawn from the pool in nested samples (the 100 contain the 50), the overlay's (beta, kappa) is chosen
+by cross-validation on those labels alone, and the held-out part is scored for: the routers before the loop,
+the routers with the overlay, prompt length and random, on the same bootstrap resamples. Nothing in this script
+chooses anything on the held-out part; the candidate grid and the split were fixed before it was first run.
+Other label draws (`--seeds`) give the spread that comes from which prompts were labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BENCHES = ("mmlu-pro-dev", "faithful-cot-dev")
+SIZES = (50, 100, 200, 400)
+TEST_SHARE = 0.4
+SPLIT_SEED = 20261207
+ROUTERS = ("sw_ranking", "mf")
+
+
+def outcome(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """1 where the strong model did better, 0 where the weak one did, 0.5 for a tie (the battles rule)."""
+    return np.where(strong > weak, 1.0, np.where(strong < weak, 0.0, 0.5))
+
+
+def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
+    from models import pipeline, user_overlay
+    from models.benchmarks import load_benchmark
+    from models.length_router import LengthRouter
+    from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
+
+    bench = load_benchmark(name, ws.data())
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(bench))
+    n_test = int(round(TEST_SHARE * len(bench)))
+    test, pool = order[:n_test], order[n_test:]
+    vectors = np.asarray(ws.embedder.embed(bench.prompts, progress=True), dtype=np.float32)
+    y = outcome(bench.strong, bench.weak)
+    strong, weak = bench.strong[test], bench.weak[test]
+    length = np.asarray(LengthRouter().score([bench.prompts[i] for i in test]))
+    result = {"benchmark": name, "strong": bench.strong_model, "weak": bench.weak_model, "prompts": len(bench),
+              "held_out": len(test), "pool": len(pool), "routers": {}}
+    for router_name in ROUTERS:
+        router = pipeline.load(ws, router_name, strong=bench.strong_model, weak=bench.weak_model)
+        public = np.asarray(router.score_embeddings(vectors))
+        before = public[test]
+        rows = []
+        for size in [s for s in sizes if s <= len(pool)] + ([len(pool)] if len(pool) not in sizes else []):
+            draws = []
+            for seed in range(seeds):
+                labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
+                chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed)
+                after = user_overlay.adjusted(before, vectors[test], vectors[labelled], y[labelled], chosen["beta"],
+                                              chosen["kappa"])
+                draws.append((chosen, after))
+            chosen, after = draws[0]
+            curves = bootstrap_curves([after, before, length], strong, weak, resamples, seed=0)
+            apgr_new, apgr_before, apgr_length = curves.apgr
+            rows.append({
+                "labels": size, "beta": chosen["beta"], "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
+                else chosen["kappa"], "cv_auc": chosen["cv_auc"],
+                "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
+                "p_gt_before": p_greater(apgr_new, apgr_before), "p_gt_length": p_greater(apgr_new, apgr_length),
+                "p_gt_random": p_greater(apgr_new, curves.random_apgr),
+                "apgr_other_draws": [summarize(a, strong, weak)["apgr"] for _, a in draws[1:]],
+            })
+            log.info("%s %s %d labels: APGR %.3f (before %.3f)", name, router_name, size, rows[-1]["apgr"],
+                     summarize(before, strong, weak)["apgr"])
+        curves = bootstrap_curves([before, length], strong, weak, resamples, seed=0)
+        result["routers"][router_name] = {
+            "before": {"apgr": summarize(before, strong, weak)["apgr"], "interval": percentile_interval(curves.apgr[0]),
+                       "p_gt_length": p_greater(curves.apgr[0], curves.apgr[1])},
+            "curve": rows}
+    curves = bootstrap_curves([length], strong, weak, resamples, seed=0)
+    result["length"] = {"apgr": summarize(length, strong, weak)["apgr"], "interval": percentile_interval(curves.apgr[0])}
+    result["random"] = {"apgr": float(np.nanmean(curves.random_apgr)),
+                        "interval": percentile_interval(curves.random_apgr)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models import pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/learning_loop.json"))
+    parser.add_argument("--benches", default=",".join(BENCHES))
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--seeds", type=int, default=3, help="label draws per size (the first gives the intervals)")
+    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--home", help="artifact folder with the served routers (default: the usual home)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    ws = pipeline.workspace(args.home)
+    start = time.time()
+    results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples)
+               for name in args.benches.split(",")]
+    record = {"command": "python -m loadtest.learning_loop " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
+              "seconds": round(time.time() - start, 1), "test_share": TEST_SHARE, "split_seed": SPLIT_SEED,
+              "benchmarks": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
