@@ -13,11 +13,12 @@ A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import numpy as np
 
-from index.errors import ScoringError
+from index.errors import ScoringError, TurnoutError
 from serve.config import TurnoutConfig
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,14 @@ class EmbeddingDeployment:
         self.embedder = load_embedder(config.artifacts.embedder) if self.shared else None
         self.routers = load_routers(config, config.embedding_routers, self.embedder)
         self.overlay = None  # the user's labels over the shared-embedding routers (models/user_overlay.py)
-        if self.embedder is not None:
+        self.overlay_failed: dict | None = None  # the last promoted version that did not load, and why
+        if self.embedder is not None and config.routers.overlay:
             from serve.artifacts import serving_overlay
 
             self.overlay = serving_overlay(config, self.embedder.name)
             if self.overlay is not None:
                 log.info("overlay %s over %s", self.overlay.version, sorted(self.overlay.routers))
+            threading.Thread(target=self._watch_overlay, name="turnout-overlay", daemon=True).start()
         self.metrics = ServeMetrics()
         self.embed_batch_size = config.embedding.embed_batch_size
         if self.embedder is not None:
@@ -57,6 +60,39 @@ class EmbeddingDeployment:
         self.batcher = MicroBatcher(self._score_batch, config.embedding.max_batch_size, "embedding",
                                     on_drop=lambda n: self.metrics.dropped("embedding", n))
         log.info("embedding ready in %.1fs: %s with %s", time.perf_counter() - start, list(self.routers), self.embedder)
+
+    def _watch_overlay(self) -> None:
+        """Swap in each newly promoted overlay version: loaded beside the one serving, then one reference
+        assignment, which a batch reads once, so no request sees half of each. A version that fails to load
+        leaves the old one serving and is reported."""
+        from models.user_overlay import current_version
+        from serve.artifacts import home_dir, serving_overlay
+
+        seen = self.overlay.version if self.overlay is not None else None
+        while True:
+            time.sleep(self.config.routers.overlay_poll_s)
+            try:
+                version = current_version(home_dir(self.config))
+            except OSError as exc:
+                log.warning("overlay: cannot read the promoted version: %s", exc)
+                continue
+            if version == seen:
+                continue
+            seen = version
+            try:
+                overlay = serving_overlay(self.config, self.embedder.name)
+            except TurnoutError as exc:
+                self.overlay_failed = {"version": version, "reason": str(exc)}
+                self.metrics.overlay_failed()
+                log.warning("overlay %s not loaded, %s still serving: %s", version,
+                            self.overlay.version if self.overlay else "none", exc)
+                continue
+            log.info("overlay %s -> %s", self.overlay.version if self.overlay else "none", version or "none")
+            self.overlay, self.overlay_failed = overlay, None
+
+    def overlay_state(self) -> dict:
+        """The overlay version this replica serves, and the last promoted one it could not load."""
+        return {"version": self.overlay.version if self.overlay is not None else None, "failed": self.overlay_failed}
 
     async def score(self, text: str, router: str, budget_s: float | None = None, vector: bool = False) -> dict | None:
         """{"p_strong", "stages": {stage: ms}}, or None when the caller's remaining `budget_s` ran out while queued.
@@ -72,6 +108,7 @@ class EmbeddingDeployment:
         throughput at 32 clients (see BENCHMARKS.md, 'Serving'). Requests arriving meanwhile wait in Ray's queue
         and form the next batch.
         """
+        overlay = self.overlay  # read once: a swap takes effect from the next batch
         texts = [text for text, _, _ in items]
         names = [name for _, name, _ in items]
         shared_rows = [i for i, name in enumerate(names) if name in self.shared]
@@ -89,8 +126,8 @@ class EmbeddingDeployment:
             if name in self.shared:
                 queries = vectors[[position[r] for r in rows]]
                 p_strong[rows] = self.routers[name].score_embeddings(queries)
-                if self.overlay is not None:
-                    p_strong[rows] = self.overlay.adjust(name, p_strong[rows], queries)
+                if overlay is not None:
+                    p_strong[rows] = overlay.adjust(name, p_strong[rows], queries)
             else:
                 p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
             score_ms[name] = (time.perf_counter() - t1) * 1000.0

@@ -147,7 +147,7 @@ class IngressDeployment:
     def __init__(self, config: TurnoutConfig, embedding=None, classifier=None):
         import httpx
 
-        from serve.artifacts import load_routers, overlay_version
+        from serve.artifacts import load_routers
         from serve.metrics import ServeMetrics
 
         self.config = config
@@ -157,7 +157,6 @@ class IngressDeployment:
             if config.backend_routers(backend) and handle is None:
                 raise ConfigError(f"routers {config.backend_routers(backend)} need the {backend} deployment")
         self.local = load_routers(config, config.local_routers)
-        self.overlay_version = overlay_version(config)  # what the embedding replicas loaded at their start
         self.metrics = ServeMetrics()
         api = config.api
         self.keys = KeyRing(load_digests(api.auth.api_keys_sha256, api.auth.api_keys_file, api.auth.api_keys_env))
@@ -367,6 +366,18 @@ class IngressDeployment:
     def state(self) -> dict:
         """Per router: threshold, target, realised strong ratio over the window (this replica's view)."""
         return {name: controller.state() for name, controller in self.controllers.items()}
+
+    async def overlay(self) -> dict | None:
+        """The overlay an embedding replica serves ({"version", "failed": {"version", "reason"} or None}); None
+        without the embedding deployment, {"version": "unknown"} if it does not answer in time."""
+        handle = self.backends["embedding"]
+        if handle is None:
+            return None
+        try:
+            return await asyncio.wait_for(handle.overlay_state.remote(), 2.0)
+        except Exception as exc:  # a busy or restarting replica: the routers' state is still worth answering
+            log.warning("overlay state unavailable: %s", first_line(_cause(exc)))
+            return {"version": "unknown", "failed": None}
 
     async def ready(self) -> dict:
         """Routers ready to answer. A backend that answered (or refused for being full) within READY_FRESH_S is
@@ -699,7 +710,7 @@ def build_api(ingress: IngressDeployment):
 
     @app.get("/v1/routers", summary="thresholds and realised strong ratios (the answering ingress replica's window)")
     async def routers(key: str = Depends(caller)):
-        return {"default": config.routers.default, "replica": ingress.replica, "overlay": ingress.overlay_version,
+        return {"default": config.routers.default, "replica": ingress.replica, "overlay": await ingress.overlay(),
                 "routers": ingress.state()}
 
     @app.get("/v1/models", summary="model names accepted by /v1/chat/completions")

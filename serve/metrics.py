@@ -29,6 +29,7 @@ FALLBACKS = "turnout_fallbacks_total"  # Counter{reason, model}: calls sent some
 DROPPED = "turnout_dropped_total"  # Counter{component}: queued requests skipped because their deadline passed
 CAPTURE_RECORDS = "turnout_capture_records_total"  # Counter{table, outcome}: written | dropped_queue_full | dropped_write_failed
 SHADOW_CALLS = "turnout_shadow_calls_total"  # Counter{model, outcome}: called | failed | skipped_budget | skipped_busy
+OVERLAY_FAILURES = "turnout_overlay_load_failures_total"  # Counter: promoted overlay versions a replica could not load
 SHADOW_SPEND = "turnout_shadow_spend_usd_total"  # Counter{model}: what shadow calls cost, from the upstreams' prices
 
 STAGES = ("embed", "search", "classify", "decide", "upstream")
@@ -77,6 +78,10 @@ class ServeMetrics:
         self.shadow_spend = Counter(
             SHADOW_SPEND, description="USD spent on shadow calls, from the upstreams' token prices", tag_keys=("model",))
 
+        self.overlay_failures = Counter(
+            OVERLAY_FAILURES, description="promoted overlay versions an embedding replica could not load (the "
+            "previous one kept serving)")
+
     def stage(self, stage: str, router: str, ms: float) -> None:
         self.stage_latency.observe(ms, tags={"stage": stage, "router": router})
 
@@ -115,6 +120,9 @@ class ServeMetrics:
         self.shadow_calls.inc(tags={"model": model, "outcome": outcome})
         if usd:
             self.shadow_spend.inc(usd, tags={"model": model})
+
+    def overlay_failed(self) -> None:
+        self.overlay_failures.inc()
 
     def dropped(self, component: str, count: int = 1) -> None:
         self.dropped_requests.inc(count, tags={"component": component})

@@ -183,3 +183,42 @@ def test_the_embedding_deployment_serves_the_promoted_overlay(tiny, tmp_path):
     overlay = user_overlay.load_current(home)
     assert overlay.routers["sw_ranking"]["kappa"] != math.inf
     assert overlaid > alone  # the labels say the strong model wins this topic
+
+
+def test_a_promoted_version_is_swapped_in_live_and_a_broken_one_leaves_the_old_serving(tiny, tmp_path):
+    import time
+
+    from serve.config import parse_app_args
+    from serve.embedding import EmbeddingDeployment
+
+    home, _, args = tiny
+    overlays = user_overlay.overlays_dir(home)
+    _, y = _clusters(30)
+    vectors = _unit(np.random.default_rng(0).normal(size=(30, 64))).astype(np.float32)  # the service's hash-64
+    first = UserOverlay(vectors, y, "strong-1", "weak-1", "hash-64",
+                        {"sw_ranking": {"beta": 5.0, "kappa": 1.0, "cv_auc": 0.5}})
+    v1 = first.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+    user_overlay.promote(home, v1)
+    deployment = EmbeddingDeployment(parse_app_args({**args, "routers": {**args["routers"], "overlay_poll_s": 0.1}}))
+    assert deployment.overlay_state() == {"version": v1, "failed": None}
+
+    def settled(check):
+        deadline = time.monotonic() + 10
+        while not check(deployment.overlay_state()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return deployment.overlay_state()
+
+    time.sleep(1.1)  # versions are named by the second
+    second = UserOverlay(first.vectors, 1.0 - y, "strong-1", "weak-1", "hash-64", first.routers)
+    v2 = second.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+    user_overlay.promote(home, v2)
+    assert settled(lambda s: s["version"] == v2)["failed"] is None
+    time.sleep(1.1)
+    broken = UserOverlay(first.vectors, y, "strong-1", "weak-1", "hash-32", first.routers)  # another embedder
+    v3 = broken.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+    user_overlay.promote(home, v3)
+    state = settled(lambda s: s["failed"] is not None)
+    assert state["version"] == v2 and state["failed"]["version"] == v3 and "hash-32" in state["failed"]["reason"]
+    assert asyncio.run(deployment._score_batch([("poetry verse", "sw_ranking", False)]))[0]["p_strong"] >= 0
+    user_overlay.promote(home, None)
+    assert settled(lambda s: s["version"] is None) == {"version": None, "failed": None}
