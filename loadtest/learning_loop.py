@@ -41,6 +41,7 @@ def outcome(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
+    from index.errors import ConfigError
     from models import pipeline, user_overlay
     from models.benchmarks import load_benchmark
     from models.length_router import LengthRouter
@@ -65,7 +66,10 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
             draws = []
             for seed in range(seeds):
                 labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
-                chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed)
+                try:
+                    chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed)
+                except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
+                    chosen = {"beta": None, "kappa": float("inf"), "cv_auc": None, "refused": str(exc)}
                 after = user_overlay.adjusted(before, vectors[test], vectors[labelled], y[labelled], chosen["beta"],
                                               chosen["kappa"])
                 draws.append((chosen, after))
@@ -73,7 +77,8 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
             curves = bootstrap_curves([after, before, length], strong, weak, resamples, seed=0)
             apgr_new, apgr_before, apgr_length = curves.apgr
             rows.append({
-                "labels": size, "beta": chosen["beta"], "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
+                "labels": size, "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
+                "refused": chosen.get("refused"), "beta": chosen["beta"], "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
                 else chosen["kappa"], "cv_auc": chosen["cv_auc"],
                 "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
                 "p_gt_before": p_greater(apgr_new, apgr_before), "p_gt_length": p_greater(apgr_new, apgr_length),
