@@ -1,9 +1,9 @@
 """Your own labels on top of a public router: a kernel fit of the user's outcomes with the router's p_strong as prior.
 
 RouteLLM's routers gain on MMLU and GSM8K once in-domain labelled prompts join the Arena battles (arXiv 2406.18665,
-section 5). Added to turnout's 2.5 M public battles as one more source, a few hundred of a user's labels barely
-move a router (the issue this answers measured -0.02 to +0.03 APGR). Here they count for the traffic they came from
-instead: for a prompt q with unit embedding e_q,
+section 5). Added to turnout's public battles as one more source, a few hundred of a user's labels barely move a
+router (BENCHMARKS.md, 'Learning loop'). Here they count for the traffic they came from instead: for a prompt q
+with unit embedding e_q,
 
     p(q) = (sum_i w_i(q) y_i + kappa * p_public(q)) / (sum_i w_i(q) + kappa),   w_i(q) = exp(beta * (e_q . e_i - 1))
 

@@ -295,7 +295,7 @@ def answer_fields(raw: bytes, encoding: str | None, streamed: bool) -> dict[str,
     return out
 
 
-def sample(capture_rate: float, shadow_rate: float, chat: bool) -> tuple[bool, bool]:
+def draw_sample(capture_rate: float, shadow_rate: float, chat: bool) -> tuple[bool, bool]:
     """(captured, shadowed) for one routed request; a shadowed request is always captured."""
     shadowed = chat and shadow_rate > 0 and random.random() < shadow_rate
     return shadowed or (capture_rate > 0 and random.random() < capture_rate), shadowed

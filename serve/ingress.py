@@ -50,7 +50,9 @@ from serve.config import SIDES, TurnoutConfig
 from serve.auth import (
     Forbidden, KeyRing, Limits, RateLimited, Unauthorized, load_digests, may_choose_threshold, retry_after_header,
 )
-from serve.capture import CaptureWriter, RequestIds, ShadowBudget, answer_fields, fleet_secret, prompt_digest, sample
+from serve.capture import (
+    CaptureWriter, RequestIds, ShadowBudget, answer_fields, draw_sample, fleet_secret, prompt_digest,
+)
 from serve.controller import StrongRatioController
 from serve.protocol import (
     SERVICE_MODEL,
@@ -414,7 +416,7 @@ class IngressDeployment:
     def sample(self, chat: bool) -> tuple[bool, bool]:
         """(captured, shadowed) for one routed request."""
         settings = self.config.capture
-        return sample(settings.sample_rate, settings.shadow_rate, chat) if self.capture is not None else (False, False)
+        return draw_sample(settings.sample_rate, settings.shadow_rate, chat) if self.capture is not None else (False, False)
 
     def capture_request(self, trace: "Trace", endpoint: str, router: str, decision: dict | None, text: str,
                         fallback: str | None = None) -> None:
