@@ -40,14 +40,26 @@ def outcome(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
     return np.where(strong > weak, 1.0, np.where(strong < weak, 0.0, 0.5))
 
 
-def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
+def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,
+              sources: str | None = None) -> dict:
     from index.errors import ConfigError
     from models import pipeline, user_overlay
-    from models.benchmarks import load_benchmark
+    from models.benchmarks import load_benchmark, source_benchmark
+    from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+    from models.data import source_family
     from models.length_router import LengthRouter
     from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
 
-    bench = load_benchmark(name, ws.data())
+    if whole:
+        source = name.removesuffix("-dev")
+        trained_on = set(pipeline.training_data(ws).battles["source"].map(source_family))
+        if source in trained_on:
+            raise ConfigError(f"--whole-source: the training data in {ws.home} holds {source}; build it without "
+                              f"(turnout data build --sources ...) into another --home")
+    bench = (source_benchmark if whole else load_benchmark)(name, ws.data())
+    # The dev split's pair is in the public tier table; a source left out may name models the public data never
+    # saw (gpt-4o), so the routers score the served pair there, as `turnout retrain` does with the user's labels.
+    pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole else (bench.strong_model, bench.weak_model)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(bench))
     n_test = int(round(TEST_SHARE * len(bench)))
     test, pool = order[:n_test], order[n_test:]
@@ -55,10 +67,12 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
     y = outcome(bench.strong, bench.weak)
     strong, weak = bench.strong[test], bench.weak[test]
     length = np.asarray(LengthRouter().score([bench.prompts[i] for i in test]))
-    result = {"benchmark": name, "strong": bench.strong_model, "weak": bench.weak_model, "prompts": len(bench),
-              "held_out": len(test), "pool": len(pool), "routers": {}}
+    result = {"benchmark": bench.name, "strong": bench.strong_model, "weak": bench.weak_model, "router_pair": pair,
+              "prompts": len(bench), "held_out": len(test), "pool": len(pool), "routers": {}}
+    if naive:
+        result["naive_add"] = naive_add(bench, ws, pool, test, naive, sources)
     for router_name in ROUTERS:
-        router = pipeline.load(ws, router_name, strong=bench.strong_model, weak=bench.weak_model)
+        router = pipeline.load(ws, router_name, strong=pair[0], weak=pair[1])
         public = np.asarray(router.score_embeddings(vectors))
         before = public[test]
         rows = []
@@ -99,6 +113,45 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int) -> dict:
     return result
 
 
+def naive_add(bench, ws, pool: np.ndarray, test: np.ndarray, sizes: list[int], sources: str | None) -> list[dict]:
+    """The path before the overlay: the first n pool labels added to the public data as one more source
+    (`turnout data build --add`), sw_ranking and mf retrained, routing the benchmark's own pair (now in the tier
+    table), on the same held-out prompts; the public build's sources, in a fresh home beside --home whose
+    embedding cache is shared."""
+    import pandas as pd
+
+    from models import pipeline
+    from models.metrics import summarize
+    from models.user_data import read_user_file
+
+    rows = []
+    for size in sizes:
+        home = ws.home.parent / f"{ws.home.name}-add-{bench.name}-{size}"
+        home.mkdir(exist_ok=True)
+        if not (home / "embeddings").exists():
+            (home / "embeddings").symlink_to((ws.home / "embeddings").resolve())
+        labelled = np.random.default_rng(0).permutation(pool)[:size]  # the overlay curve's first draw
+        path = home / f"labels-{size}.csv"
+        pd.DataFrame([{"prompt": bench.prompts[i], "model": model, "score": score}
+                      for i in labelled for model, score in ((bench.strong_model, bench.strong[i]),
+                                                             (bench.weak_model, bench.weak[i]))]).to_csv(path, index=False)
+        user = read_user_file(path)
+        started = time.time()
+        added = pipeline.workspace(str(home), ws.data_flag, "minilm", log.info)
+        pipeline.training_data(added, rebuild=True, sources=sources, extra_battles=[user.battles],
+                               extra_scores=[user.scores], added=[user.summary()])
+        row = {"labels": size, "rebuild_and_train_s": None}
+        for name in ROUTERS:
+            pipeline.train(added, name)
+            router = pipeline.load(added, name, strong=bench.strong_model, weak=bench.weak_model)
+            row[name] = summarize(np.asarray(router.score([bench.prompts[i] for i in test])),
+                                  bench.strong[test], bench.weak[test])["apgr"]
+        row["rebuild_and_train_s"] = round(time.time() - started, 1)
+        rows.append(row)
+        log.info("%s naive --add %d labels: %s", bench.name, size, row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     from models import pipeline
 
@@ -109,15 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="label draws per size (the first gives the intervals)")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--home", help="artifact folder with the served routers (default: the usual home)")
+    parser.add_argument("--naive-add", default="", help="comma list of label counts for which the labels are also "
+                        "added to the public data and the routers retrained (the path before the overlay); slow")
+    parser.add_argument("--sources", help="with --naive-add: the public build's sources (turnout data build --sources)")
+    parser.add_argument("--whole-source", action="store_true",
+                        help="the user's traffic is each benchmark's whole source, which the training data in "
+                        "--home must have left out: a domain the public data does not cover")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ws = pipeline.workspace(args.home)
     start = time.time()
-    results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples)
-               for name in args.benches.split(",")]
+    naive = [int(n) for n in args.naive_add.split(",") if n]
+    results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples,
+                         args.whole_source, naive, args.sources) for name in args.benches.split(",")]
     record = {"command": "python -m loadtest.learning_loop " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
               "seconds": round(time.time() - start, 1), "test_share": TEST_SHARE, "split_seed": SPLIT_SEED,
+              "whole_source": args.whole_source,
               "benchmarks": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -131,8 +131,9 @@ def _mt_bench(data: Path) -> Benchmark:
     )
 
 
-def _dev_benchmark(name: str, data: Path) -> Benchmark:
-    """The dev split of one correctness source as a benchmark for its pair (see the module docstring)."""
+def _dev_benchmark(name: str, data: Path, whole: bool = False) -> Benchmark:
+    """The dev split of one correctness source as a benchmark for its pair (see the module docstring); `whole`:
+    every row of the source, for a training build that left the source out (`source_benchmark`)."""
     from models import data as training
 
     source = name.removesuffix("-dev")
@@ -144,7 +145,8 @@ def _dev_benchmark(name: str, data: Path) -> Benchmark:
     else:
         strong, weak = DEV_PAIRS[name]
     evaluation = {training.normalize(p) for p in evaluation_prompts(data)}
-    dev = scores[training.is_dev(scores["key"].tolist()) & ~scores["prompt"].map(training.normalize).isin(evaluation)]
+    side = np.ones(len(scores), dtype=bool) if whole else training.is_dev(scores["key"].tolist())
+    dev = scores[side & ~scores["prompt"].map(training.normalize).isin(evaluation)]
     table = dev[dev["model"].isin([strong, weak])].pivot_table(index="prompt", columns="model", values="score",
                                                               aggfunc="mean")
     if strong not in table.columns or weak not in table.columns:
@@ -152,6 +154,16 @@ def _dev_benchmark(name: str, data: Path) -> Benchmark:
     table = table.dropna().sort_index()  # both models answered; sorted so the benchmark is the same every run
     return Benchmark(name=name, prompts=table.index.tolist(), strong=table[strong].to_numpy(dtype=np.float64),
                      weak=table[weak].to_numpy(dtype=np.float64), strong_model=strong, weak_model=weak)
+
+
+def source_benchmark(name: str, data: Path) -> Benchmark:
+    """A dev benchmark's whole source (train and dev rows) for its pair, named `<source>-all`: the user's traffic
+    in a run whose training data left that source out (`turnout data build --sources`)."""
+    if name not in DEV_PAIRS:
+        raise ConfigError(f"unknown dev benchmark {name!r}; known: {', '.join(DEV_PAIRS)}")
+    bench = _dev_benchmark(name, data, whole=True)
+    return Benchmark(name.removesuffix("-dev") + "-all", bench.prompts, bench.strong, bench.weak, bench.strong_model,
+                     bench.weak_model)
 
 
 def load_benchmark(name: str, data: Path) -> Benchmark:
