@@ -29,6 +29,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 BENCHES = ("mmlu-pro-dev", "faithful-cot-dev")
+# Sources without a dev benchmark of their own, with the pair their runs compare (--whole-source only).
+PAIRS = {"theoremqa-dev": ("gpt-4-0613", "gpt-3.5-turbo-0613")}
 SIZES = (50, 100, 200, 400)
 TEST_SHARE = 0.4
 SPLIT_SEED = 20261207
@@ -56,7 +58,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
         if source in trained_on:
             raise ConfigError(f"--whole-source: the training data in {ws.home} holds {source}; build it without "
                               f"(turnout data build --sources ...) into another --home")
-    bench = (source_benchmark if whole else load_benchmark)(name, ws.data())
+    bench = source_benchmark(name, ws.data(), PAIRS.get(name)) if whole else load_benchmark(name, ws.data())
     # The dev split's pair is in the public tier table; a source left out may name models the public data never
     # saw (gpt-4o), so the routers score the served pair there, as `turnout retrain` does with the user's labels.
     pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole else (bench.strong_model, bench.weak_model)
@@ -83,7 +85,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
                 try:
                     chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed)
                 except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
-                    chosen = {"beta": None, "kappa": float("inf"), "cv_auc": None, "refused": str(exc)}
+                    chosen = {"beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None, "refused": str(exc)}
                 after = user_overlay.adjusted(before, vectors[test], vectors[labelled], y[labelled], chosen["beta"],
                                               chosen["kappa"])
                 draws.append((chosen, after))
@@ -92,7 +94,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
             apgr_new, apgr_before, apgr_length = curves.apgr
             rows.append({
                 "labels": size, "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
-                "refused": chosen.get("refused"), "beta": chosen["beta"], "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
+                "refused": chosen.get("refused"), "beta": chosen["beta"], "cv_gain": chosen.get("cv_gain"), "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
                 else chosen["kappa"], "cv_auc": chosen["cv_auc"],
                 "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
                 "p_gt_before": p_greater(apgr_new, apgr_before), "p_gt_length": p_greater(apgr_new, apgr_length),

@@ -131,14 +131,16 @@ def _mt_bench(data: Path) -> Benchmark:
     )
 
 
-def _dev_benchmark(name: str, data: Path, whole: bool = False) -> Benchmark:
+def _dev_benchmark(name: str, data: Path, whole: bool = False, pair: tuple[str, str] | None = None) -> Benchmark:
     """The dev split of one correctness source as a benchmark for its pair (see the module docstring); `whole`:
     every row of the source, for a training build that left the source out (`source_benchmark`)."""
     from models import data as training
 
     source = name.removesuffix("-dev")
     scores = training.correctness_scores(training.CORRECTNESS_MATRICES[source](data))
-    if DEV_PAIRS[name] is None:
+    if pair is not None:
+        strong, weak = pair
+    elif DEV_PAIRS[name] is None:
         train_side = scores[~training.is_dev(scores["key"].tolist())]
         accuracy = train_side.groupby("model")["score"].mean().sort_values()
         strong, weak = accuracy.index[-1], accuracy.index[0]
@@ -156,12 +158,16 @@ def _dev_benchmark(name: str, data: Path, whole: bool = False) -> Benchmark:
                      weak=table[weak].to_numpy(dtype=np.float64), strong_model=strong, weak_model=weak)
 
 
-def source_benchmark(name: str, data: Path) -> Benchmark:
-    """A dev benchmark's whole source (train and dev rows) for its pair, named `<source>-all`: the user's traffic
-    in a run whose training data left that source out (`turnout data build --sources`)."""
-    if name not in DEV_PAIRS:
-        raise ConfigError(f"unknown dev benchmark {name!r}; known: {', '.join(DEV_PAIRS)}")
-    bench = _dev_benchmark(name, data, whole=True)
+def source_benchmark(name: str, data: Path, pair: tuple[str, str] | None = None) -> Benchmark:
+    """A correctness source's every row (train and dev) for a pair (a dev benchmark's own by default), named
+    `<source>-all`: the user's traffic in a run whose training data left that source out (`turnout data build
+    --sources`). `name` is `<source>-dev`."""
+    from models import data as training
+
+    if name.removesuffix("-dev") not in training.CORRECTNESS_MATRICES or (pair is None and name not in DEV_PAIRS):
+        raise ConfigError(f"unknown source benchmark {name!r}; known: {', '.join(DEV_PAIRS)} (or a correctness "
+                          "source's <name>-dev with a pair)")
+    bench = _dev_benchmark(name, data, whole=True, pair=pair)
     return Benchmark(name.removesuffix("-dev") + "-all", bench.prompts, bench.strong, bench.weak, bench.strong_model,
                      bench.weak_model)
 

@@ -12,8 +12,8 @@ model's, 0.5: a tie; the mean when a prompt has several labels) and p_public the
 is the posterior mean of a kernel-weighted Beta model whose prior is the public router, worth `kappa` labels:
 near the user's labelled prompts their outcomes decide, far from them the public router does. `beta` (how local)
 and `kappa` (how much the public router counts) are chosen for each router by cross-validation on the user's own
-labels (`fit`: K folds over labelled prompts, the AUC of p against the decisive outcomes); kappa = infinity, the
-public router alone, is always a candidate, so labels that do not help leave routing as it was.
+labels (`fit`: K folds over labelled prompts, how much the held-out folds' predictions gain by routing); kappa =
+infinity, the public router alone, is always a candidate, so labels that do not help leave routing as it was.
 
 An overlay is a versioned artifact (`save`, `load`): the labelled prompts' embeddings and outcomes, the pair it was
 fitted for, the embedder, and per router (beta, kappa) with their cross-validation table.
@@ -93,12 +93,25 @@ def ranking_auc(p: np.ndarray, y: np.ndarray) -> float:
     return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def routing_gain(p: np.ndarray, y: np.ndarray) -> float:
+    """How much routing by `p` gains over random routing, on prompts with outcomes `y`: a prompt sent to the strong
+    model gains 2y - 1 (one model right: +1 or -1; a tie: 0), and this is the area between the call-share curve of
+    that gain and random's straight line (APGR's numerator, in gain per prompt, without its division by the whole
+    gap, which makes APGR erratic when the two models are close on the labelled prompts). Tied scores share their
+    rank: a constant p gains exactly nothing."""
+    from scipy.stats import rankdata
+
+    n = len(y)
+    ranks = rankdata(-np.asarray(p, dtype=np.float64))  # 1 = routed to strong first; ties: their mean rank
+    return float(np.sum((2.0 * y - 1.0) * ((n + 1) / 2.0 - ranks)) / n ** 2)
+
+
 def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, kappas=KAPPAS, folds: int = FOLDS,
         seed: int = 0) -> dict[str, Any]:
     """(beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted from
-    the other folds' outcomes and their own public p_strong, and the candidate with the best pooled AUC wins (ties
-    go to the larger kappa: the public router, unless the labels beat it). Returns beta, kappa, cv_auc and the
-    table of every candidate."""
+    the other folds' outcomes and their own public p_strong, and the candidate whose pooled predictions route best
+    (`routing_gain`) wins; ties go to the larger kappa (the public router, unless the labels beat it). Returns beta,
+    kappa, cv_gain, cv_auc and the table of every candidate."""
     decisive = int((y != 0.5).sum())
     if decisive < MIN_DECISIVE:
         raise ConfigError(f"{decisive} labelled prompts have a winner; the overlay needs at least {MIN_DECISIVE}")
@@ -110,8 +123,9 @@ def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, k
             for k in range(folds):
                 held, kept = fold_of == k, fold_of != k
                 predicted[held] = adjusted(p_public[held], vectors[held], vectors[kept], y[kept], beta, kappa)
-            table.append({"beta": beta, "kappa": kappa, "cv_auc": ranking_auc(predicted, y)})
-    best = max(table, key=lambda row: (np.nan_to_num(row["cv_auc"], nan=-1.0), row["kappa"], -row["beta"]))
+            table.append({"beta": beta, "kappa": kappa, "cv_gain": routing_gain(predicted, y),
+                          "cv_auc": ranking_auc(predicted, y)})
+    best = max(table, key=lambda row: (round(row["cv_gain"], 12), row["kappa"], -row["beta"]))
     return {**best, "folds": folds, "table": table}
 
 
@@ -245,7 +259,7 @@ def fit_overlay(routers: dict[str, Any], embed, labels: Outcomes, embedder: str,
     params = {}
     for name, router in routers.items():
         result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed)
-        params[name] = {k: result[k] for k in ("beta", "kappa", "cv_auc", "folds")} | {"cv_table": result["table"]}
+        params[name] = {k: result[k] for k in ("beta", "kappa", "cv_gain", "cv_auc", "folds")} | {"cv_table": result["table"]}
     return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder, params)
 
 

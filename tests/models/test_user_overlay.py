@@ -11,7 +11,7 @@ import pytest
 from index.errors import ArtifactError, ConfigError
 from models import user_overlay
 from models.user_data import read_user_file
-from models.user_overlay import UserOverlay, adjusted, fit, outcomes, ranking_auc
+from models.user_overlay import UserOverlay, adjusted, fit, outcomes, ranking_auc, routing_gain
 
 
 def _unit(rows):
@@ -29,6 +29,10 @@ def test_the_overlay_is_a_kernel_average_with_the_router_as_prior():
     assert adjusted(np.array([0.3]), query, vectors, y, beta=10, kappa=2.0)[0] == pytest.approx(expected)
     assert adjusted(np.array([0.3]), query, vectors, y, beta=10, kappa=math.inf)[0] == 0.3
     assert ranking_auc(np.array([0.9, 0.1, 0.5]), np.array([1.0, 0.0, 0.5])) == 1.0
+    # the gain over random routing: perfect order, no order (constant p), reversed order
+    y2 = np.array([1.0, 0.5, 0.0])
+    assert routing_gain(np.array([0.9, 0.5, 0.1]), y2) == pytest.approx(2 / 9)
+    assert routing_gain(np.full(3, 0.5), y2) == 0.0 and routing_gain(np.array([0.1, 0.5, 0.9]), y2) < 0
     assert math.isnan(ranking_auc(np.array([0.9, 0.5]), np.array([1.0, 0.5])))
 
 
@@ -46,7 +50,7 @@ def test_cross_validation_uses_labels_that_help_and_ignores_labels_that_do_not()
     vectors, y = _clusters(200)
     uninformative = np.full(len(y), 0.5)
     helped = fit(vectors, y, uninformative)
-    assert math.isfinite(helped["kappa"]) and helped["cv_auc"] > 0.85
+    assert math.isfinite(helped["kappa"]) and helped["cv_auc"] > 0.85 and helped["cv_gain"] > 0.1
     assert len(helped["table"]) == len(user_overlay.BETAS) * len(user_overlay.KAPPAS)
     # outcomes unrelated to the prompts, a router that already knows: the router alone
     rng = np.random.default_rng(1)
