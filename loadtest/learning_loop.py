@@ -43,7 +43,7 @@ def outcome(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,
-              sources: str | None = None) -> dict:
+              sources: str | None = None, rule: str = "one_se") -> dict:
     from index.errors import ConfigError
     from models import pipeline, user_overlay
     from models.benchmarks import load_benchmark, source_benchmark
@@ -83,7 +83,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
             for seed in range(seeds):
                 labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
                 try:
-                    chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed)
+                    chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed, rule=rule)
                 except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
                     chosen = {"beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None, "refused": str(exc)}
                 after = user_overlay.adjusted(before, vectors[test], vectors[labelled], y[labelled], chosen["beta"],
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-add", default="", help="comma list of label counts for which the labels are also "
                         "added to the public data and the routers retrained (the path before the overlay); slow")
     parser.add_argument("--sources", help="with --naive-add: the public build's sources (turnout data build --sources)")
+    parser.add_argument("--rule", default="one_se", help="how the cross-validation picks (beta, kappa): max or one_se")
     parser.add_argument("--whole-source", action="store_true",
                         help="the user's traffic is each benchmark's whole source, which the training data in "
                         "--home must have left out: a domain the public data does not cover")
@@ -176,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     naive = [int(n) for n in args.naive_add.split(",") if n]
     results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples,
-                         args.whole_source, naive, args.sources) for name in args.benches.split(",")]
+                         args.whole_source, naive, args.sources, args.rule) for name in args.benches.split(",")]
     record = {"command": "python -m loadtest.learning_loop " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
               "seconds": round(time.time() - start, 1), "test_share": TEST_SHARE, "split_seed": SPLIT_SEED,
-              "whole_source": args.whole_source,
+              "whole_source": args.whole_source, "rule": args.rule,
               "benchmarks": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
