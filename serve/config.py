@@ -97,7 +97,7 @@ class RoutersConfig(_Strict):
     overlay_poll_s: float = Field(
         5.0, gt=0, description="how often the embedding replicas look for a newly promoted overlay version; a new "
         "one is loaded beside the old and swapped in between two batches, one that fails to load leaves the old "
-        "one serving (turnout_overlay_load_failures_total, /v1/routers)")
+        "one serving (turnout_overlay_load_failed, /v1/routers)")
 
     extra: dict[str, str] = Field(
         default_factory=dict,

@@ -42,6 +42,7 @@ class EmbeddingDeployment:
         # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more.
         self.embedder = load_embedder(config.artifacts.embedder) if self.shared else None
         self.routers = load_routers(config, config.embedding_routers, self.embedder)
+        self.metrics = ServeMetrics()
         self.overlay = None  # the user's labels over the shared-embedding routers (models/user_overlay.py)
         self.overlay_failed: dict | None = None  # the last promoted version that did not load, and why
         if self.embedder is not None and config.routers.overlay:
@@ -51,7 +52,6 @@ class EmbeddingDeployment:
             if self.overlay is not None:
                 log.info("overlay %s over %s", self.overlay.version, sorted(self.overlay.routers))
             threading.Thread(target=self._watch_overlay, name="turnout-overlay", daemon=True).start()
-        self.metrics = ServeMetrics()
         self.embed_batch_size = config.embedding.embed_batch_size
         if self.embedder is not None:
             self.embedder.embed(["warm-up"])  # load the model now, not on a request
@@ -70,6 +70,8 @@ class EmbeddingDeployment:
 
         seen = self.overlay.version if self.overlay is not None else None
         while True:
+            # set on every pass: Ray drops a gauge from its export a few report intervals after its last set
+            self.metrics.overlay_failed(self.overlay_failed is not None)
             time.sleep(self.config.routers.overlay_poll_s)
             try:
                 version = current_version(home_dir(self.config))
@@ -83,12 +85,13 @@ class EmbeddingDeployment:
                 overlay = serving_overlay(self.config, self.embedder.name)
             except TurnoutError as exc:
                 self.overlay_failed = {"version": version, "reason": str(exc)}
-                self.metrics.overlay_failed()
+                self.metrics.overlay_failed(True)
                 log.warning("overlay %s not loaded, %s still serving: %s", version,
                             self.overlay.version if self.overlay else "none", exc)
                 continue
             log.info("overlay %s -> %s", self.overlay.version if self.overlay else "none", version or "none")
             self.overlay, self.overlay_failed = overlay, None
+            self.metrics.overlay_failed(False)
 
     def overlay_state(self) -> dict:
         """The overlay version this replica serves, and the last promoted one it could not load."""

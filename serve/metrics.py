@@ -29,7 +29,7 @@ FALLBACKS = "turnout_fallbacks_total"  # Counter{reason, model}: calls sent some
 DROPPED = "turnout_dropped_total"  # Counter{component}: queued requests skipped because their deadline passed
 CAPTURE_RECORDS = "turnout_capture_records_total"  # Counter{table, outcome}: written | dropped_queue_full | dropped_write_failed
 SHADOW_CALLS = "turnout_shadow_calls_total"  # Counter{model, outcome}: called | failed | skipped_budget | skipped_busy
-OVERLAY_FAILURES = "turnout_overlay_load_failures_total"  # Counter: promoted overlay versions a replica could not load
+OVERLAY_FAILED = "turnout_overlay_load_failed"  # Gauge: 1 while a replica could not load the promoted overlay version
 SHADOW_SPEND = "turnout_shadow_spend_usd_total"  # Counter{model}: what shadow calls cost, from the upstreams' prices
 
 STAGES = ("embed", "search", "classify", "decide", "upstream")
@@ -78,9 +78,9 @@ class ServeMetrics:
         self.shadow_spend = Counter(
             SHADOW_SPEND, description="USD spent on shadow calls, from the upstreams' token prices", tag_keys=("model",))
 
-        self.overlay_failures = Counter(
-            OVERLAY_FAILURES, description="promoted overlay versions an embedding replica could not load (the "
-            "previous one kept serving)")
+        self.overlay_load_failed = Gauge(
+            OVERLAY_FAILED, description="1 while this embedding replica could not load the promoted overlay version "
+            "(the previous one keeps serving), else 0")
 
     def stage(self, stage: str, router: str, ms: float) -> None:
         self.stage_latency.observe(ms, tags={"stage": stage, "router": router})
@@ -121,8 +121,8 @@ class ServeMetrics:
         if usd:
             self.shadow_spend.inc(usd, tags={"model": model})
 
-    def overlay_failed(self) -> None:
-        self.overlay_failures.inc()
+    def overlay_failed(self, failed: bool) -> None:
+        self.overlay_load_failed.set(1.0 if failed else 0.0)
 
     def dropped(self, component: str, count: int = 1) -> None:
         self.dropped_requests.inc(count, tags={"component": component})

@@ -24,11 +24,15 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: serve/ is import
 
 from serve.config import CLASSIFIER, EMBEDDING, INGRESS  # noqa: E402
 from serve.metrics import (  # noqa: E402
+    CAPTURE_RECORDS,
     DECISIONS,
     DROPPED,
     ERRORS,
     FALLBACKS,
+    OVERLAY_FAILED,
     REQUEST_LATENCY,
+    SHADOW_CALLS,
+    SHADOW_SPEND,
     STAGE_LATENCY,
     STRONG_RATIO,
     THRESHOLD,
@@ -128,6 +132,26 @@ def panels() -> list[tuple[str, list[dict]]]:
                      (f'sum(rate({errors}{{{APP}, reason="router_overloaded"}}[{RATE}]))', "refused: /v1/route 503"),
                      (f'sum(rate({fallbacks}{{{APP}, reason="router_overloaded"}}[{RATE}]))', "refused: chat fallback"),
                  ]),
+        ]),
+        ("Learning loop", [
+            dict(title="Capture records by outcome", unit="ops",
+                 description="Captured records per second by table (requests, answers, feedback) and outcome: "
+                             "written, or dropped (queue full, write failed) without holding up any request.",
+                 targets=[(f"sum by (table, outcome) (rate({exported(CAPTURE_RECORDS)}{{{APP}}}[{RATE}]))",
+                           "{{table}} {{outcome}}")]),
+            dict(title="Shadow calls and spend", unit="ops",
+                 description="Shadow calls of the model not chosen per second, by outcome (called, failed, skipped "
+                             "for the budget or the in-flight cap), and their spend in USD per hour.",
+                 targets=[
+                     (f"sum by (model, outcome) (rate({exported(SHADOW_CALLS)}{{{APP}}}[{RATE}]))",
+                      "{{model}} {{outcome}}"),
+                     (f"sum by (model) (rate({exported(SHADOW_SPEND)}{{{APP}}}[{RATE}])) * 3600",
+                      "USD per hour, {{model}}"),
+                 ]),
+            dict(title="Overlay load failures", unit="none",
+                 description="Embedding replicas that could not load the promoted overlay version and serve the "
+                             "previous one (/v1/routers says which version and why).",
+                 targets=[(f"sum({exported(OVERLAY_FAILED)}{{{APP}}})", "replicas on an older version")]),
         ]),
         ("Replicas and queues", [
             dict(title="Replicas: healthy vs autoscaling target", unit="none",

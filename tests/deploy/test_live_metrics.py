@@ -72,6 +72,8 @@ PANELS_WITHOUT_DATA = {
     ("Classifier GPU utilisation", "B"): "no GPU here: Ray exports node GPU metrics only for nodes with GPUs",
     ("Classifier GPU memory", "A"): "no GPU here, and the causal_llm classifier (vLLM) is not deployed",
     ("Classifier GPU memory", "B"): "no GPU here: Ray exports node GPU metrics only for nodes with GPUs",
+    ("Shadow calls and spend", "B"): "the strong upstream is down on purpose, so every shadow call (always to the "
+                                     "strong side here: chats are served weak) fails and none is billed",
 }
 # recording rule -> why it cannot have a series in this test (none: every rule is reached).
 RULES_WITHOUT_DATA: dict[str, str] = {}
@@ -86,8 +88,10 @@ FAULT_ALERTS = {
     "TurnoutOverloaded": "bursts over routing.max_in_flight",
     "TurnoutRequestsDropped": "requests queued past their deadline behind the slow router",
     "TurnoutRouteLatencyOverBudget": "the slow router answers /v1/route in 0.6 s or more",
+    "TurnoutOverlayNotLoaded": "a corrupted overlay version is promoted while the service runs",
 }
 QUIET_ALERTS = {"TurnoutMetricsAbsent", "TurnoutIngressMetricsMissing", "TurnoutReplicasBelowTarget",
+                "TurnoutCaptureDropping",
                 "TurnoutReplicasFlapping"}
 GAUGES = ("ray_turnout_threshold", "ray_turnout_strong_ratio", "ray_turnout_strong_ratio_target")
 
@@ -260,6 +264,7 @@ def scenario(work: Path) -> dict:
         processes.append(serve)
         _wait_for(lambda: _query(prom, "ray_turnout_threshold"), 60, "Prometheus to scrape the ingress' gauges")
         timings["start"] = time.monotonic() - t
+        _promote_broken_overlay(work / "home")
         t, t0 = time.monotonic(), time.time()
         traffic = _traffic(f"http://127.0.0.1:{http_port}", upstream)
         timings["load"] = time.monotonic() - t
@@ -276,6 +281,15 @@ def scenario(work: Path) -> dict:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _promote_broken_overlay(home: Path) -> None:
+    """A corrupted overlay version made current under the running service: its replicas keep serving without one
+    and count the failure (TurnoutOverlayNotLoaded)."""
+    version = home / "overlays" / "v-broken"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text("{ cut short")
+    (home / "overlays" / "CURRENT").write_text("v-broken\n")
 
 
 def _start_prometheus(work: Path, port: int, metrics_port: int) -> subprocess.Popen:
@@ -306,6 +320,12 @@ def _serve_config(work: Path, http_port: int, strong_url: str, weak_url: str) ->
     # most of the load is /v1/route: it feeds the controllers (and so their strong-ratio gauges) only when told to
     args["routing"]["controller"]["learn_from_route"] = True
     args["embedding"].update(max_batch_size=1)  # the slow router's requests queue one call each
+    # the learning loop's series: every routed request captured, a shadow call for every chat, overlays polled often
+    args["capture"].update(enabled=True, dir=str(work / "capture"), rotate_s=1.0, shadow_rate=1.0,
+                           shadow_budget_usd=1.0)
+    for side in ("strong", "weak"):
+        args["upstreams"][side].update(price_input_usd_per_mtok=1.0, price_output_usd_per_mtok=2.0)
+    args["routers"]["overlay_poll_s"] = 1.0
     document = default_document()
     document["applications"][0].update(args=args, deployments=[
         {"name": EMBEDDING, "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}},
