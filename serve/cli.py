@@ -480,8 +480,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
               "(promote it anyway with `turnout promote` or --force)")
         return
     user_overlay.promote(ws.home, new.version)
-    print(f"promoted {new.version} (was {current.version if current else 'none'}); a running service loads it on its "
-          "next start")
+    print(f"promoted {new.version} (was {current.version if current else 'none'}); running services sharing this home "
+          "swap to it within routers.overlay_poll_s")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -497,7 +497,8 @@ def cmd_promote(args: argparse.Namespace) -> None:
         return
     version = None if args.version == "none" else args.version
     user_overlay.promote(home, version)
-    print(f"serving overlay {version or 'none'}")
+    print(f"promoted overlay {version or 'none'}; running services sharing this home swap to it within "
+          "routers.overlay_poll_s")
 
 
 def cmd_deploy_render(args: argparse.Namespace) -> None:
