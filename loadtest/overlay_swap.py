@@ -16,9 +16,7 @@ against the first 30 s after it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.faults import ROUTE, _Parser, error_key
-from loadtest.report_cli import run_report
+from loadtest.report_cli import main_printing_summary
 
 EMBEDDING_ROLE = "embedding"  # loadtest.soak's name for the embedding replica's processes
 
@@ -52,25 +50,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fit_versions(config, on_status) -> tuple[str, str]:
     """Overlay versions A and B over the served routers, from the two halves of mmlu-pro-dev."""
     from loadtest.learning_loop import outcome
-    from models import pipeline, user_overlay
+    from models import user_overlay
     from models.benchmarks import load_benchmark
-    from serve.artifacts import home_dir
+    from serve.artifacts import overlay_routers
 
-    ws = pipeline.workspace(config.artifacts.home, config.artifacts.data_dir, config.artifacts.embedder, on_status)
+    ws, routers = overlay_routers(config, [n for n in config.routers.enabled if n in ("sw_ranking", "mf")], on_status)
     bench = load_benchmark("mmlu-pro-dev", ws.data())
-    names = [n for n in config.routers.enabled if n in ("sw_ranking", "mf")]
-    routers = {n: pipeline.load(ws, n, strong=config.routers.strong_model, weak=config.routers.weak_model)
-               for n in names}
-    embed = lambda texts: ws.embedder.embed(texts, progress=True)  # noqa: E731
     y = outcome(bench.strong, bench.weak)
     half = len(bench) // 2
     versions = []
     for part in (slice(0, half), slice(half, None)):
         labels = user_overlay.Outcomes(bench.prompts[part], y[part], bench.strong_model, bench.weak_model)
-        overlay = user_overlay.fit_overlay(routers, embed, labels, ws.embedder.name)
-        versions.append(overlay.save(user_overlay.overlays_dir(home_dir(config)),
-                                     {"router_pair": [config.routers.strong_model, config.routers.weak_model],
-                                      "labels": ["mmlu-pro-dev half"]}).name)
+        overlay = user_overlay.fit_overlay(routers, ws.embedder, labels,
+                                          (config.routers.strong_model, config.routers.weak_model))
+        versions.append(overlay.save(user_overlay.overlays_dir(ws.home), {"labels": ["mmlu-pro-dev half"]}).name)
         time.sleep(1.1)  # versions are named by the second
     return versions[0], versions[1]
 
@@ -169,11 +162,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code, _, report = run_report("overlay_swap", parse_args, run, argv)
-    if report is None:
-        return code
-    sys.stdout.write(json.dumps(report["summary"]) + "\n")
-    return 0
+    return main_printing_summary("overlay_swap", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,13 @@ def run_report(module: str, parse_args: Callable[[list[str] | None], Any], run: 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=default) + "\n")
     return 0, args, report
+
+
+def main_printing_summary(module: str, parse_args: Callable[[list[str] | None], Any], run: Callable[[Any, str], dict],
+                          argv: list[str] | None) -> int:
+    """`run_report`, then the report's summary as one JSON line on stdout (exit 0), or run_report's exit code."""
+    code, _, report = run_report(module, parse_args, run, argv)
+    if report is None:
+        return code
+    sys.stdout.write(json.dumps(report["summary"]) + "\n")
+    return 0

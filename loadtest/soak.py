@@ -19,9 +19,7 @@ code. The summary: RSS growth per process (first to last sample; `restarted` whe
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from loadtest.report_cli import run_report
+from loadtest.report_cli import main_printing_summary
 from loadtest.faults import ROUTE, Record, _Parser, error_key
 
 MAX_MINUTES = 120.0
@@ -249,11 +247,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    code, _, report = run_report("soak", parse_args, run, argv)
-    if report is None:
-        return code
-    sys.stdout.write(json.dumps(report["summary"]) + "\n")
-    return 0
+    return main_printing_summary("soak", parse_args, run, argv)
 
 
 if __name__ == "__main__":

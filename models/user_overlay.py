@@ -80,17 +80,13 @@ def adjusted(p_public: np.ndarray, queries: np.ndarray, vectors: np.ndarray, y: 
 
 
 def ranking_auc(p: np.ndarray, y: np.ndarray) -> float:
-    """P(p ranks a prompt the strong model won above one the weak model won), ties in p counting half; nan when
-    either kind is missing."""
-    from scipy.stats import rankdata
+    """P(p ranks a prompt the strong model won above one the weak model won), ties in p counting half
+    (models.obvious.auc over the decisive prompts); nan when either kind is missing."""
+    from models.obvious import auc
 
     decisive = y != 0.5
-    p, label = p[decisive], y[decisive] > 0.5
-    n_pos, n_neg = int(label.sum()), int((~label).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    ranks = rankdata(p)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    won = y[decisive] > 0.5
+    return auc(p[decisive], won) if won.any() and not won.all() else float("nan")
 
 
 def routing_gain(p: np.ndarray, y: np.ndarray) -> float:
@@ -151,10 +147,11 @@ class UserOverlay:
 
     vectors: np.ndarray
     y: np.ndarray
-    strong: str
+    strong: str  # the labels' pair
     weak: str
     embedder: str
-    routers: dict[str, dict[str, Any]]  # name -> {"beta", "kappa", "cv_auc", ...}
+    routers: dict[str, dict[str, Any]]  # name -> {"beta", "kappa", "cv_gain", ...}
+    router_pair: tuple[str, str]  # the pair the routers scored as prior (a service's routers.strong/weak_model)
     version: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -174,7 +171,8 @@ class UserOverlay:
         if folder.exists():
             raise ConfigError(f"overlay version {self.version} exists already")
         self.manifest = {"version": self.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         "strong": self.strong, "weak": self.weak, "embedder": self.embedder,
+                         "strong": self.strong, "weak": self.weak, "router_pair": list(self.router_pair),
+                         "embedder": self.embedder,
                          "labelled_prompts": len(self.y), "routers": self.routers, **(extra or {})}
         with atomic_dir(folder) as tmp:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
@@ -195,7 +193,7 @@ class UserOverlay:
             raise ArtifactError(f"overlay {folder} is inconsistent ({len(vectors)} vectors, {len(y)} outcomes)")
         routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
         return cls(vectors, y, manifest["strong"], manifest["weak"], manifest["embedder"], routers,
-                   manifest["version"], manifest)
+                   tuple(manifest["router_pair"]), manifest["version"], manifest)
 
 
 def _plain(value: Any) -> Any:
@@ -255,9 +253,9 @@ def served_overlay(home: Path, embedder: str, strong_model: str, weak_model: str
     if overlay.embedder != embedder:
         raise ArtifactError(f"overlay {overlay.version} was fitted with the {overlay.embedder} embedder, this service "
                             f"embeds with {embedder}: run `turnout retrain` again, or `turnout promote none`")
-    pair = overlay.manifest.get("router_pair")
-    if pair != [strong_model, weak_model]:
-        raise ArtifactError(f"overlay {overlay.version} was fitted over routers for {pair}, this service routes "
+    if overlay.router_pair != (strong_model, weak_model):
+        raise ArtifactError(f"overlay {overlay.version} was fitted over routers for {list(overlay.router_pair)}, this "
+                            "service routes "
                             f"{strong_model} vs {weak_model}: run `turnout retrain` again, or `turnout promote none`")
     return overlay
 
@@ -265,18 +263,19 @@ def served_overlay(home: Path, embedder: str, strong_model: str, weak_model: str
 # ------------------------------------------------------------------------------------------------ retraining
 
 
-def fit_overlay(routers: dict[str, Any], embed, labels: Outcomes, embedder: str, seed: int = 0) -> UserOverlay:
-    """An overlay for `routers` (name -> a router with score_embeddings, fitted for the labels' pair): the
-    labelled prompts embedded once, then (beta, kappa) cross-validated per router against its own p_strong."""
-    vectors = np.asarray(embed(labels.prompts), dtype=np.float32)
+def fit_overlay(routers: dict[str, Any], embedder, labels: Outcomes, router_pair: tuple[str, str],
+                seed: int = 0) -> UserOverlay:
+    """An overlay for `routers` (name -> a router with score_embeddings for `router_pair`): the labelled prompts
+    embedded once with `embedder`, then (beta, kappa) cross-validated per router against its own p_strong."""
+    vectors = np.asarray(embedder.embed(labels.prompts, progress=True), dtype=np.float32)
     params = {}
     for name, router in routers.items():
         result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed)
         params[name] = {k: result[k] for k in ("beta", "kappa", "cv_gain", "cv_auc", "folds")} | {"cv_table": result["table"]}
-    return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder, params)
+    return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder.name, params, tuple(router_pair))
 
 
-def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, Any], embed, bench,
+def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, Any], embedder, bench,
             n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """New against current (or the public router where there is none) on a held-out benchmark, per router:
     APGR with 95 % bootstrap intervals on the same prompt resamples, for the new and current versions, prompt length
@@ -284,7 +283,7 @@ def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, An
     from models.length_router import LengthRouter
     from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
 
-    queries = np.asarray(embed(bench.prompts), dtype=np.float32)
+    queries = np.asarray(embedder.embed(bench.prompts, progress=True), dtype=np.float32)
     length = np.asarray(LengthRouter().score(bench.prompts))
     out = {}
     for name, router in routers.items():

@@ -111,6 +111,16 @@ def serving_overlay(config: TurnoutConfig, embedder: str):
     return served_overlay(home_dir(config), embedder, config.routers.strong_model, config.routers.weak_model)
 
 
+def overlay_routers(config: TurnoutConfig, names: list[str], on_status=log.info) -> tuple[Any, dict[str, Any]]:
+    """What fitting an overlay for this service needs: its workspace (home, embedder) and its routers `names`,
+    loaded for the served pair (trained first where the staleness rule says so)."""
+    from models import pipeline
+
+    ws = pipeline.workspace(config.artifacts.home, config.artifacts.data_dir, config.artifacts.embedder, on_status)
+    return ws, {name: pipeline.load(ws, name, strong=config.routers.strong_model, weak=config.routers.weak_model,
+                                    build_missing=config.artifacts.build_missing) for name in names}
+
+
 def reference_key(config: TurnoutConfig, name: str) -> str:
     return _key(config, name, max_prompts=reference_limit(config, name))
 

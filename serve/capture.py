@@ -300,6 +300,3 @@ def draw_sample(capture_rate: float, shadow_rate: float, chat: bool) -> tuple[bo
     shadowed = chat and shadow_rate > 0 and random.random() < shadow_rate
     return shadowed or (capture_rate > 0 and random.random() < capture_rate), shadowed
 
-
-def prompt_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -433,9 +433,9 @@ def cmd_label(args: argparse.Namespace) -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> None:
     from models import user_overlay
-    from models.pipeline import load, workspace
     from models.registry import entry
     from models.user_data import read_added, read_bench_file
+    from serve.artifacts import overlay_routers
     from serve.launch import configure
 
     config = configure(args.config, home=args.home, data_dir=args.data_dir).config
@@ -454,19 +454,14 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     if shared:
         raise ConfigError(f"{len(shared)} held-out prompts are also in the labels (first: {sorted(shared)[0][:60]!r}): "
                           "the comparison would read too high")
-    ws = workspace(config.artifacts.home, config.artifacts.data_dir, config.artifacts.embedder, on_status=_status)
-    routers = {n: load(ws, n, strong=config.routers.strong_model, weak=config.routers.weak_model,
-                       build_missing=config.artifacts.build_missing) for n in names}
-    embed = lambda texts: ws.embedder.embed(texts, progress=True)  # noqa: E731
+    ws, routers = overlay_routers(config, names, _status)
     _status(f"fitting {len(labels.prompts)} labelled prompts ({strong} vs {weak}) over {', '.join(names)} ...")
-    new = user_overlay.fit_overlay(routers, embed, labels, ws.embedder.name)
+    new = user_overlay.fit_overlay(routers, ws.embedder, labels, (config.routers.strong_model, config.routers.weak_model))
     current = user_overlay.load_current(ws.home)
     if current is not None and (current.strong, current.weak) != (strong, weak):
         current = None  # another pair's overlay: compare with the routers alone
-    report = user_overlay.compare(new, current, routers, embed, bench, args.resamples)
-    folder = new.save(user_overlay.overlays_dir(ws.home), {
-        "labels": list(args.add), "holdout": report,
-        "router_pair": [config.routers.strong_model, config.routers.weak_model]})
+    report = user_overlay.compare(new, current, routers, ws.embedder, bench, args.resamples)
+    folder = new.save(user_overlay.overlays_dir(ws.home), {"labels": list(args.add), "holdout": report})
     worse = [n for n, r in report["routers"].items() if r["p_new_gt"]["current"] < 0.5]
     against = current.version if current is not None else "the routers alone"
     for name, r in report["routers"].items():

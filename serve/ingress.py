@@ -48,10 +48,11 @@ from typing import Any
 from index.errors import ConfigError, InputError, ScoringError, TurnoutError, first_line
 from serve.config import SIDES, TurnoutConfig
 from serve.auth import (
-    Forbidden, KeyRing, Limits, RateLimited, Unauthorized, load_digests, may_choose_threshold, retry_after_header,
+    Forbidden, KeyRing, Limits, RateLimited, Unauthorized, digest, load_digests, may_choose_threshold,
+    retry_after_header,
 )
 from serve.capture import (
-    CaptureWriter, RequestIds, ShadowBudget, answer_fields, draw_sample, fleet_secret, prompt_digest,
+    CaptureWriter, RequestIds, ShadowBudget, answer_fields, draw_sample, fleet_secret,
 )
 from serve.controller import StrongRatioController
 from serve.protocol import (
@@ -433,7 +434,7 @@ class IngressDeployment:
             "prompt": text if store_text else None,
             "messages": json.dumps(trace.payload.get("messages"), ensure_ascii=False)
             if store_text and trace.payload else None,
-            "prompt_sha256": prompt_digest(text),
+            "prompt_sha256": digest(text),  # the SHA-256 the API keys get (the body has no lone surrogate)
             "embedding": None if store_text or decision is None or decision.get("embedding") is None
             else decision["embedding"].tolist(),
         })

@@ -80,8 +80,8 @@ def test_outcomes_from_scores_and_battles(tmp_path):
 def test_versions_promotion_and_a_corrupted_version(tmp_path):
     vectors, y = _clusters(40)
     overlay = UserOverlay(vectors, y, "big", "small", "hash-16",
-                          {"sw_ranking": {"beta": 10.0, "kappa": math.inf, "cv_auc": 0.5}})
-    first = overlay.save(user_overlay.overlays_dir(tmp_path), {"router_pair": ["s", "w"]})
+                          {"sw_ranking": {"beta": 10.0, "kappa": math.inf, "cv_auc": 0.5}}, ("s", "w"))
+    first = overlay.save(user_overlay.overlays_dir(tmp_path))
     assert user_overlay.current_version(tmp_path) is None and user_overlay.load_current(tmp_path) is None
     user_overlay.promote(tmp_path, first.name)
     loaded = user_overlay.load_current(tmp_path)
@@ -199,9 +199,10 @@ def test_a_promoted_version_is_swapped_in_live_and_a_broken_one_leaves_the_old_s
     overlays = user_overlay.overlays_dir(home)
     _, y = _clusters(30)
     vectors = _unit(np.random.default_rng(0).normal(size=(30, 64))).astype(np.float32)  # the service's hash-64
+    pair = ("strong-1", "weak-1")
     first = UserOverlay(vectors, y, "strong-1", "weak-1", "hash-64",
-                        {"sw_ranking": {"beta": 5.0, "kappa": 1.0, "cv_auc": 0.5}})
-    v1 = first.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+                        {"sw_ranking": {"beta": 5.0, "kappa": 1.0, "cv_auc": 0.5}}, pair)
+    v1 = first.save(overlays).name
     user_overlay.promote(home, v1)
     deployment = EmbeddingDeployment(parse_app_args({**args, "routers": {**args["routers"], "overlay_poll_s": 0.1}}))
     assert deployment.overlay_state() == {"version": v1, "failed": None}
@@ -213,13 +214,13 @@ def test_a_promoted_version_is_swapped_in_live_and_a_broken_one_leaves_the_old_s
         return deployment.overlay_state()
 
     time.sleep(1.1)  # versions are named by the second
-    second = UserOverlay(first.vectors, 1.0 - y, "strong-1", "weak-1", "hash-64", first.routers)
-    v2 = second.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+    second = UserOverlay(first.vectors, 1.0 - y, "strong-1", "weak-1", "hash-64", first.routers, pair)
+    v2 = second.save(overlays).name
     user_overlay.promote(home, v2)
     assert settled(lambda s: s["version"] == v2)["failed"] is None
     time.sleep(1.1)
-    broken = UserOverlay(first.vectors, y, "strong-1", "weak-1", "hash-32", first.routers)  # another embedder
-    v3 = broken.save(overlays, {"router_pair": ["strong-1", "weak-1"]}).name
+    broken = UserOverlay(first.vectors, y, "strong-1", "weak-1", "hash-32", first.routers, pair)  # another embedder
+    v3 = broken.save(overlays).name
     user_overlay.promote(home, v3)
     state = settled(lambda s: s["failed"] is not None)
     assert state["version"] == v2 and state["failed"]["version"] == v3 and "hash-32" in state["failed"]["reason"]

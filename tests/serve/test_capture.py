@@ -12,7 +12,8 @@ pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
 from loadtest.tenant_attacks import HEADERS, chat, ingress, served
-from serve.capture import CaptureWriter, RequestIds, ShadowBudget, answer_fields, prompt_digest
+from serve.auth import digest
+from serve.capture import CaptureWriter, RequestIds, ShadowBudget, answer_fields
 from serve.config import parse_app_args
 from index.errors import ConfigError
 
@@ -240,7 +241,7 @@ def test_routed_requests_and_their_answers_are_captured(serve, upstream):
     row = requests[routed.headers["x-turnout-request-id"]]
     assert row["endpoint"] == "/v1/route" and row["prompt"] == "a short one" and row["router"] == "length"
     assert row["decision"] == routed.json()["model"] and row["p_strong"] == pytest.approx(routed.json()["p_strong"])
-    assert row["prompt_sha256"] == prompt_digest("a short one") and row["embedding"] is None
+    assert row["prompt_sha256"] == digest("a short one") and row["embedding"] is None
     assert row["models"] == ["strong", "weak"] and row["key"] != requests[streamed.headers["x-turnout-request-id"]]["key"]
     row = requests[plain.headers["x-turnout-request-id"]]
     assert row["decision"] == plain.headers["x-turnout-model"] and '"two words"' in row["messages"]
@@ -257,7 +258,7 @@ def test_capture_without_text_keeps_only_the_digest(serve):
     answer = client.post("/v1/chat/completions", json=chat("private words"), headers=HEADERS["a"])
     tables = _tables(deployment, root, answers=1)
     (row,) = tables["requests"]
-    assert (row["prompt"], row["messages"], row["prompt_sha256"]) == (None, None, prompt_digest("private words"))
+    assert (row["prompt"], row["messages"], row["prompt_sha256"]) == (None, None, digest("private words"))
     (served_answer,) = tables["answers"]
     assert served_answer["answer"] is None and served_answer["completion_tokens"] == 3
     assert "private" not in str(tables) and answer.status_code == 200
