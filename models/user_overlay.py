@@ -69,6 +69,24 @@ def outcomes(user_files: list, strong: str, weak: str) -> Outcomes:
     return Outcomes(means.index.tolist(), means.to_numpy(dtype=np.float64), strong, weak)
 
 
+def split(labels: Outcomes, share: float) -> tuple[Outcomes, Any]:
+    """(fit, held out): `share` of the labelled prompts held out as a Benchmark (strong scores y, weak 1 - y). The
+    side is a hash of the prompt, so a prompt stays on its side as the labels grow from one retrain to the next."""
+    from models.benchmarks import Benchmark
+
+    if not 0 < share < 1:
+        raise ConfigError(f"--holdout-share must be between 0 and 1, got {share}")
+    cut = share * 2**64
+    held = np.array([int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") < cut for p in labels.prompts])
+    if held.all() or not held.any():
+        raise ConfigError(f"{len(labels.prompts)} labelled prompts leave none on one side of a {share} holdout share")
+    prompts = np.array(labels.prompts, dtype=object)
+    fit_part = Outcomes(prompts[~held].tolist(), labels.y[~held], labels.strong, labels.weak)
+    bench = Benchmark("holdout-share", prompts[held].tolist(), labels.y[held], 1.0 - labels.y[held],
+                      labels.strong, labels.weak)
+    return fit_part, bench
+
+
 def adjusted(p_public: np.ndarray, queries: np.ndarray, vectors: np.ndarray, y: np.ndarray, beta: float,
              kappa: float) -> np.ndarray:
     """The overlay's p_strong for unit-norm `queries` (B, d) given the labelled prompts' `vectors` (N, d)."""
@@ -187,10 +205,10 @@ class UserOverlay:
             manifest = json.loads((folder / "manifest.json").read_text())
             vectors, y = np.load(folder / "vectors.npy"), np.load(folder / "y.npy")
         except (OSError, ValueError) as exc:
-            raise ArtifactError(f"overlay {folder} is missing or corrupted ({type(exc).__name__}); promote another "
-                                "version or retrain") from None
+            raise ArtifactError(f"overlay {folder.name} is missing or corrupted ({type(exc).__name__}); promote "
+                                "another version or retrain") from None
         if len(vectors) != len(y):
-            raise ArtifactError(f"overlay {folder} is inconsistent ({len(vectors)} vectors, {len(y)} outcomes)")
+            raise ArtifactError(f"overlay {folder.name} is inconsistent ({len(vectors)} vectors, {len(y)} outcomes)")
         routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
         return cls(vectors, y, manifest["strong"], manifest["weak"], manifest["embedder"], routers,
                    tuple(manifest["router_pair"]), manifest["version"], manifest)

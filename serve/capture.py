@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from index.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 TABLES = ("requests", "answers", "feedback")
@@ -121,11 +123,15 @@ class RequestIds:
         return hmac.new(self.secret, body + key.encode(), hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def fleet_secret(env: str) -> bytes:
-    """The secret from `$env`; a random one for this process when unset (ids then check only where issued)."""
+def fleet_secret(env: str, replicas: int = 1) -> bytes:
+    """The secret from `$env`. Unset, a random one for this process (ids then check only where issued), which only a
+    single ingress replica can use: with more, feedback would be refused on most ids, so that is a ConfigError."""
     value = os.environ.get(env, "")
     if value:
         return value.encode()
+    if replicas > 1:
+        raise ConfigError(f"capture is on and the ingress may run {replicas} replicas, but ${env} is not set: set it "
+                          "to the same secret on every replica (KubeRay: the Secret turnout-capture, key secret)")
     log.warning("$%s is not set: request ids are signed with this replica's own secret, so feedback is accepted "
                 "only by the replica that answered the request; set it on every replica of a fleet", env)
     return secrets.token_bytes(32)

@@ -133,8 +133,11 @@ def _parser() -> argparse.ArgumentParser:
                          "it with the current one on a held-out file, and promote it if it is not worse")
     ret.add_argument("--add", action="append", required=True, metavar="FILE",
                      help="label files (repeatable; the --add schema, e.g. what `turnout label` writes)")
-    ret.add_argument("--holdout", required=True, help="held-out prompts of your traffic with both models' scores "
-                     "(prompt, model, score), never in the labels")
+    held = ret.add_mutually_exclusive_group(required=True)
+    held.add_argument("--holdout", help="held-out prompts of your traffic with both models' scores (prompt, model, "
+                      "score), never in the labels")
+    held.add_argument("--holdout-share", type=float, metavar="F", help="hold out this share of the labelled prompts "
+                      "instead, by a hash of the prompt: a prompt stays held out as the labels grow")
     ret.add_argument("--config", help="Ray Serve config file of the service (default: the embedded one): its home, "
                      "embedder, routers and pair")
     ret.add_argument("--home", help="overrides the config's artifacts.home")
@@ -449,7 +452,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         raise ConfigError(f"an overlay fits routers scored from the shared embedding (sw_ranking, mf); got "
                           f"{', '.join(unfit or names) or 'none'}")
     labels = user_overlay.outcomes(read_added(args.add), strong, weak)
-    bench = read_bench_file(args.holdout, strong, weak)
+    if args.holdout_share is not None:
+        labels, bench = user_overlay.split(labels, args.holdout_share)
+    else:
+        bench = read_bench_file(args.holdout, strong, weak)
     shared = set(labels.prompts) & set(bench.prompts)
     if shared:
         raise ConfigError(f"{len(shared)} held-out prompts are also in the labels (first: {sorted(shared)[0][:60]!r}): "

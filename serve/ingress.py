@@ -174,6 +174,7 @@ class IngressDeployment:
         self.key_in_flight: dict[str, int] = {}  # the same, per API key (auth on)
         self.replica = _replica_id()
         self.backend_seen: dict[str, float] = {}  # backend -> monotonic time it last answered (see ready())
+        self.overlay_seen: tuple[float, dict] | None = None  # (monotonic time, state) of the last overlay answer
         self.backend_routers: dict[str, list[str]] = {}  # backend -> routers its last ready() listed
         self._refresher = threading.Thread(target=self._refresh_gauges, name="turnout-gauges", daemon=True)
         self._refresher.start()
@@ -191,7 +192,8 @@ class IngressDeployment:
 
         from serve.artifacts import home_dir
 
-        secret = fleet_secret(settings.secret_env) if settings.enabled else secrets.token_bytes(32)
+        replicas = self.config.api.limits.ingress_replicas or 1
+        secret = fleet_secret(settings.secret_env, replicas) if settings.enabled else secrets.token_bytes(32)
         self.ids = RequestIds(secret, settings.feedback_ttl_s)
         self.capture = self.shadow_budget = None
         self.tasks: set[asyncio.Task] = set()  # answers parsed and shadow calls made after a response was sent
@@ -370,17 +372,22 @@ class IngressDeployment:
         """Per router: threshold, target, realised strong ratio over the window (this replica's view)."""
         return {name: controller.state() for name, controller in self.controllers.items()}
 
-    async def overlay(self) -> dict | None:
+    async def overlay(self, fresh_s: float = 0.0) -> dict | None:
         """The overlay an embedding replica serves ({"version", "failed": {"version", "reason"} or None}); None
-        without the embedding deployment, {"version": "unknown"} if it does not answer in time."""
+        without the embedding deployment, {"version": "unknown"} if it does not answer in time. An answer younger
+        than `fresh_s` is reused (/readyz is open: its callers must not become calls on the backend)."""
         handle = self.backends["embedding"]
         if handle is None:
             return None
+        if self.overlay_seen is not None and time.monotonic() - self.overlay_seen[0] <= fresh_s:
+            return self.overlay_seen[1]
         try:
-            return await asyncio.wait_for(handle.overlay_state.remote(), 2.0)
+            state = await asyncio.wait_for(handle.overlay_state.remote(), 2.0)
         except Exception as exc:  # a busy or restarting replica: the routers' state is still worth answering
             log.warning("overlay state unavailable: %s", first_line(_cause(exc)))
-            return {"version": "unknown", "failed": None}
+            state = {"version": "unknown", "failed": None}
+        self.overlay_seen = (time.monotonic(), state)
+        return state
 
     async def ready(self) -> dict:
         """Routers ready to answer. A backend that answered (or refused for being full) within READY_FRESH_S is
@@ -681,7 +688,8 @@ def build_api(ingress: IngressDeployment):
             metrics.error("/readyz", "not_ready")
             return JSONResponse({"status": "not ready", "reason": "a backend did not answer (see the service log)"},
                                 status_code=503)
-        return {"status": "ready", **ready}
+        # a promoted overlay that did not load leaves the previous one serving: still ready, and saying why
+        return {"status": "ready", **ready, "overlay": await ingress.overlay(READY_FRESH_S)}
 
     async def json_body(request: Request) -> None:
         """README's malformed_json for the JSON bodies Python's parser takes but the API does not (`json_problem`).

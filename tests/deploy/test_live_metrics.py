@@ -173,6 +173,10 @@ def _judge(results: dict) -> None:
 
     # (d) after an idle minute every controller gauge is still exported, and was in every scrape of that minute
     # (checked first: a gauge gone would also empty turnout:strong_ratio_target below, saying less).
+    # the broken overlay: still ready (nothing changed in what serves), and /readyz says which version failed and why
+    status, ready = results["readyz"]
+    assert status == 200 and ready["overlay"]["version"] is None, ready
+    assert ready["overlay"]["failed"]["version"] == "v-broken" and "corrupted" in ready["overlay"]["failed"]["reason"], ready
     idle = results["idle"]
     assert all(v == 0 for v in idle["increase"].values()), f"traffic during the idle minute: {idle['increase']}"
     expected = IDLE_WINDOW_S / SCRAPE_S
@@ -268,9 +272,13 @@ def scenario(work: Path) -> dict:
         t, t0 = time.monotonic(), time.time()
         traffic = _traffic(f"http://127.0.0.1:{http_port}", upstream)
         timings["load"] = time.monotonic() - t
+        import httpx
+
+        ready = httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=10)
         time.sleep(IDLE_S)
         t, end = time.monotonic(), time.time()
-        results = {"traffic": traffic, **_observe(prom, t0, end), "timings": timings}
+        results = {"traffic": traffic, "readyz": [ready.status_code, ready.json()], **_observe(prom, t0, end),
+                   "timings": timings}
         timings["queries"] = time.monotonic() - t
         return results
     finally:

@@ -166,6 +166,45 @@ def test_retrain_fits_compares_and_promotes_and_promote_rolls_back(tiny, tmp_pat
     assert user_overlay.current_version(home) == version
 
 
+def test_a_holdout_share_keeps_each_prompt_on_its_side_as_the_labels_grow():
+    from models.user_overlay import Outcomes, split
+
+    prompts = [f"prompt {i}" for i in range(400)]
+    y = np.tile([1.0, 0.0, 0.5, 1.0], 100)
+    small_fit, small_held = split(Outcomes(prompts[:200], y[:200], "s", "w"), 0.25)
+    big_fit, big_held = split(Outcomes(prompts, y, "s", "w"), 0.25)
+    assert set(small_held.prompts) <= set(big_held.prompts) and set(small_fit.prompts) <= set(big_fit.prompts)
+    assert not set(big_fit.prompts) & set(big_held.prompts) and len(big_fit.prompts) + len(big_held) == 400
+    assert 0.15 < len(big_held) / 400 < 0.35
+    # scores from the outcomes: the strong model 1 where it won, 0 where it lost, both 0.5 on a tie
+    held_y = y[[prompts.index(p) for p in big_held.prompts]]
+    assert np.array_equal(big_held.strong, held_y) and np.array_equal(big_held.weak, 1 - held_y)
+    for share in (0.0, 1.0, -0.1):
+        with pytest.raises(ConfigError, match="holdout-share"):
+            split(Outcomes(prompts, y, "s", "w"), share)
+    with pytest.raises(ConfigError, match="none on one side"):
+        split(Outcomes(prompts[:1], y[:1], "s", "w"), 0.5)
+
+
+def test_retrain_holds_out_a_share_of_the_labels_itself(tiny, tmp_path, capsys):
+    from serve.cli import main
+
+    home, config, _ = tiny
+    before = user_overlay.current_version(home)
+    labels = _labelled(tmp_path / "all.csv", range(60))
+    assert main(["retrain", "--config", str(config), "--add", str(labels), "--holdout-share", "0.3",
+                 "--resamples", "100", "--force"]) == 0
+    out = capsys.readouterr().out
+    version = user_overlay.current_version(home)
+    assert version != before and f"promoted {version}" in out
+    manifest = json.loads((user_overlay.overlays_dir(home) / version / "manifest.json").read_text())
+    held = manifest["holdout"]["prompts"]
+    assert manifest["labelled_prompts"] + held == 90 and 10 < held < 45
+    assert main(["retrain", "--config", str(config), "--add", str(labels), "--holdout", str(labels),
+                 "--holdout-share", "0.3"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_the_embedding_deployment_serves_the_promoted_overlay(tiny, tmp_path):
     from serve.config import parse_app_args
     from serve.embedding import EmbeddingDeployment

@@ -175,6 +175,17 @@ def test_shadow_calls_need_a_budget_and_prices(capture, prices, message):
         parse_app_args({"capture": capture, "upstreams": upstreams})
 
 
+def test_a_fleet_of_ingress_replicas_needs_the_shared_secret(monkeypatch):
+    from serve.capture import fleet_secret
+
+    monkeypatch.delenv("TURNOUT_TEST_SECRET", raising=False)
+    assert len(fleet_secret("TURNOUT_TEST_SECRET", replicas=1)) == 32  # one replica: its own secret will do
+    with pytest.raises(ConfigError, match=r"may run 3 replicas, but \$TURNOUT_TEST_SECRET is not set"):
+        fleet_secret("TURNOUT_TEST_SECRET", replicas=3)
+    monkeypatch.setenv("TURNOUT_TEST_SECRET", "shared")
+    assert fleet_secret("TURNOUT_TEST_SECRET", replicas=3) == b"shared"
+
+
 # ------------------------------------------------------------------------------------------- over HTTP
 
 @pytest.fixture
