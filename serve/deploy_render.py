@@ -40,6 +40,9 @@ RAYSERVICE_NAME = "turnout"
 VOLUME_MOUNT = "/var/lib/turnout"
 ARTIFACTS_HOME = f"{VOLUME_MOUNT}/artifacts"
 DATA_DIR = f"{VOLUME_MOUNT}/data"  # only `turnout prepare` reads it (training on demand); replicas never do
+# capture.dir: its own volume, which the worker pods mount writable (the artifact volume is read-only there) and the
+# retrain job reads (deploy/k8s/base/capture-pvc.yaml, retrain-cronjob.yaml).
+CAPTURE_DIR = "/var/lib/turnout-capture"
 SERVE_PORT = 8000  # KubeRay's serve Service targets the container port named "serve", 8000 by its default
 # Upstreams as Services in the RayService's namespace; a real deployment names its own with --config.
 UPSTREAM_URLS = {"strong": "http://strong-llm:8000/v1", "weak": "http://weak-llm:8000/v1"}
@@ -107,6 +110,7 @@ def overlay_config(overlay: str) -> TurnoutConfig:
     spec = _spec(overlay)
     dumped = TurnoutConfig().model_dump(mode="json")
     dumped["artifacts"].update(home=ARTIFACTS_HOME, data_dir=DATA_DIR)
+    dumped["capture"]["dir"] = CAPTURE_DIR
     dumped["api"]["auth"]["api_keys_file"] = API_KEYS_FILE
     dumped["api"]["limits"].update(KEY_LIMITS)
     for side, url in UPSTREAM_URLS.items():

@@ -128,15 +128,18 @@ def pods(service: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def test_overlay_builds_with_generated_names_and_images(overlay):
     docs = built(overlay)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "RayService"]
+    assert kinds == ["ConfigMap", "CronJob", "PersistentVolumeClaim", "PersistentVolumeClaim", "RayService"]
     (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
     service = rayservice(overlay)
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     volume = next(v for v in head["volumes"] if "configMap" in v)
     # The hashed name is written into the CRD's pod template (overlays/*/kustomizeconfig.yaml), so the head
-    # mounts the ConfigMap that exists, and a changed prepare.yaml changes the pod template.
+    # mounts the ConfigMap that exists, and a changed prepare.yaml changes the pod template; kustomize itself
+    # rewrites the CronJob's.
     assert config_map["metadata"]["name"].startswith("turnout-prepare-")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    job = _retrain_pod(docs)
+    assert next(v for v in job["volumes"] if "configMap" in v)["configMap"]["name"] == config_map["metadata"]["name"]
     for _, pod in pods(service):
         for container in pod.get("initContainers", []) + pod["containers"]:
             name, _, tag = container["image"].partition(":")
@@ -300,11 +303,13 @@ def test_pods_agree_with_the_serve_config(overlay):
     assert spec["upgradeStrategy"]["type"] in deploy_render.UPGRADE_TYPES
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert pvcs == {"turnout-artifacts", "turnout-capture"}
     key_envs = {config.upstreams.strong.api_key_env, config.upstreams.weak.api_key_env}
     for group, pod in pods(service):
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
-        assert claims == {"artifacts": pvc["metadata"]["name"]}
+        # workers: the ingress may run there, and writes capture.dir (its own volume: the artifacts are read-only)
+        assert claims == ({"artifacts": "turnout-artifacts"} | ({} if group == "head" else {"capture": "turnout-capture"}))
         for container in pod.get("initContainers", []) + pod["containers"]:
             env = {e["name"]: e for e in container.get("env", [])}
             assert env["TURNOUT_HOME"]["value"] == config.artifacts.home, (group, container["name"])
@@ -323,6 +328,9 @@ def test_pods_agree_with_the_serve_config(overlay):
             continue
         for name in key_envs:  # the ingress may run on any worker
             assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "turnout-upstream", (group, name)
+        assert env[config.capture.secret_env]["valueFrom"]["secretKeyRef"]["name"] == "turnout-capture", group
+        capture = next(m for m in ray["volumeMounts"] if m["name"] == "capture")
+        assert capture["mountPath"] == config.capture.dir and not capture.get("readOnly"), group
         assert ray["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "serve"}
         assert ray["lifecycle"]["preStop"]["exec"]["command"][-1] == "ray stop"
         assert all(m.get("readOnly") for m in ray["volumeMounts"] if m["name"] == "artifacts")
@@ -347,6 +355,40 @@ def test_init_container_prepares_what_the_replicas_serve(overlay):
     assert prepared.classifier.device == "cpu"
     # `turnout prepare` checks that vLLM is installed when causal_llm is enabled: the GPU image has it
     assert init["image"].partition(":")[0] == ("turnout-gpu" if "causal_llm" in served.routers.enabled else "turnout-cpu")
+
+
+def _retrain_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_the_retrain_job_labels_what_the_service_captures_and_promotes_where_it_reads(overlay):
+    from serve.cli import _parser
+
+    docs = built(overlay)
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    assert cron["spec"]["suspend"] is True and cron["spec"]["concurrencyPolicy"] == "Forbid"  # runs when asked
+    job = _retrain_pod(docs)
+    (label,), (retrain,) = job["initContainers"], job["containers"]
+    served = serve_file(rayservice(overlay)).config
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in job["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"artifacts": "turnout-artifacts", "capture": "turnout-capture"}
+    parsed = {c["name"]: _parser().parse_args(c["command"][1:]) for c in (label, retrain)}
+    for container in (label, retrain):
+        assert container["command"][0] == "turnout" and container["image"].startswith("turnout-cpu:")
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        # the overlays are written where the replicas read them: the same home on the same volume, writable here
+        assert mounts["artifacts"]["mountPath"] == deploy_render.VOLUME_MOUNT and not mounts["artifacts"].get("readOnly")
+        assert {e["name"]: e.get("value") for e in container["env"]}["TURNOUT_HOME"] == served.artifacts.home
+        config = Path(parsed[container["name"]].config)
+        assert mounts["prepare-config"]["mountPath"] == str(config.parent)
+    # label reads what the ingress wrote and writes into the volume; retrain fits what label wrote
+    assert parsed["label"].captured == served.capture.dir
+    assert {m["name"]: m["mountPath"] for m in label["volumeMounts"]}["capture"] == served.capture.dir
+    assert Path(parsed["label"].out).is_relative_to(deploy_render.VOLUME_MOUNT)
+    assert parsed["retrain"].add == [parsed["label"].out] and 0 < parsed["retrain"].holdout_share < 1
+    assert parsed["label"].max_usd > 0  # a scheduled job spends only within its cap
 
 
 # ---------------------------------------------------------------------------------- render and its CLI
