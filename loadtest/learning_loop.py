@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 BENCHES = ("mmlu-pro-dev", "faithful-cot-dev")
 # Sources without a dev benchmark of their own, with the pair their runs compare (--whole-source only).
 PAIRS = {"theoremqa-dev": ("gpt-4-0613", "gpt-3.5-turbo-0613")}
+# Files of RouterDC's correctness matrices that no turnout build, dev split or choice has read (models/data.py
+# trains on other files of the folder), set aside on 2026-12-07 as the user's traffic for the issue's target, before
+# the length-aware prior was chosen: read once, with the method chosen on the dev settings. Correct: score > 0
+# (MATH_prealgebra is 0/1, the multiple-choice files the gold option's probability when it was the answer). The
+# pair, fixed by rule before any routing was scored: strong the model right most often on the file, weak the
+# median one (4th of 7).
+HELD_OUT = {"routerdc-prealgebra": ("MATH_prealgebra",), "routerdc-arc-test": ("arc_challenge_test", "arc_easy_test"),
+            "routerdc-ceval": ("ceval",)}
 SIZES = (50, 100, 200, 400)
 TEST_SHARE = 0.4
 SPLIT_SEED = 20261207
@@ -40,6 +48,21 @@ ROUTERS = ("sw_ranking", "mf")
 def outcome(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
     """1 where the strong model did better, 0 where the weak one did, 0.5 for a tie (the battles rule)."""
     return np.where(strong > weak, 1.0, np.where(strong < weak, 0.0, 0.5))
+
+
+def held_out_benchmark(name: str, data: Path):
+    """A HELD_OUT set as a Benchmark for its rule-chosen pair."""
+    import pandas as pd
+
+    from models.benchmarks import Benchmark
+
+    folder = Path(data) / "routerdc" / "datasets" / "split2_model7"
+    rows = [r for file in HELD_OUT[name] for r in json.loads((folder / f"{file}.json").read_text())]
+    correct = (pd.DataFrame([r["scores"] for r in rows], dtype=np.float64).fillna(0.0) > 0).astype(np.float64)
+    ranked = correct.mean().sort_values(ascending=False, kind="stable").index.tolist()
+    strong, weak = ranked[0], ranked[len(ranked) // 2]
+    return Benchmark(name, [r["question"] for r in rows], correct[strong].to_numpy(), correct[weak].to_numpy(),
+                     strong, weak)
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,
@@ -58,10 +81,13 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
         if source in trained_on:
             raise ConfigError(f"--whole-source: the training data in {ws.home} holds {source}; build it without "
                               f"(turnout data build --sources ...) into another --home")
-    bench = source_benchmark(name, ws.data(), PAIRS.get(name)) if whole else load_benchmark(name, ws.data())
+    if name in HELD_OUT:
+        bench = held_out_benchmark(name, ws.data())
+    else:
+        bench = source_benchmark(name, ws.data(), PAIRS.get(name)) if whole else load_benchmark(name, ws.data())
     # The dev split's pair is in the public tier table; a source left out may name models the public data never
     # saw (gpt-4o), so the routers score the served pair there, as `turnout retrain` does with the user's labels.
-    pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole else (bench.strong_model, bench.weak_model)
+    pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole or name in HELD_OUT else (bench.strong_model, bench.weak_model)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(bench))
     n_test = int(round(TEST_SHARE * len(bench)))
     test, pool = order[:n_test], order[n_test:]
