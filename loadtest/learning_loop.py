@@ -66,7 +66,7 @@ def held_out_benchmark(name: str, data: Path):
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,
-              sources: str | None = None, rule: str = "one_se") -> dict:
+              sources: str | None = None, rule: str = "one_se", prior: str = "router+length") -> dict:
     from index.errors import ConfigError
     from models import pipeline, user_overlay
     from models.benchmarks import load_benchmark, source_benchmark
@@ -94,7 +94,9 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
     vectors = np.asarray(ws.embedder.embed(bench.prompts, progress=True), dtype=np.float32)
     y = outcome(bench.strong, bench.weak)
     strong, weak = bench.strong[test], bench.weak[test]
-    length = np.asarray(LengthRouter().score([bench.prompts[i] for i in test]))
+    test_prompts = [bench.prompts[i] for i in test]
+    length = np.asarray(LengthRouter().score(test_prompts))
+    log_len = user_overlay.log_length(bench.prompts)
     result = {"benchmark": bench.name, "strong": bench.strong_model, "weak": bench.weak_model, "router_pair": pair,
               "prompts": len(bench), "held_out": len(test), "pool": len(pool), "routers": {}}
     if naive:
@@ -109,17 +111,18 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
             for seed in range(seeds):
                 labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
                 try:
-                    chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed, rule=rule)
+                    chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed, rule=rule,
+                                              log_len=None if prior == "router" else log_len[labelled])
                 except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
-                    chosen = {"beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None, "refused": str(exc)}
-                after = user_overlay.adjusted(before, vectors[test], vectors[labelled], y[labelled], chosen["beta"],
-                                              chosen["kappa"])
+                    chosen = {"prior": None, "beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None,
+                              "refused": str(exc)}
+                after = user_overlay.predict(chosen, before, vectors[test], test_prompts, vectors[labelled], y[labelled])
                 draws.append((chosen, after))
             chosen, after = draws[0]
             curves = bootstrap_curves([after, before, length], strong, weak, resamples, seed=0)
             apgr_new, apgr_before, apgr_length = curves.apgr
             rows.append({
-                "labels": size, "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
+                "labels": size, "prior": chosen["prior"]["kind"] if chosen["prior"] else "router", "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
                 "refused": chosen.get("refused"), "beta": chosen["beta"], "cv_gain": chosen.get("cv_gain"), "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
                 else chosen["kappa"], "cv_auc": chosen["cv_auc"],
                 "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                         "added to the public data and the routers retrained (the path before the overlay); slow")
     parser.add_argument("--sources", help="with --naive-add: the public build's sources (turnout data build --sources)")
     parser.add_argument("--rule", default="one_se", help="how the cross-validation picks (beta, kappa): max or one_se")
+    parser.add_argument("--prior", default="router+length", help="the priors the cross-validation may pick: "
+                        "router (the router's own p_strong only) or router+length (also recalibrated with length)")
     parser.add_argument("--whole-source", action="store_true",
                         help="the user's traffic is each benchmark's whole source, which the training data in "
                         "--home must have left out: a domain the public data does not cover")
@@ -203,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     naive = [int(n) for n in args.naive_add.split(",") if n]
     results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples,
-                         args.whole_source, naive, args.sources, args.rule) for name in args.benches.split(",")]
+                         args.whole_source, naive, args.sources, args.rule, args.prior)
+               for name in args.benches.split(",")]
     record = {"command": "python -m loadtest.learning_loop " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
               "seconds": round(time.time() - start, 1), "test_share": TEST_SHARE, "split_seed": SPLIT_SEED,
-              "whole_source": args.whole_source, "rule": args.rule,
+              "whole_source": args.whole_source, "rule": args.rule, "prior": args.prior,
               "benchmarks": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

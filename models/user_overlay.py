@@ -122,38 +122,98 @@ def routing_gain(p: np.ndarray, y: np.ndarray) -> float:
 
 # one_se was chosen over max on the dev settings: nearly the same mean gain, a third of the losses (BENCHMARKS.md).
 RULES = ("max", "one_se")
+# The prior the labels are blended with: the router's p_strong as it is, or recalibrated on the labels together
+# with the prompt's length (`fit_prior`), which on many sources carries what the public router misses.
+PRIORS = ("router", "router+length")
+
+
+def log_length(prompts: list[str]) -> np.ndarray:
+    return np.log1p(np.fromiter((len(p) for p in prompts), dtype=np.float64, count=len(prompts)))
+
+
+def fit_prior(p_public: np.ndarray, log_len: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """A logistic map of (logit p_public, log length), standardised, fitted to the outcomes (a tie counts half to
+    each side) with scikit-learn's L2-regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = _prior_features(p_public, log_len)
+    mean, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / sd
+    target = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+    weight = np.concatenate([y, 1.0 - y])
+    keep = weight > 0
+    model = LogisticRegression(C=1.0).fit(np.vstack([z, z])[keep], target[keep], sample_weight=weight[keep])
+    return {"kind": "router+length", "mean": mean.tolist(), "sd": sd.tolist(), "coef": model.coef_[0].tolist(),
+            "intercept": float(model.intercept_[0])}
+
+
+def prior_p(prior: dict[str, Any] | None, p_public: np.ndarray, log_len: np.ndarray | None) -> np.ndarray:
+    """The prior's p_strong: the router's own without a fitted prior."""
+    p_public = np.asarray(p_public, dtype=np.float64)
+    if prior is None:
+        return p_public
+    z = (_prior_features(p_public, log_len) - np.asarray(prior["mean"])) / np.asarray(prior["sd"])
+    return 1.0 / (1.0 + np.exp(-(z @ np.asarray(prior["coef"]) + prior["intercept"])))
+
+
+def _prior_features(p_public: np.ndarray, log_len: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p_public, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.column_stack([np.log(p / (1 - p)), np.asarray(log_len, dtype=np.float64)])
 
 
 def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, kappas=KAPPAS, folds: int = FOLDS,
-        seed: int = 0, rule: str = "one_se") -> dict[str, Any]:
-    """(beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted from
-    the other folds' outcomes and their own public p_strong, and the candidate whose pooled predictions route best
-    (`routing_gain`) wins; ties go to the larger kappa (the public router, unless the labels beat it). With rule
-    one_se, the candidate with the largest kappa (then the smallest beta) whose gain is within one standard error
-    (over the folds) of the best: the usual guard against picking a candidate that only won by chance. Returns
-    beta, kappa, cv_gain, cv_auc and the table of every candidate."""
+        seed: int = 0, rule: str = "one_se", log_len: np.ndarray | None = None) -> dict[str, Any]:
+    """(prior, beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted
+    from the other folds' outcomes and their own prior p_strong (the prior itself fitted on the other folds), and
+    the candidate whose pooled predictions route best (`routing_gain`) wins; ties go to the larger kappa, then the
+    router's own prior (the public router, unless the labels beat it). With rule one_se, the candidate first in
+    that order of caution (then the smallest beta) whose gain is within one standard error (over the folds) of the
+    best: the usual guard against picking a candidate that only won by chance. The length prior is a candidate
+    only with `log_len`. Returns prior (None: the router's own), beta, kappa, cv_gain, cv_auc and the table."""
     decisive = int((y != 0.5).sum())
     if decisive < MIN_DECISIVE:
         raise ConfigError(f"{decisive} labelled prompts have a winner; the overlay needs at least {MIN_DECISIVE}")
-    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
-    table = []
-    for beta in betas:
-        for kappa in kappas:
-            predicted = np.empty(len(y))
-            for k in range(folds):
-                held, kept = fold_of == k, fold_of != k
-                predicted[held] = adjusted(p_public[held], vectors[held], vectors[kept], y[kept], beta, kappa)
-            per_fold = [routing_gain(predicted[fold_of == k], y[fold_of == k]) for k in range(folds)]
-            table.append({"beta": beta, "kappa": kappa, "cv_gain": routing_gain(predicted, y),
-                          "cv_gain_se": float(np.std(per_fold, ddof=1) / np.sqrt(folds)),
-                          "cv_auc": ranking_auc(predicted, y)})
     if rule not in RULES:
         raise ConfigError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
-    best = max(table, key=lambda row: (round(row["cv_gain"], 12), row["kappa"], -row["beta"]))
+    fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
+    table = []
+    for kind in PRIORS[:1] if log_len is None else PRIORS:
+        base = np.empty(len(y))  # each fold's prior, fitted without it
+        for k in range(folds):
+            held, kept = fold_of == k, fold_of != k
+            prior = fit_prior(p_public[kept], log_len[kept], y[kept]) if kind != "router" else None
+            base[held] = prior_p(prior, p_public[held], None if log_len is None else log_len[held])
+        for beta in betas:
+            for kappa in kappas:
+                predicted = np.empty(len(y))
+                for k in range(folds):
+                    held, kept = fold_of == k, fold_of != k
+                    predicted[held] = adjusted(base[held], vectors[held], vectors[kept], y[kept], beta, kappa)
+                # per fold, then averaged: a fold's prior has its own intercept, which pooled ranks would mix in
+                per_fold = [routing_gain(predicted[fold_of == k], y[fold_of == k]) for k in range(folds)]
+                table.append({"prior": kind, "beta": beta, "kappa": kappa, "cv_gain": float(np.mean(per_fold)),
+                              "cv_gain_se": float(np.std(per_fold, ddof=1) / np.sqrt(folds)),
+                              "cv_auc": ranking_auc(predicted, y)})
+
+    def caution(row):
+        return row["kappa"], row["prior"] == "router", -row["beta"]
+
+    best = max(table, key=lambda row: (round(row["cv_gain"], 12), *caution(row)))
     if rule == "one_se":
-        near = [row for row in table if row["cv_gain"] >= best["cv_gain"] - best["cv_gain_se"]]
-        best = max(near, key=lambda row: (row["kappa"], -row["beta"]))
-    return {**best, "folds": folds, "rule": rule, "table": table}
+        best = max((row for row in table if row["cv_gain"] >= best["cv_gain"] - best["cv_gain_se"]), key=caution)
+    prior = fit_prior(p_public, log_len, y) if best["prior"] != "router" else None
+    return {**best, "prior": prior, "folds": folds, "rule": rule, "table": table}
+
+
+def predict(params: dict[str, Any], p_public: np.ndarray, queries: np.ndarray, prompts: list[str] | None,
+            vectors: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A fitted router's p_strong (`fit`'s prior, beta, kappa) for `queries`, their prompts (for a length prior)
+    and the labelled prompts' `vectors` and outcomes `y`."""
+    prior = params.get("prior")
+    if prior is not None and prompts is None:
+        raise ValueError("a length prior needs the prompts")
+    base = prior_p(prior, p_public, log_length(prompts) if prior is not None else None)
+    return adjusted(base, queries, vectors, y, params["beta"], params["kappa"])
 
 
 # ------------------------------------------------------------------------------------------------ artifact
@@ -173,11 +233,11 @@ class UserOverlay:
     version: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
 
-    def adjust(self, router: str, p_public: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    def adjust(self, router: str, p_public: np.ndarray, queries: np.ndarray, prompts: list[str]) -> np.ndarray:
         params = self.routers.get(router)
         if params is None:
             return np.asarray(p_public, dtype=np.float64)
-        return adjusted(p_public, queries, self.vectors, self.y, params["beta"], params["kappa"])
+        return predict(params, p_public, queries, prompts, self.vectors, self.y)
 
     def save(self, root: Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a new version folder under `root` (never over an existing one); returns it."""
@@ -288,8 +348,10 @@ def fit_overlay(routers: dict[str, Any], embedder, labels: Outcomes, router_pair
     vectors = np.asarray(embedder.embed(labels.prompts, progress=True), dtype=np.float32)
     params = {}
     for name, router in routers.items():
-        result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed)
-        params[name] = {k: result[k] for k in ("beta", "kappa", "cv_gain", "cv_auc", "folds")} | {"cv_table": result["table"]}
+        result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed,
+                     log_len=log_length(labels.prompts))
+        params[name] = {k: result[k] for k in ("prior", "beta", "kappa", "cv_gain", "cv_auc", "folds")} | {
+            "cv_table": result["table"]}
     return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder.name, params, tuple(router_pair))
 
 
@@ -306,8 +368,8 @@ def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, An
     out = {}
     for name, router in routers.items():
         public = np.asarray(router.score_embeddings(queries))
-        now = current.adjust(name, public, queries) if current is not None else public
-        scores = {"new": new.adjust(name, public, queries), "current": now, "length": length}
+        now = current.adjust(name, public, queries, bench.prompts) if current is not None else public
+        scores = {"new": new.adjust(name, public, queries, bench.prompts), "current": now, "length": length}
         curves = bootstrap_curves(list(scores.values()), bench.strong, bench.weak, n_resamples, seed=seed)
         apgr = dict(zip(scores, curves.apgr))
         apgr["random"] = curves.random_apgr

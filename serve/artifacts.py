@@ -192,7 +192,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
         on_status(f"{name}: scoring {len(sample)} reference prompts (offline calibration) ...")
         p_strong = _score_with_progress(routers[name], sample, name)
         if overlay is not None and name in overlay.routers:
-            p_strong = overlay.adjust(name, p_strong, ws.embedder.embed(sample))
+            p_strong = overlay.adjust(name, p_strong, ws.embedder.embed(sample), sample)
         save_reference(ws.home, name, p_strong, reference_key(config, name))
     routers.clear()
     _release_gpu_memory()  # the classifier replica's vLLM engine on the same GPU sizes itself on free memory

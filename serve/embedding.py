@@ -130,7 +130,7 @@ class EmbeddingDeployment:
                 queries = vectors[[position[r] for r in rows]]
                 p_strong[rows] = self.routers[name].score_embeddings(queries)
                 if overlay is not None:
-                    p_strong[rows] = overlay.adjust(name, p_strong[rows], queries)
+                    p_strong[rows] = overlay.adjust(name, p_strong[rows], queries, [texts[r] for r in rows])
             else:
                 p_strong[rows] = self.routers[name].score([texts[r] for r in rows])
             score_ms[name] = (time.perf_counter() - t1) * 1000.0

@@ -166,6 +166,26 @@ def test_retrain_fits_compares_and_promotes_and_promote_rolls_back(tiny, tmp_pat
     assert user_overlay.current_version(home) == version
 
 
+def test_a_length_prior_is_fitted_when_length_carries_what_the_router_misses():
+    from models.user_overlay import log_length, predict
+
+    rng = np.random.default_rng(3)
+    n = 300
+    prompts = ["x" * int(k) for k in rng.integers(20, 2000, n)]
+    vectors = _unit(rng.normal(size=(n, 8)))  # no topic signal
+    p_public = rng.uniform(0.3, 0.7, n)  # a router that knows nothing here
+    long = np.array([len(p) > 1000 for p in prompts])
+    y = np.where(rng.uniform(size=n) < 0.5, 0.5, np.where(long, 1.0, 0.0))  # ties, else the long ones need strong
+    chosen = fit(vectors, y, p_public, log_len=log_length(prompts))
+    assert chosen["prior"]["kind"] == "router+length" and chosen["prior"]["coef"][1] > 0
+    assert fit(vectors, y, p_public)["prior"] is None  # without lengths: the router's own prior only
+    queries = _unit(rng.normal(size=(2, 8)))
+    p = predict(chosen, np.array([0.5, 0.5]), queries, ["x" * 1900, "x" * 30], vectors, y)
+    assert p[0] > p[1]
+    with pytest.raises(ValueError, match="needs the prompts"):
+        predict(chosen, np.array([0.5]), queries[:1], None, vectors, y)
+
+
 def test_a_holdout_share_keeps_each_prompt_on_its_side_as_the_labels_grow():
     from models.user_overlay import Outcomes, split
 
@@ -224,7 +244,8 @@ def test_the_embedding_deployment_serves_the_promoted_overlay(tiny, tmp_path):
 
     alone, overlaid = p_strong(False), p_strong(True)
     overlay = user_overlay.load_current(home)
-    assert overlay.routers["sw_ranking"]["kappa"] != math.inf
+    params = overlay.routers["sw_ranking"]
+    assert params["kappa"] != math.inf or params["prior"] is not None  # not the router alone
     assert overlaid > alone  # the labels say the strong model wins this topic
 
 
