@@ -14,6 +14,8 @@ near the user's labelled prompts their outcomes decide, far from them the public
 and `kappa` (how much the public router counts) are chosen for each router by cross-validation on the user's own
 labels (`fit`: K folds over labelled prompts, how much the held-out folds' predictions gain by routing); kappa =
 infinity, the public router alone, is always a candidate, so labels that do not help leave routing as it was.
+The prior may also be p_public recalibrated with the prompt's length on the labels (`fit_prior`), a candidate the
+same cross-validation weighs: on many sources difficulty follows length, which a router trained elsewhere misses.
 
 An overlay is a versioned artifact (`save`, `load`): the labelled prompts' embeddings and outcomes, the pair it was
 fitted for, the embedder, and per router (beta, kappa) with their cross-validation table.
