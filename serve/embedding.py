@@ -13,6 +13,7 @@ A plain class: `serve.app.build_app` turns it into a deployment (the only `.bind
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 class EmbeddingDeployment:
     def __init__(self, config: TurnoutConfig):
         from index.embedder import load_embedder
-        from serve.artifacts import load_routers
+        from serve.artifacts import home_dir, load_routers
         from serve.batching import MicroBatcher
         from serve.metrics import ServeMetrics
 
@@ -39,8 +40,11 @@ class EmbeddingDeployment:
             torch.set_num_threads(config.embedding.threads)
         entries = config.routers.entries()
         self.shared = {name for name in config.embedding_routers if entries[name].shares_embedding}
-        # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more.
-        self.embedder = load_embedder(config.artifacts.embedder) if self.shared else None
+        # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more. A
+        # backend's build (minilm-<backend>) comes from the home, where `turnout prepare` made it.
+        threads = config.embedding.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+        self.embedder = load_embedder(config.artifacts.embedder, models_dir=home_dir(config) / "embedders",
+                                      threads=threads) if self.shared else None
         self.routers = load_routers(config, config.embedding_routers, self.embedder)
         self.metrics = ServeMetrics()
         self.overlay = None  # the user's labels over the shared-embedding routers (models/user_overlay.py)
