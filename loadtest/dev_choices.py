@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_prompts = sorted(evaluation_prompts(data))
     results = []
     for sources, weighting, n_tiers in itertools.product(args.source_sets, args.tier_weightings, args.n_tiers):
-        td = training.build(data, eval_prompts, lambda t: embedder.embed(t), sources=SOURCE_SETS[sources],
+        td = training.build(data, eval_prompts, lambda t, what: embedder.embed(t), sources=SOURCE_SETS[sources],
                             tier_weighting=weighting, n_tiers=n_tiers)
         pairs = [(b.strong_model, b.weak_model) for b in benches.values()] + [(DEFAULT_STRONG, DEFAULT_WEAK)]
         for ties in args.ties:

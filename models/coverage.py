@@ -113,8 +113,8 @@ def coverage_report(ws, prompts: list[str], prompts_file: str, router: str | Non
     position = {p: i for i, p in enumerate(train_prompts)}
     members = {source: np.unique(group.map(position).to_numpy())
                for source, group in td.battles.groupby("source")["prompt"]}
-    train_vectors = embedder.embed(list(train_prompts), progress=True)
-    prompt_vectors = embedder.embed(prompts, progress=True)
+    train_vectors = embedder.embed(list(train_prompts), progress=True, what="training prompts")
+    prompt_vectors = embedder.embed(prompts, progress=True, what="prompts of your traffic")
     sources, similarity, index = nearest_by_source(prompt_vectors, {s: train_vectors[m] for s, m in members.items()})
     report = summarize_nearest(sources, similarity, {s: len(m) for s, m in members.items()})
     report["overall"]["n_train"] = len(train_prompts)  # a prompt in two sources counts once here

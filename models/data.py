@@ -335,14 +335,15 @@ def normalize(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
-def contaminated(train_prompts: list[str], eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
+def contaminated(train_prompts: list[str], eval_prompts: list[str], embed: Callable[..., np.ndarray] | None,
                  cosine: float = DECONTAM_COSINE, chunk: int = 2048) -> np.ndarray:
-    """Boolean mask over `train_prompts`: normalised exact match or max embedding cosine ≥ `cosine` to any eval prompt."""
+    """Boolean mask over `train_prompts`: normalised exact match or max embedding cosine ≥ `cosine` to any eval prompt
+    (`embed(texts, what=label)`, the label naming what is embedded for the progress bar)."""
     eval_norm = {normalize(p) for p in eval_prompts}
     mask = np.fromiter((normalize(p) in eval_norm for p in train_prompts), dtype=bool, count=len(train_prompts))
     if embed is not None and train_prompts and eval_prompts:
-        eval_vecs = embed(list(eval_prompts))
-        train_vecs = embed(list(train_prompts))
+        eval_vecs = embed(list(eval_prompts), what="evaluation prompts for decontamination")
+        train_vecs = embed(list(train_prompts), what="training prompts for decontamination")
         for start in range(0, len(train_prompts), chunk):
             sims = train_vecs[start: start + chunk] @ eval_vecs.T
             mask[start: start + chunk] |= sims.max(axis=1) >= cosine
@@ -436,7 +437,7 @@ def _read_source(name: str, loader: Callable[[Path], tuple[pd.DataFrame, pd.Data
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else 'no detail'})") from exc
 
 
-def build(data: Path, eval_prompts: list[str], embed: Callable[[list[str]], np.ndarray] | None,
+def build(data: Path, eval_prompts: list[str], embed: Callable[..., np.ndarray] | None,
           arena: str | Path | None = None, n_tiers: int = N_TIERS, sources: tuple[str, ...] = DEFAULT_SOURCES,
           extra_battles: list[pd.DataFrame] | None = None, extra_scores: list[pd.DataFrame] | None = None,
           tier_weighting: str = "correctness") -> TrainingData:

@@ -96,7 +96,7 @@ def train(td, embedder, out_root: Path, config: MFConfig | None = None, progress
     names = sorted(set(battles["model_a"]) | set(battles["model_b"]))
     model_index = {n: i for i, n in enumerate(names)}
     prompts, prompt_ids = np.unique(battles["prompt"].to_numpy(dtype=object), return_inverse=True)
-    embeddings = torch.from_numpy(embedder.embed(list(prompts), progress=progress))
+    embeddings = torch.from_numpy(embedder.embed(list(prompts), progress=progress, what="training prompts for mf"))
     a = torch.from_numpy(battles["model_a"].map(model_index).to_numpy(dtype=np.int64, copy=True))
     b = torch.from_numpy(battles["model_b"].map(model_index).to_numpy(dtype=np.int64, copy=True))
     target = torch.from_numpy(battles["winner"].map(TARGET).to_numpy(dtype=np.float32))

@@ -80,7 +80,7 @@ def training_data(ws: Workspace, *, rebuild: bool = False, arena: str | None = N
     chosen = tuple(parse_names(sources, list(training.SOURCES), "source")) if sources else training.DEFAULT_SOURCES
     data_path = ws.data()
     ws.on_status(f"building training data from {data_path} (sources: {', '.join(chosen)}) ...")
-    embed = lambda texts: ws.embedder.embed(texts, progress=True)  # noqa: E731
+    embed = lambda texts, what: ws.embedder.embed(texts, progress=True, what=what)  # noqa: E731
     td = training.build(data_path, sorted(evaluation_prompts(data_path)), embed, arena=arena,
                         n_tiers=n_tiers or training.N_TIERS,
                         sources=chosen, extra_battles=list(extra_battles or []),

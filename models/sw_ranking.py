@@ -190,7 +190,7 @@ def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress
     # into n(n-1)/2 battles, and unscaled, those questions outweigh a chat prompt many times over in every kernel sum.
     counts = bradley_terry.equal_prompt_weight(counts)
     log.info("SW: %d battles across tiers on %d unique prompts", n_battles, len(prompts))
-    vectors = embedder.embed(list(prompts), progress=progress)
+    vectors = embedder.embed(list(prompts), progress=progress, what="training prompts for sw_ranking's index")
     store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,
                               data_hash=td.report.get("data_hash", ""),
                               extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers,

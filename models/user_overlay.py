@@ -347,7 +347,7 @@ def fit_overlay(routers: dict[str, Any], embedder, labels: Outcomes, router_pair
                 seed: int = 0) -> UserOverlay:
     """An overlay for `routers` (name -> a router with score_embeddings for `router_pair`): the labelled prompts
     embedded once with `embedder`, then (beta, kappa) cross-validated per router against its own p_strong."""
-    vectors = np.asarray(embedder.embed(labels.prompts, progress=True), dtype=np.float32)
+    vectors = np.asarray(embedder.embed(labels.prompts, progress=True, what="labelled prompts"), dtype=np.float32)
     params = {}
     for name, router in routers.items():
         result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed,
@@ -365,7 +365,7 @@ def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, An
     from models.length_router import LengthRouter
     from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
 
-    queries = np.asarray(embedder.embed(bench.prompts, progress=True), dtype=np.float32)
+    queries = np.asarray(embedder.embed(bench.prompts, progress=True, what="held-out prompts"), dtype=np.float32)
     length = np.asarray(LengthRouter().score(bench.prompts))
     out = {}
     for name, router in routers.items():

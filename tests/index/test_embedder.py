@@ -19,9 +19,20 @@ class CountingEmbedder(HashEmbedder):
         if name:
             self.name = name
 
-    def _embed(self, texts, batch_size, progress):
+    def _embed(self, texts, batch_size, progress, what):
         self.seen.extend(texts)
-        return super()._embed(texts, batch_size, progress)
+        self.labels = getattr(self, "labels", []) + [what]
+        return super()._embed(texts, batch_size, progress, what)
+
+
+def test_progress_says_what_is_embedded_and_what_the_cache_saved(tmp_path):
+    inner = CountingEmbedder()
+    cached = CachedEmbedder(inner, tmp_path)
+    cached.embed(TEXTS[:2])
+    cached.embed(TEXTS, progress=True, what="evaluation prompts for decontamination")
+    assert inner.labels[-1] == f"embedding {len(TEXTS)} evaluation prompts for decontamination: {len(TEXTS) - 2} new, 2 cached"
+    inner.embed(["a", "b", "c"], what="held-out prompts")
+    assert inner.labels[-1] == "embedding 3 held-out prompts"
 
 
 def test_hash_embedder_is_deterministic_and_normalised():
@@ -130,7 +141,7 @@ def test_cache_handles_many_entries_quickly(tmp_path):
     class Fake(Embedder):
         name, dim = "fake-384", 384
 
-        def _embed(self, texts, batch_size, progress):
+        def _embed(self, texts, batch_size, progress, what):
             rng = np.random.default_rng(len(texts))
             v = rng.standard_normal((len(texts), 384)).astype(np.float32)
             return v / np.linalg.norm(v, axis=1, keepdims=True)
