@@ -9,6 +9,12 @@ built as `turnout prepare` builds one (training data with decontamination embedd
 mf trained), timed; then APGR on the dev benchmarks (each for its own pair) and the AUC of the obvious-prompt check
 (models/obvious_prompts.jsonl, the served pair), each with the paired bootstrap against torch on the same
 resamples. The paper's benchmarks are not read.
+
+The rule the default is chosen by, written before the quality figures were read: the fastest backend (batch-32
+throughput on one thread) whose APGR is not below torch's with P >= 0.9 (P(backend > torch) <= 0.1) on any dev
+benchmark for either router, whose obvious-check AUC (whole file and length-balanced subset) stays within torch's
+95 % interval, and whose vectors do not depend on the other prompts in a batch (onnx-int8's do: a prompt would be
+routed differently depending on its neighbours).
 """
 
 from __future__ import annotations
