@@ -23,6 +23,9 @@ from index.errors import ArtifactError, ConfigError, InputError, first_line
 logger = logging.getLogger(__name__)
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+# The served default on the CPU, chosen by measurement against torch MiniLM on the dev benchmarks and the obvious
+# check (BENCHMARKS.md, 'Embedder backends'; loadtest/embedder_backends.py states the rule).
+DEFAULT_EMBEDDER = "minilm-openvino-int8"
 MINILM_DIM = 384
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_ENV = "TURNOUT_EMBED_PRECISION"
@@ -303,7 +306,7 @@ class CachedEmbedder(Embedder):
         return self.cache.rows(texts, compute)
 
 
-def load_embedder(name: str = "minilm", cache_dir: Path | None = None, models_dir: Path | None = None,
+def load_embedder(name: str = DEFAULT_EMBEDDER, cache_dir: Path | None = None, models_dir: Path | None = None,
                   threads: int | None = None) -> Embedder:
     """`"minilm"` -> packaged MiniLM (torch), `"minilm-<backend>"` -> the same on another runtime
     (`index.backends.BACKENDS`, built under `models_dir`, default `<home>/embedders`, with `threads`),

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/embedder_backends.json"))
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--quality-backends", help="backends whose quality is measured (default: --backends)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--root", type=Path, default=Path("artifacts-backends"),
                         help="a home per backend is built here (git-ignored)")
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
               "prompts_timed": len(prompts),
               "speed": speed(backends, prompts, args.root / "embedders", args.rounds)}
     if not args.skip_quality:
-        record["quality"] = quality(backends, args.root, args.torch_home, args.data_dir, args.resamples)
+        chosen = [b.strip() for b in (args.quality_backends or args.backends).split(",") if b.strip()]
+        record["quality"] = quality(["torch"] + [b for b in chosen if b != "torch"], args.root, args.torch_home,
+                                    args.data_dir, args.resamples)
     record["seconds"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -38,7 +38,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, lam: float = 1.0) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from index.embedder import load_embedder
+    from index.embedder import DEFAULT_EMBEDDER, load_embedder
     from models import data as training
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.benchmarks import BENCHMARKS, load_benchmark
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = artifacts_dir(args.home)
     td = training.load(home / "data")
-    embedder = load_embedder("minilm", home / "embeddings")
+    embedder = load_embedder(DEFAULT_EMBEDDER, home / "embeddings", home / "embedders")
 
     outcomes = {prior: prompt_outcomes(td.battles, td.tiers, DEFAULT_STRONG, DEFAULT_WEAK, prior_battles=prior)
                 for prior in args.prior}

@@ -151,6 +151,7 @@ def naive_add(bench, ws, pool: np.ndarray, test: np.ndarray, sizes: list[int], s
     embedding cache is shared."""
     import pandas as pd
 
+    from index.embedder import DEFAULT_EMBEDDER
     from models import pipeline
     from models.metrics import summarize
     from models.user_data import read_user_file
@@ -168,7 +169,7 @@ def naive_add(bench, ws, pool: np.ndarray, test: np.ndarray, sizes: list[int], s
                                                              (bench.weak_model, bench.weak[i]))]).to_csv(path, index=False)
         user = read_user_file(path)
         started = time.time()
-        added = pipeline.workspace(str(home), ws.data_flag, "minilm", log.info)
+        added = pipeline.workspace(str(home), ws.data_flag, DEFAULT_EMBEDDER, log.info)
         pipeline.training_data(added, rebuild=True, sources=sources, extra_battles=[user.battles],
                                extra_scores=[user.scores], added=[user.summary()])
         row = {"labels": size, "rebuild_and_train_s": None}

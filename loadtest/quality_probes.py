@@ -58,14 +58,14 @@ def obvious_by_kind(home: Path, embedder) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from index.embedder import load_embedder
+    from index.embedder import DEFAULT_EMBEDDER, load_embedder
     from index.paths import artifacts_dir, data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/quality_probes.json"))
     args = parser.parse_args(argv)
     home = artifacts_dir(None)
-    embedder = load_embedder("minilm", cache_dir=home / "embeddings")
+    embedder = load_embedder(DEFAULT_EMBEDDER, cache_dir=home / "embeddings", models_dir=home / "embedders")
     report = {"faithful_cot_dev_apgr": faithful_probes(data_dir(None), embedder),
               "obvious_sw_ranking": obvious_by_kind(home, embedder)}
     args.out.write_text(json.dumps(report, indent=1) + "\n")

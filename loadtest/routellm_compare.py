@@ -137,7 +137,7 @@ def export(home: Path, data: Path, out: Path, pool: int, seed: int) -> tuple[obj
     (γ = RouteLLM's) and a description of the data."""
     import pandas as pd
 
-    from index.embedder import load_embedder
+    from index.embedder import DEFAULT_EMBEDDER, load_embedder
     from index.errors import ArtifactError
     from models import bradley_terry
     from models import data as training
@@ -167,7 +167,7 @@ def export(home: Path, data: Path, out: Path, pool: int, seed: int) -> tuple[obj
     battle_prompts = battles["prompt"].to_numpy()
     prompt_index = pd.Index(prompts).get_indexer(battle_prompts)
     vectors = np.asarray(router.store.vectors(), dtype=np.float32)  # the vectors turnout's exact scan uses
-    embedder = load_embedder("minilm", cache_dir=home / "embeddings")
+    embedder = load_embedder(DEFAULT_EMBEDDER, cache_dir=home / "embeddings", models_dir=home / "embedders")
     # A prompt whose only tiered battles are same-tier ones is not in the SW index; RouteLLM needs its vector.
     missing = prompt_index < 0
     extra = pd.unique(battle_prompts[missing])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from index.embedder import DEFAULT_EMBEDDER
 from index.errors import ArtifactError, ConfigError
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from models.registry import RouterEntry, entry
@@ -51,7 +52,7 @@ class Workspace:
         return self.home / "routers"
 
 
-def workspace(home: str | None = None, data_dir: str | None = None, embedder: str = "minilm",
+def workspace(home: str | None = None, data_dir: str | None = None, embedder: str = DEFAULT_EMBEDDER,
               on_status: Status = log.info) -> Workspace:
     """A Workspace with the embedder loaded (its on-disk cache under <home>/embeddings)."""
     from index.embedder import load_embedder

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK
 from models.registry import trainable
+from index.embedder import DEFAULT_EMBEDDER
 from index.errors import ConfigError, TurnoutError
 
 log = logging.getLogger("turnout")
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,8 +28,9 @@ class _Parser(argparse.ArgumentParser):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="shared data folder (default: $TURNOUT_DATA_DIR, else ../shared/data)")
     p.add_argument("--home", help="artifact folder (default: $TURNOUT_HOME, else <repo>/artifacts)")
-    p.add_argument("--embedder", default="minilm", help="embedding model: minilm (packaged, torch), minilm-<backend> (onnx, onnx-int8, openvino, "
-                   "openvino-int8, static), hash-<dim>, or a sentence-transformers id/path")
+    p.add_argument("--embedder", default=DEFAULT_EMBEDDER, help=f"embedding model (default {DEFAULT_EMBEDDER}, as served): "
+                   "minilm (packaged, torch), minilm-<backend> (onnx, onnx-int8, openvino, openvino-int8, static), "
+                   "hash-<dim>, or a sentence-transformers id/path")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from index.embedder import DEFAULT_EMBEDDER
 from index.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -505,10 +506,11 @@ class ClassifierConfig(_Strict):
 class ArtifactsConfig(_Strict):
     home: str | None = Field(None, description="artifact folder (null: $TURNOUT_HOME, else <repo>/artifacts)")
     data_dir: str | None = Field(None, description="shared data folder (null: $TURNOUT_DATA_DIR, else ../shared/data)")
-    embedder: str = Field("minilm", description="minilm (the packaged all-MiniLM-L6-v2 on torch), minilm-<backend> "
-                          "(the same on onnx, onnx-int8, openvino, openvino-int8, or static: distilled static "
-                          "embeddings; built under <home>/embedders on first use), hash-<dim> (tests), or a "
-                          "sentence-transformers id/path")
+    embedder: str = Field(DEFAULT_EMBEDDER, description="minilm (the packaged all-MiniLM-L6-v2 on torch), "
+                          "minilm-<backend> (the same on onnx, onnx-int8, openvino, openvino-int8, or static: "
+                          "distilled static embeddings; built under <home>/embedders on first use), hash-<dim> "
+                          "(tests), or a sentence-transformers id/path. Unset in a file whose EmbeddingDeployment "
+                          "reserves a GPU: minilm (torch in bf16/fp16 on CUDA)")
     build_missing: bool = Field(
         True, description="`turnout serve` / `turnout prepare` train missing or stale artifacts of the routers "
         "that train on demand (sw_ranking, mf) before starting; replicas never train"
@@ -630,7 +632,7 @@ def default_document(config: TurnoutConfig | None = None) -> dict[str, Any]:
         "route_prefix": "/",
         "import_path": APP_IMPORT_PATH,
         "logging_config": {"enable_access_log": False},  # an access-log line per request costs the ingress CPU
-        "args": with_fleet_size(config, deployments).model_dump(mode="json"),
+        "args": with_deployments(config, deployments).model_dump(mode="json"),
         "deployments": deployments,
     }
     return {"proxy_location": "HeadOnly",
@@ -647,6 +649,19 @@ def check_exposure(config: TurnoutConfig, host: str, where: str) -> None:
         env = config.api.auth.api_keys_env
         raise ConfigError(f"{where}: serving on {host} with no API keys: set ${env} or configure api.auth "
                           "(api_keys_sha256, api_keys_file), or set api.auth.allow_public_without_auth: true")
+
+
+def with_deployments(config: TurnoutConfig, deployments: list[dict[str, Any]]) -> TurnoutConfig:
+    """What the args take from the file's deployments: the fleet size (`with_fleet_size`) and, where the
+    EmbeddingDeployment reserves a GPU and the args name no embedder, torch MiniLM (its CUDA path), since the CPU
+    runtimes of the default have no GPU path. Resolved here, where the file is read, so that `turnout prepare` and
+    every replica agree on one embedder whatever each process sees."""
+    config = with_fleet_size(config, deployments)
+    embedding = next((d for d in deployments if d.get("name") == EMBEDDING), {})
+    gpus = (embedding.get("ray_actor_options") or {}).get("num_gpus") or 0
+    if gpus > 0 and "embedder" not in config.artifacts.model_fields_set:
+        return config.model_copy(update={"artifacts": config.artifacts.model_copy(update={"embedder": "minilm"})})
+    return config
 
 
 def with_fleet_size(config: TurnoutConfig, deployments: list[dict[str, Any]]) -> TurnoutConfig:
@@ -796,7 +811,7 @@ def load_serve_file(text: str | None = None, path: str | Path | None = None) -> 
     app = document["applications"][index]
     config = parse_app_args(app.get("args") or {}, f"{where}.args")
     check_deployments(app.get("deployments") or [], config, where)
-    return ServeFile(document, index, with_fleet_size(config, app.get("deployments") or []))
+    return ServeFile(document, index, with_deployments(config, app.get("deployments") or []))
 
 
 def check_deployments(overrides: list[Any], config: TurnoutConfig, where: str = "deployments") -> None:

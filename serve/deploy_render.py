@@ -30,7 +30,7 @@ from typing import Any
 from index.errors import ConfigError
 from serve.config import (CLASSIFIER, DEFAULT_ROUTERS, DEPLOYMENT_DEFAULTS, EMBEDDING, INGRESS, TurnoutConfig,
                           check_exposure, default_document, load_serve_file, parse_app_args,
-                          with_fleet_size)
+                          with_deployments)
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def serve_document(overlay: str, config: str | Path | None = None) -> dict[str, 
         deployments.append(_merge(options, user))
     # Names this config does not bind stay in the list, so that check_deployments names them in its error.
     app["deployments"] = deployments + list(user_deployments.values())
-    app["args"] = with_fleet_size(turnout, deployments).model_dump(mode="json")
+    app["args"] = with_deployments(turnout, deployments).model_dump(mode="json")
     where = f"overlay {overlay}" + (f" with {config}" if config else "")
     check_exposure(turnout, document["http_options"]["host"], where)
     served = _load(yaml.safe_dump(document, sort_keys=False), where)  # Ray's schema + ours, strict keys

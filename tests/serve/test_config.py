@@ -34,7 +34,7 @@ def test_default_config_is_valid_and_offline():
     assert served.host == "127.0.0.1" and served.port == 8000 and served.route_prefix == "/"
     assert config.routers.enabled == ["sw_ranking", "mf", "length", "random"] and config.routers.default == "sw_ranking"
     assert config.embedding_routers == ["sw_ranking", "mf"] and config.local_routers == ["length", "random"]
-    assert config.artifacts.embedder == "minilm" and config.routing.strong_ratio == 0.5
+    assert config.artifacts.embedder == "minilm-openvino-int8" and config.routing.strong_ratio == 0.5
     for side in ("strong", "weak"):
         assert getattr(config.upstreams, side).base_url.startswith("http://127.0.0.1")
     assert config.deployments() == [EMBEDDING, INGRESS]  # no classifier without causal_llm
@@ -59,6 +59,18 @@ def test_print_config_is_the_defaults_with_their_descriptions():
     assert app["args"]["api"]["limits"]["ingress_replicas"] == 1
     description = TurnoutConfig.model_fields["routing"].annotation.model_fields["max_in_flight"].description
     assert f"# {description.split()[0]} {description.split()[1]}" in text
+
+
+def test_an_embedding_deployment_on_a_gpu_embeds_with_torch_unless_the_args_say_otherwise():
+    from index.embedder import DEFAULT_EMBEDDER
+    from serve.config import with_deployments
+
+    on_gpu = [{"name": "EmbeddingDeployment", "ray_actor_options": {"num_gpus": 1}}]
+    assert TurnoutConfig().artifacts.embedder == DEFAULT_EMBEDDER
+    assert with_deployments(TurnoutConfig(), on_gpu).artifacts.embedder == "minilm"
+    assert with_deployments(TurnoutConfig(), [{"name": "EmbeddingDeployment"}]).artifacts.embedder == DEFAULT_EMBEDDER
+    named = parse_app_args({"artifacts": {"embedder": "minilm-onnx"}})
+    assert with_deployments(named, on_gpu).artifacts.embedder == "minilm-onnx"
 
 
 def test_an_overlay_gets_every_other_default(tmp_path):
