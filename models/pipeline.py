@@ -59,8 +59,8 @@ def workspace(home: str | None = None, data_dir: str | None = None, embedder: st
     from index.paths import artifacts_dir
 
     root = artifacts_dir(home)
-    return Workspace(root, data_dir, load_embedder(embedder, cache_dir=root / "embeddings", models_dir=root / "embedders"),
-                     on_status)
+    return Workspace(root, data_dir, load_embedder(embedder, cache_dir=root / "embeddings", models_dir=root / "embedders",
+                                                    on_status=on_status), on_status)
 
 
 # ------------------------------------------------------------------------------------------------- data
