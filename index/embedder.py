@@ -157,21 +157,17 @@ class MiniLMEmbedder(Embedder):
                                        convert_to_numpy=False, convert_to_tensor=True)
             # Normalise in float32 ourselves: under autocast the norm would be taken in bf16.
             return _normalize(vectors.float().cpu().numpy())
-        from tqdm.auto import tqdm
 
-        # Longest first in chunks of batch_size, stripped, as `encode` does: similar lengths pad little.
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in tqdm(range(0, len(texts), batch_size), desc=what, unit="batch", disable=not progress):
-            idx = order[start: start + batch_size]
-            batch = model.tokenizer([texts[i].strip() for i in idx], padding=True, truncation=True,
+        def run(chunk: list[str]) -> np.ndarray:
+            batch = model.tokenizer([t.strip() for t in chunk], padding=True, truncation=True,
                                     pad_to_multiple_of=PAD_TOKENS, max_length=model.max_seq_length,
                                     return_tensors="pt").to(model.device)
             with torch.inference_mode(), autocast:
                 states = self._direct(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).float()
-            out[idx] = ((states.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).cpu().numpy()
-        return _normalize(out)
+            return ((states.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).cpu().numpy()
+
+        return _longest_first(texts, batch_size, self.dim, run, progress, what)
 
 
 def packaged_minilm() -> str:
@@ -198,15 +194,20 @@ class BackendEmbedder(Embedder):
         self.dim = int(self._run(["dimension probe"]).shape[1])
 
     def _embed(self, texts: list[str], batch_size: int, progress: bool, what: str) -> np.ndarray:
-        from tqdm.auto import tqdm
+        return _longest_first(texts, batch_size, self.dim, self._run, progress, f"{what} ({self.backend})")
 
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths pad little, as for torch
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"{what} ({self.backend})", unit="batch",
-                          disable=not progress):
-            idx = order[start: start + batch_size]
-            out[idx] = self._run([texts[i] for i in idx])
-        return _normalize(out)
+
+def _longest_first(texts: list[str], batch_size: int, dim: int, run, progress: bool, what: str) -> np.ndarray:
+    """`run` over chunks of `batch_size` texts, longest first (similar lengths pad little, as `encode` does),
+    with a progress bar labelled `what`; unit rows back in the texts' order."""
+    from tqdm.auto import tqdm
+
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for start in tqdm(range(0, len(texts), batch_size), desc=what, unit="batch", disable=not progress):
+        idx = order[start: start + batch_size]
+        out[idx] = run([texts[i] for i in idx])
+    return _normalize(out)
 
 
 # Token lengths are padded up to a multiple of this. The CPU kernels keep memory per input shape (batch x length)

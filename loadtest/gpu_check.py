@@ -335,7 +335,7 @@ def _texts(batch: int, words: int, seed: int) -> Callable[[int], list[str]]:
 
 
 def _minilm_packaged(plan: Plan) -> dict[str, Any]:
-    from index.embedder import MiniLMEmbedder
+    from index.embedder import DEFAULT_EMBEDDER, MiniLMEmbedder
 
     embedder = MiniLMEmbedder(device=plan.device)
     started = time.perf_counter()
@@ -351,7 +351,10 @@ def _minilm_packaged(plan: Plan) -> dict[str, Any]:
     batches = _per_batch(plan, make_call)
     # the model's own token window, which every text here fills (MiniLMEmbedder has no public accessor for it)
     window = int(embedder._load().max_seq_length)
-    return {"backend": "packaged", "device": plan.device, "precision": embedder.precision, "tokens": window,
+    # torch is the embedder an EmbeddingDeployment with a GPU resolves to (serve.config.with_deployments); the CPU
+    # default is another runtime, without a CUDA path
+    return {"backend": "packaged", "runtime": "torch", "cpu_default_embedder": DEFAULT_EMBEDDER,
+            "device": plan.device, "precision": embedder.precision, "tokens": window,
             "words_per_text": plan.minilm_tokens + 16, "includes_tokenization": True, "startup_s": round(load_s, 1),
             "batches": batches}
 
