@@ -36,6 +36,7 @@ class Embedder(ABC):
 
     name: str
     dim: int
+    serve_chunk = 8  # prompts per call when a replica embeds a batch (serve.config EmbeddingConfig.embed_batch_size)
 
     @abstractmethod
     def _embed(self, texts: list[str], batch_size: int, progress: bool, what: str) -> np.ndarray:
@@ -184,6 +185,8 @@ def packaged_minilm() -> str:
 class BackendEmbedder(Embedder):
     """The packaged MiniLM on another runtime (`index.backends`), built under `models_dir` on first use. Its name
     carries the backend and the build's digest."""
+
+    serve_chunk = 1  # one prompt per call: no padding, and these runtimes keep no per-call overhead worth batching
 
     def __init__(self, backend: str, models_dir: Path, threads: int | None = None, on_status=None):
         from index.backends import open_backend

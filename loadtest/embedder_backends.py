@@ -76,6 +76,28 @@ def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
     return out
 
 
+def chunking(backends, prompts: list[str], models_dir: Path, chunks: list[int], rounds: int) -> dict:
+    """Per backend and chunk size: prompts/s embedding groups of 32 prompts in length-sorted chunks of that size, as
+    an embedding replica embeds a batch (EmbeddingConfig.embed_batch_size), one thread, rounds interleaved."""
+    import torch
+
+    from index.embedder import load_embedder
+
+    torch.set_num_threads(1)
+    embedders = {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=1) for b in backends}
+    rates: dict = {b: {c: [] for c in chunks} for b in backends}
+    for r in range(rounds):
+        for b in backends[r % 2:] + backends[:r % 2]:
+            for c in chunks:
+                t = time.perf_counter()
+                for i in range(0, len(prompts), 32):
+                    embedders[b].embed(prompts[i:i + 32], batch_size=c)
+                rates[b][c].append(len(prompts) / (time.perf_counter() - t))
+    out = {b: {str(c): float(np.median(v)) for c, v in per.items()} for b, per in rates.items()}
+    log.info("chunks: %s", out)
+    return out
+
+
 def quality(backends, root: Path, torch_home: str | None, data_dir: str | None, resamples: int) -> dict:
     from models import pipeline
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
@@ -142,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--chunks", help="comma list of chunk sizes: measure only how each backend embeds a batch "
+                        "of 32 in chunks of each size")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -152,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     prompts = _sample_prompts(ws.data())
     record = {"command": "python -m loadtest.embedder_backends " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
-              "prompts_timed": len(prompts),
-              "speed": speed(backends, prompts, args.root / "embedders", args.rounds)}
-    if not args.skip_quality:
+              "prompts_timed": len(prompts)}
+    if args.chunks:
+        record["chunks"] = chunking(backends, prompts, args.root / "embedders",
+                                    [int(c) for c in args.chunks.split(",")], args.rounds)
+    else:
+        record["speed"] = speed(backends, prompts, args.root / "embedders", args.rounds)
+    if not args.skip_quality and not args.chunks:
         chosen = [b.strip() for b in (args.quality_backends or args.backends).split(",") if b.strip()]
         record["quality"] = quality(["torch"] + [b for b in chosen if b != "torch"], args.root, args.torch_home,
                                     args.data_dir, args.resamples)

@@ -414,12 +414,13 @@ class EmbeddingConfig(_Strict):
     max_batch_size: int = Field(
         32, ge=1, description="most requests scored together: those that queued while the previous batch ran "
         "(a request that finds the model idle runs at once, so there is no wait to tune)")
-    embed_batch_size: int = Field(
-        8,
+    embed_batch_size: int | None = Field(
+        None,
         ge=1,
         description="a batch is sorted by length and embedded in chunks of this size: one forward pass over 32 "
-        "random prompts pads all of them to the longest, and length-sorted chunks of 4-8 were much faster on one "
-        "core (see BENCHMARKS.md, 'Serving')",
+        "random prompts pads all of them to the longest. null: the embedder's own (torch: 8, length-sorted chunks "
+        "of 4-8 were much faster on one core; the other runtimes: 1; see BENCHMARKS.md, 'Serving' and 'Embedder "
+        "backends')",
     )
     threads: int | None = Field(
         None,
