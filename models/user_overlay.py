@@ -167,7 +167,8 @@ def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, k
         seed: int = 0, rule: str = "one_se", log_len: np.ndarray | None = None) -> dict[str, Any]:
     """(prior, beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted
     from the other folds' outcomes and their own prior p_strong (the prior itself fitted on the other folds), and
-    the candidate whose pooled predictions route best (`routing_gain`) wins; ties go to the larger kappa, then the
+    the candidate whose predictions route best (`routing_gain`, the mean over the folds) wins; ties go to the larger
+    kappa, then the
     router's own prior (the public router, unless the labels beat it). With rule one_se, the candidate first in
     that order of caution (then the smallest beta) whose gain is within one standard error (over the folds) of the
     best: the usual guard against picking a candidate that only won by chance. The length prior is a candidate
