@@ -184,6 +184,53 @@ def naive_add(bench, ws, pool: np.ndarray, test: np.ndarray, sizes: list[int], s
     return rows
 
 
+def summary(records: list[dict], router: str = "sw_ranking") -> dict:
+    """The issue's shape, one router's curve per source: {source: {"before": {...}, "curve": [{"n_labels", "apgr",
+    "apgr_ci95", "p_gt_length", "p_gt_before", "length_apgr"}, ...]}} from one or more runs' records."""
+    out = {}
+    for record in records:
+        for bench in record["benchmarks"]:
+            routers = bench["routers"].get(router)
+            if routers is None:
+                continue
+            length = bench["length"]["apgr"]
+            out[bench["benchmark"]] = {
+                "router": router, "strong": bench["strong"], "weak": bench["weak"], "held_out": bench["held_out"],
+                "command": record["command"], "date": record["date"],
+                "before": {"apgr": routers["before"]["apgr"], "apgr_ci95": routers["before"]["interval"],
+                           "p_gt_length": routers["before"]["p_gt_length"], "length_apgr": length},
+                "curve": [{"n_labels": row["labels"], "apgr": row["apgr"], "apgr_ci95": row["interval"],
+                           "p_gt_length": row["p_gt_length"], "p_gt_before": row["p_gt_before"],
+                           "length_apgr": length} for row in routers["curve"]]}
+    return out
+
+
+def plot(shaped: dict, path: Path) -> None:
+    """APGR against labelled prompts per source, with its interval, the router before the loop and length."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    fig = Figure(figsize=(4 * max(1, len(shaped)), 3.4))
+    FigureCanvasAgg(fig)
+    for i, (source, data) in enumerate(shaped.items()):
+        ax = fig.add_subplot(1, len(shaped), i + 1)
+        n = [row["n_labels"] for row in data["curve"]]
+        ax.plot(n, [row["apgr"] for row in data["curve"]], marker="o", label=f"{data['router']} + labels")
+        ax.fill_between(n, *zip(*[row["apgr_ci95"] for row in data["curve"]]), alpha=0.2)
+        ax.axhline(data["before"]["apgr"], color="grey", linestyle="--", label="before the loop")
+        ax.axhline(data["before"]["length_apgr"], color="black", linestyle=":", label="prompt length")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(source, fontsize=9)
+        ax.set_xlabel("labelled prompts")
+        ax.set_ylabel("held-out APGR")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     from models import pipeline
 
@@ -200,11 +247,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rule", default="one_se", help="how the cross-validation picks (beta, kappa): max or one_se")
     parser.add_argument("--prior", default="router+length", help="the priors the cross-validation may pick: "
                         "router (the router's own p_strong only) or router+length (also recalibrated with length)")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="RUN_JSON",
+                        help="write no new run: the curves of these runs' records in the issue's shape (--out) and "
+                        "a plot beside it")
     parser.add_argument("--whole-source", action="store_true",
                         help="the user's traffic is each benchmark's whole source, which the training data in "
                         "--home must have left out: a domain the public data does not cover")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.summarise:
+        shaped = summary([json.loads(path.read_text()) for path in args.summarise])
+        args.out.write_text(json.dumps(shaped, indent=1) + "\n")
+        plot(shaped, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        return 0
     ws = pipeline.workspace(args.home)
     start = time.time()
     naive = [int(n) for n in args.naive_add.split(",") if n]
