@@ -305,7 +305,7 @@ class CachedEmbedder(Embedder):
             # the label names what is embedded and how much the cache saved ("embedding 15,416 evaluation
             # prompts: 3,416 new, 12,000 cached")
             label = f"{what}: {len(missing):,} new, {len(texts) - len(missing):,} cached"
-            return self.inner._embed(_validate_texts(missing), batch_size, progress, label)
+            return self.inner._embed(missing, batch_size, progress, label)  # validated by embed() already
 
         return self.cache.rows(texts, compute)
 

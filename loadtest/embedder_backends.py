@@ -39,14 +39,19 @@ def embedder_name(backend: str) -> str:
     return "minilm" if backend == "torch" else f"minilm-{backend}"
 
 
-def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
-    """Per backend: single-prompt p50 (ms), batch-32 prompts/s and cosine to torch, one thread each."""
+def _one_thread(backends, models_dir: Path) -> dict:
+    """Each backend's embedder (built under `models_dir` if need be), torch and the runtimes on one thread."""
     import torch
 
     from index.embedder import load_embedder
 
     torch.set_num_threads(1)
-    embedders = {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=1) for b in backends}
+    return {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=1) for b in backends}
+
+
+def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
+    """Per backend: single-prompt p50 (ms), batch-32 prompts/s and cosine to torch, one thread each."""
+    embedders = _one_thread(backends, models_dir)
     reference = embedders["torch"].embed(prompts) if "torch" in embedders else None
     single = {b: [] for b in backends}
     batched = {b: [] for b in backends}
@@ -79,12 +84,7 @@ def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
 def chunking(backends, prompts: list[str], models_dir: Path, chunks: list[int], rounds: int) -> dict:
     """Per backend and chunk size: prompts/s embedding groups of 32 prompts in length-sorted chunks of that size, as
     an embedding replica embeds a batch (EmbeddingConfig.embed_batch_size), one thread, rounds interleaved."""
-    import torch
-
-    from index.embedder import load_embedder
-
-    torch.set_num_threads(1)
-    embedders = {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=1) for b in backends}
+    embedders = _one_thread(backends, models_dir)
     rates: dict = {b: {c: [] for c in chunks} for b in backends}
     for r in range(rounds):
         for b in backends[r % 2:] + backends[:r % 2]:

@@ -55,14 +55,14 @@ def held_out_benchmark(name: str, data: Path):
     import pandas as pd
 
     from models.benchmarks import Benchmark
+    from models.data import routerdc_matrices
 
-    folder = Path(data) / "routerdc" / "datasets" / "split2_model7"
-    rows = [r for file in HELD_OUT[name] for r in json.loads((folder / f"{file}.json").read_text())]
-    correct = (pd.DataFrame([r["scores"] for r in rows], dtype=np.float64).fillna(0.0) > 0).astype(np.float64)
+    matrices = routerdc_matrices(Path(data), HELD_OUT[name])
+    correct = pd.concat([m.correct for m in matrices], ignore_index=True).fillna(0.0)
     ranked = correct.mean().sort_values(ascending=False, kind="stable").index.tolist()
     strong, weak = ranked[0], ranked[len(ranked) // 2]
-    return Benchmark(name, [r["question"] for r in rows], correct[strong].to_numpy(), correct[weak].to_numpy(),
-                     strong, weak)
+    return Benchmark(name, [p for m in matrices for p in m.prompts], correct[strong].to_numpy(),
+                     correct[weak].to_numpy(), strong, weak)
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,

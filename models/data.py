@@ -172,10 +172,11 @@ def alpaca_pass_fail(battles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     return correctness_battles([CorrectnessMatrix(wide.index.tolist(), wide.reset_index(drop=True), "alpaca-eval-1")])
 
 
-def routerdc_matrices(data: Path) -> list[CorrectnessMatrix]:
+def routerdc_matrices(data: Path, names: tuple[str, ...] | list[str] = tuple(ROUTERDC_TRAIN)) -> list[CorrectnessMatrix]:
+    """RouterDC's seven-model files `names` (the training ones by default) as correctness matrices."""
     folder = data / "routerdc" / "datasets" / "split2_model7"
     matrices = []
-    for name in ROUTERDC_TRAIN:
+    for name in names:
         rows = json.loads(require_file(folder / f"{name}.json").read_text())
         prompts = [r["question"] for r in rows]
         matrix = pd.DataFrame([r["scores"] for r in rows], dtype=np.float64)

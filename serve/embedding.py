@@ -56,7 +56,7 @@ class EmbeddingDeployment:
             if self.overlay is not None:
                 log.info("overlay %s over %s", self.overlay.version, sorted(self.overlay.routers))
             threading.Thread(target=self._watch_overlay, name="turnout-overlay", daemon=True).start()
-        self.embed_batch_size = config.embedding.embed_batch_size or getattr(self.embedder, "serve_chunk", 8)
+        self.embed_batch_size = config.embedding.embed_batch_size or (self.embedder.serve_chunk if self.embedder else None)
         if self.embedder is not None:
             self.embedder.embed(["warm-up"])  # load the model now, not on a request
         for name in set(self.routers) - self.shared:
