@@ -13,6 +13,11 @@ for training. Each line is {"prompt", "label": "hard"|"easy", "kind", "balanced"
 - "balanced": the length-balanced subset of short hard prompts and long easy ones, on which the easy prompts are
   longer, so that prompt length alone ranks them the wrong way (the length router's AUC there is near 0).
 
+`obvious_prompts_heldout.jsonl` (same schema) is a second file written later, in other styles and kinds (long chatty
+easy requests with pasted text, terse hard questions from systems, medicine, law and physics), committed before
+any choice of issue 22 and never chosen on: it is read once per issue, at its end, to say whether what the first
+file shows generalises. Its balanced subset's easy prompts are all longer than its hard ones.
+
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
 balanced subset. Measured figures belong in BENCHMARKS.md, not here.
 """
@@ -34,6 +39,7 @@ from models.metrics import percentile_interval
 log = logging.getLogger(__name__)
 
 OBVIOUS_PATH = Path(__file__).with_name("obvious_prompts.jsonl")
+OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")  # never chosen on (docstring)
 LABELS = ("hard", "easy")
 COLUMNS = ("prompt", "label", "kind", "balanced")
 TARGET_AUC = 0.8
