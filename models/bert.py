@@ -21,7 +21,6 @@ meta.json (base, max_length, data hash, validation history).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +29,15 @@ from typing import Any
 import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from index.device import autocast, pick_device
+from index.device import pick_device
 from index.errors import ArtifactError, ConfigError
 from models.labels import (
     OUTCOMES,
-    EarlyStopping,
-    optimizer_step,
+    checkpoint_meta,
+    classifier_outcomes,
     p_strong_from_outcomes,
-    prompt_outcomes,
     read_meta,
     split_prompts,
-    warmup_linear,
     write_checkpoint,
 )
 
@@ -64,6 +61,10 @@ class BertConfig:
     patience: int = 1  # evaluations without improvement before stopping
     evals_per_epoch: int = 2
     max_steps: int | None = None  # hard cap on optimiser steps (smoke runs, CI)
+    # labels (models/labels.py, classifier_outcomes): q averaged over this many informative neighbours (0: each
+    # prompt's own label), then spread by rank with label_stretch
+    label_neighbours: int = 128
+    label_stretch: bool = True
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     # bf16 autocast for training. None: on CUDA where the GPU has native bf16; the CPU trains in fp32, as it always has
     bf16: bool | None = None
@@ -143,96 +144,41 @@ def predict_proba(model: Any, tokenizer: Any, prompts: list[str], max_length: in
     return out
 
 
-def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of similar length: sort within random chunks of 50 batches, then shuffle the batches."""
-    perm = rng.permutation(len(lengths))
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(perm), chunk):
-        part = perm[start: start + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i: i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = None, progress: bool = True) -> Path:
-    """Fine-tune on per-prompt outcome distributions; early stopping on held-out prompts; write `<out_root>/bert/`."""
+    """Fine-tune on per-prompt outcome distributions (models/finetune.py); write `<out_root>/bert/`."""
     import torch
-    from tqdm.auto import tqdm
+
+    from models.finetune import FitSettings, SoftTargetSet, fit
 
     config = config or BertConfig()
     device = pick_device(config.device)  # before any loading: a bad value or a missing GPU fails at once
-    bf16 = device == "cuda" if config.bf16 is None else config.bf16
     base = config.base or default_base()
-    rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
+    torch.manual_seed(config.seed)  # before the head is initialised
+    tokenizer, model = _load_base(base, len(OUTCOMES))  # a bad base fails before the labels are computed
+    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
-    prompts = rows["prompt"].tolist()
-    targets = torch.tensor(rows[list(OUTCOMES)].to_numpy(dtype=np.float32))
+    targets = rows[list(OUTCOMES)].to_numpy(dtype=np.float32)
     log.info("bert: %d labelled prompts (%d train, %d validation) from %d battles; base %s on %s",
              len(rows), len(train_idx), len(val_idx), int(rows["n"].sum()), base, device)
-
-    torch.manual_seed(config.seed)  # before the head is initialised
-    tokenizer, model = _load_base(base, len(OUTCOMES))
     model.config.id2label = dict(enumerate(OUTCOMES))
     model.config.label2id = {k: i for i, k in enumerate(OUTCOMES)}
-    model.to(device)
-    encoded = tokenizer(prompts, truncation=True, max_length=config.max_length)["input_ids"]
-    lengths = np.array([len(ids) for ids in encoded])
+    encoded = tokenizer(rows["prompt"].tolist(), truncation=True, max_length=config.max_length)["input_ids"]
 
-    def collate(idx: np.ndarray) -> dict[str, Any]:
-        return tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
+    def subset(idx: np.ndarray) -> SoftTargetSet:
+        return SoftTargetSet([encoded[i] for i in idx], targets[idx])
 
-    def log_probs(idx: np.ndarray) -> Any:
-        with autocast(device, bf16):
-            logits = model(**collate(idx)).logits
-        return torch.log_softmax(logits.float(), dim=-1)
-
-    def val_loss() -> float:
-        if not len(val_idx):
-            return float("nan")
-        model.eval()
-        total = 0.0
-        with torch.inference_mode():
-            for start in range(0, len(val_idx), 64):
-                idx = val_idx[start: start + 64]
-                total += float(-(targets[idx].to(device) * log_probs(idx)).sum())
-        model.train()
-        return total / len(val_idx)
-
-    rng = np.random.default_rng(config.seed)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    eval_every = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=config.lr)
-    sched = warmup_linear(opt, total_steps, config.warmup_fraction)
-
-    stopper, step = EarlyStopping(model, config.patience, NAME), 0
-    model.train()
-    bar = tqdm(total=total_steps, desc="train bert", disable=not progress, mininterval=1.0)
-    stop = False
-    while step < total_steps and not stop:
-        for idx in _batches(lengths[train_idx], config.batch_size, rng):
-            idx = train_idx[idx]
-            loss = -(targets[idx].to(device) * log_probs(idx)).sum(dim=-1).mean()
-            optimizer_step(loss, model.parameters(), opt, sched, bar)
-            step += 1
-            if step % eval_every == 0 or step == total_steps:
-                stop = stopper.record(step, val_loss())
-            if stop or step >= total_steps:
-                break
-    bar.close()
-    stopper.restore_best()
+    settings = FitSettings(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_fraction=config.warmup_fraction, max_steps=config.max_steps,
+        evals=max(1, round(config.epochs * config.evals_per_epoch)), patience=config.patience,
+        bf16=device == "cuda" if config.bf16 is None else config.bf16, device=device, seed=config.seed,
+        progress=progress)
+    logits = lambda m, batch: m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # noqa: E731
+    model, report = fit(model, NAME, subset(train_idx), subset(val_idx), tokenizer.pad_token_id or 0, logits, settings)
 
     folder = Path(out_root) / NAME
-    meta = stopper.meta(base, config, step, config.max_length, len(train_idx), len(val_idx), td,
-                        labels=list(OUTCOMES), battles=int(rows["n"].sum()))
+    meta = checkpoint_meta(NAME, base, config, report, config.max_length, len(train_idx), len(val_idx), td,
+                           labels=list(OUTCOMES), battles=int(rows["n"].sum()))
     write_checkpoint(folder, model, tokenizer, meta)
-    log.info("bert: %d steps in %.0f s, wrote %s", step, meta["train_seconds"], folder)
+    log.info("bert: %d steps in %.0f s, wrote %s", report.steps, report.train_seconds, folder)
     return folder

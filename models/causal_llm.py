@@ -40,7 +40,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,16 +47,14 @@ from typing import Any
 import numpy as np
 
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
-from index.device import DEVICES, autocast, pick_device
+from index.device import DEVICES, native_bf16, pick_device
 from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.labels import (
     OUTCOMES,
-    EarlyStopping,
-    optimizer_step,
-    prompt_outcomes,
+    checkpoint_meta,
+    classifier_outcomes,
     read_meta,
     split_prompts,
-    warmup_linear,
     write_checkpoint,
 )
 from index.paths import REPO_ROOT, atomic_dir
@@ -102,8 +99,17 @@ class CausalLLMConfig:
     # bf16 autocast for training forward/backward (AVX512-BF16 CPUs; on CUDA only GPUs with native bf16, else fp32);
     # scoring stays fp32
     bf16: bool = True
+    # labels (models/labels.py, classifier_outcomes): q averaged over this many informative neighbours (0: each
+    # prompt's own label), then spread by rank with label_stretch
+    label_neighbours: int = 128
+    label_stretch: bool = True
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     seed: int = 0
+    # LoRA adapters (peft) on the trained blocks instead of training them in full: how an 8B base is fine-tuned on
+    # one GPU. Merged into the checkpoint after training, so serving loads a plain model.
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
 
 
 # ---------------------------------------------------------------------------------------------- base model
@@ -411,14 +417,32 @@ def load_tokenizer(folder: str | Path) -> Any:
 
 
 def _load_for_training(base: str) -> tuple[Any, Any]:
+    """Tokenizer and fp32 causal LM of `base`: a checkpoint, or a peft LoRA adapter folder merged into the base it
+    names. One line (ConfigError) for what cannot be a classifier base: not a causal LM, no chat template, an
+    adapter whose base is missing."""
+    import json
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    adapter = Path(base) / "adapter_config.json"
+    parent = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.is_file() else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(parent or base)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load causal base {base!r}: {str(exc).splitlines()[0]}") from exc
+        what = f"LoRA adapter {base!r} names base {parent!r}, which" if parent else f"causal base {base!r}"
+        raise ConfigError(f"cannot load {what}: {str(exc).splitlines()[0]}") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"causal base {base!r} has no chat template: the classifier prompt is a chat (instruction "
+                          "and query); use an instruct model, or add a template to its tokenizer_config.json")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(parent or base, dtype=torch.float32)
+        if parent:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, base).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"cannot load causal base {base!r} as a causal LM: {str(exc).splitlines()[0]}") from exc
     return tokenizer, model
 
 
@@ -441,100 +465,71 @@ def add_label_tokens(tokenizer: Any, model: Any) -> list[int]:
 
 
 def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None = None, progress: bool = True) -> Path:
-    """Fine-tune the causal LM to put the label distribution on [[1]]..[[5]]; write `<out_root>/causal_llm/`."""
+    """Fine-tune the causal LM to put the label distribution on [[1]]..[[5]] (models/finetune.py): in full on the
+    top `train_layers` blocks, or with LoRA adapters on them (`lora`), merged before saving; the five label rows of
+    the head always train. Writes `<out_root>/causal_llm/`."""
     import torch
-    from tqdm.auto import tqdm
+
+    from models.finetune import FitSettings, SoftTargetSet, fit
 
     config = config or CausalLLMConfig()
     device = pick_device(config.device)  # before any loading: a bad value or a missing GPU fails at once
     base = resolve_base(config)
-    rows = prompt_outcomes(td.battles, td.tiers, config.strong, config.weak)
+    torch.manual_seed(config.seed)
+    tokenizer, model = _load_for_training(base)  # a bad base fails before the labels are computed
+    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     if config.max_train_prompts and len(train_idx) > config.max_train_prompts:
         train_idx = np.sort(rng.choice(train_idx, config.max_train_prompts, replace=False))
     if config.max_val_prompts and len(val_idx) > config.max_val_prompts:
         val_idx = np.sort(rng.choice(val_idx, config.max_val_prompts, replace=False))
-    targets = torch.tensor(soft_targets(rows), dtype=torch.float32)
-    log.info("causal_llm: %d labelled prompts, training on %d, validating on %d; base %s on %s",
-             len(rows), len(train_idx), len(val_idx), base, device)
+    targets = soft_targets(rows).astype(np.float32)
+    log.info("causal_llm: %d labelled prompts, training on %d, validating on %d; base %s on %s%s",
+             len(rows), len(train_idx), len(val_idx), base, device, " with LoRA" if config.lora else "")
 
-    torch.manual_seed(config.seed)
-    tokenizer, model = _load_for_training(base)
     ids = add_label_tokens(tokenizer, model)
-    model.to(device)  # after the resize: new rows are made where the weights are, then everything moves once
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    builder = PromptBuilder(tokenizer, config.max_length)
-    token_ids, cut = builder(rows["prompt"].tolist())
+    token_ids, cut = PromptBuilder(tokenizer, config.max_length)(rows["prompt"].tolist())
     if cut:
         log.warning("causal_llm: %d of %d training queries cut to fit %d tokens", cut, len(rows), config.max_length)
 
-    # Freeze all but the top blocks (and the label rows, via a gradient mask on the embedding matrix).
+    # Only the top blocks train (in full, or through their LoRA adapters), and of the head only the label rows.
     layers = model.model.layers
     n_train = len(layers) if config.train_layers < 0 else min(config.train_layers, len(layers))
+    top = list(range(len(layers) - n_train, len(layers)))
     for p in model.parameters():
         p.requires_grad_(False)
-    for layer in layers[len(layers) - n_train:]:
-        for p in layer.parameters():
+    if not config.lora:
+        for i in top:
+            for p in layers[i].parameters():
+                p.requires_grad_(True)
+        for p in model.model.norm.parameters():
             p.requires_grad_(True)
-    for p in model.model.norm.parameters():
-        p.requires_grad_(True)
     head = model.get_output_embeddings().weight
     head.requires_grad_(True)
-    row_mask = torch.zeros(head.shape[0], 1, device=head.device)
+    row_mask = torch.zeros(head.shape[0], 1)
     row_mask[ids] = 1.0
-    head.register_hook(lambda g: g * row_mask)  # only the five label rows move; the rest of the vocab stays put
-    params = [p for p in model.parameters() if p.requires_grad]
+    head.register_hook(lambda g: g * row_mask.to(g.device))  # only the five label rows move
+    lm = model  # the causal LM itself: peft wraps it for training, its modules (adapters included) stay its own
 
-    def loss_on(idx: np.ndarray) -> Any:
-        input_ids, mask = (t.to(device) for t in _pad([token_ids[i] for i in idx], pad_id))
-        with autocast(device, config.bf16):
-            logits = label_logits(model, input_ids, mask, ids)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        return -(targets[idx].to(device) * logp).sum(dim=-1).mean()
+    def logits(_: Any, batch: dict) -> Any:
+        return label_logits(lm, batch["input_ids"], batch["attention_mask"], ids)
 
-    def val_loss() -> float:
-        if not len(val_idx):
-            return float("nan")
-        model.eval()
-        with torch.inference_mode():
-            total = sum(float(loss_on(val_idx[s: s + 16])) * len(val_idx[s: s + 16]) for s in range(0, len(val_idx), 16))
-        model.train()
-        return total / len(val_idx)
+    def subset(idx: np.ndarray) -> SoftTargetSet:
+        return SoftTargetSet([token_ids[i] for i in idx], targets[idx])
 
-    steps_per_epoch = -(-len(train_idx) // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    eval_every = max(1, total_steps // max(1, config.evals))
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = warmup_linear(opt, total_steps, config.warmup_fraction)
-
-    stopper, step, stop = EarlyStopping(model, config.patience, NAME), 0, False
-    # the untrained loss goes in the history as a baseline, not as a candidate: the checkpoint is always trained
-    stopper.history.append({"step": 0, "validation_loss": round(val_loss(), 5)})
-    model.train()
-    loop_started = time.perf_counter()
-    bar = tqdm(total=total_steps, desc="train causal_llm", disable=not progress, mininterval=1.0)
-    while step < total_steps and not stop:
-        for idx in np.array_split(rng.permutation(train_idx), steps_per_epoch):
-            optimizer_step(loss_on(idx), params, opt, sched, bar)
-            step += 1
-            if step % eval_every == 0 or step == total_steps:
-                stop = stopper.record(step, val_loss())
-            if not stop and config.max_minutes and time.perf_counter() - loop_started > 60 * config.max_minutes:
-                log.warning("causal_llm: time budget of %.0f min reached at step %d of %d", config.max_minutes, step, total_steps)
-                if stopper.history[-1]["step"] != step:
-                    stopper.record(step, val_loss())
-                stop = True
-            if stop or step >= total_steps:
-                break
-    bar.close()
-    stopper.restore_best()
+    settings = FitSettings(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+        warmup_fraction=config.warmup_fraction, max_steps=config.max_steps, evals=config.evals,
+        patience=config.patience, max_minutes=config.max_minutes, bf16=config.bf16 and (device == "cpu" or native_bf16(device)),
+        device=device, seed=config.seed, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        lora_layers=top, progress=progress)
+    model, report = fit(model, NAME, subset(train_idx), subset(val_idx), pad_id, logits, settings, lora_task="CAUSAL_LM")
 
     folder = Path(out_root) / NAME
-    meta = stopper.meta(base, config, step, config.max_length, len(train_idx), len(val_idx), td,
-                        label_tokens=list(LABEL_TOKENS), truncated_training_queries=int(cut))
+    meta = checkpoint_meta(NAME, base, config, report, config.max_length, len(train_idx), len(val_idx), td,
+                           label_tokens=list(LABEL_TOKENS), truncated_training_queries=int(cut))
     write_checkpoint(folder, model, tokenizer, meta)
-    log.info("causal_llm: %d steps in %.0f s, wrote %s", step, meta["train_seconds"], folder)
+    log.info("causal_llm: %d steps in %.0f s, wrote %s", report.steps, report.train_seconds, folder)
     return folder

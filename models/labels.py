@@ -17,6 +17,18 @@ data ties whenever both models are right; AlpacaEval almost never ties), and a p
 MT-Bench below random. Both routers report p_strong = P(strong) + P(tie)/2 = ν/2 + (1 − ν)·q_p, which ranks
 prompts by q_p.
 
+Neighbour-averaged labels (`classifier_outcomes`, the classifiers' default since issue 22). A prompt's label says
+something about the pair only when some of its battles involve the pair's tiers; for the default pair most
+correctness sources have none, and their labels all sit at the prior. Per prompt, the label is then nearly
+constant (the most a classifier could gain over predicting the mean is a hundredth of a nat), and the classifiers
+fitted noise. So each prompt's q is replaced by the mean q of its `k` nearest training prompts (by the served
+embedder) among the informative ones: the averaging over neighbours that the SW router does per query, done once
+on the training side, which a classifier can then learn as a smooth function of the text. With `stretch`, the
+averaged q are replaced by their ranks spread over [STRETCH, 1 − STRETCH], so the differences the classifier must
+learn are not a few thousandths of a probability; only the ranking matters to routing (thresholds are calibrated
+on the ranking, models/calibration.py). Measured and chosen on dev data: BENCHMARKS.md, 'Why the classifiers
+routed backwards'.
+
 An earlier version read every battle from its stronger-tier side and averaged over all tier pairs. That label
 is pair-agnostic and dominated by whichever pairs a source holds (AlpacaEval-1 is every model against
 text-davinci-003); with it both classifiers ranked MT-Bench below random. Comparisons (linear probes,
@@ -27,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,6 +71,54 @@ def prompt_outcomes(battles: pd.DataFrame, tiers: dict[str, int], strong: str, w
     tie = float(np.mean(battles["winner"].to_numpy()[labelled] == "tie"))
     return pd.DataFrame({"prompt": prompts, "strong": (1.0 - tie) * q, "tie": np.full(len(q), tie),
                          "weak": (1.0 - tie) * (1.0 - q), "n": np.round(n).astype(int)})
+
+
+STRETCH = 0.05
+
+
+def informative_prompts(battles: pd.DataFrame, tiers: dict[str, int], prompts: Any, strong: str, weak: str) -> np.ndarray:
+    """Mask over `prompts`: those with at least one battle in which a model of the strong or the weak tier fought."""
+    pair_tiers = {tiers[strong], tiers[weak]}
+    touching = battles["model_a"].map(tiers).isin(pair_tiers) | battles["model_b"].map(tiers).isin(pair_tiers)
+    return pd.Series(prompts).isin(set(battles["prompt"][touching])).to_numpy()
+
+
+def neighbour_mean(x: np.ndarray, y: np.ndarray, k: int, pool: np.ndarray | None = None, chunk: int = 2048) -> np.ndarray:
+    """Mean of y over each row's k most similar other rows among `pool` (a mask; all rows by default), by cosine
+    on unit vectors, the row itself left out."""
+    pool_idx = np.arange(len(x)) if pool is None else np.flatnonzero(pool)
+    k = min(k, len(pool_idx) - 1)
+    if k < 1:
+        raise ConfigError(f"neighbour-averaged labels need at least 2 informative prompts, got {len(pool_idx)}")
+    out = np.empty(len(x))
+    for start in range(0, len(x), chunk):
+        sims = x[start: start + chunk] @ x[pool_idx].T
+        rows, cols = np.nonzero(pool_idx[None, :] == np.arange(start, start + len(sims))[:, None])
+        sims[rows, cols] = -np.inf
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out[start: start + chunk] = y[pool_idx[top]].mean(axis=1)
+    return out
+
+
+def classifier_outcomes(td: Any, embedder: Any, strong: str, weak: str, neighbours: int, stretch: bool) -> pd.DataFrame:
+    """The classifiers' training rows: `prompt_outcomes`, with q averaged over `neighbours` informative neighbours
+    (0: each prompt's own label) and, with `stretch`, spread by rank (the module docstring)."""
+    rows = prompt_outcomes(td.battles, td.tiers, strong, weak)
+    if neighbours <= 0 and not stretch:
+        return rows
+    tie = rows["tie"].to_numpy()
+    q = rows["strong"].to_numpy() / (1.0 - tie)
+    if neighbours > 0:
+        if embedder is None:
+            raise ConfigError("neighbour-averaged labels need the embedder; set label_neighbours to 0 to train on "
+                              "each prompt's own label")
+        x = embedder.embed(rows["prompt"].tolist(), progress=True, what="labelled prompts for neighbour-averaged labels")
+        q = neighbour_mean(np.asarray(x, dtype=np.float32), q,
+                           neighbours, informative_prompts(td.battles, td.tiers, rows["prompt"], strong, weak))
+    if stretch:
+        ranks = pd.Series(q).rank(method="average").to_numpy()
+        q = STRETCH + (1 - 2 * STRETCH) * (ranks - 1) / max(1, len(q) - 1)
+    return rows.assign(strong=(1.0 - tie) * q, weak=(1.0 - tie) * (1.0 - q))
 
 
 def split_prompts(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,69 +178,11 @@ def write_checkpoint(folder: Path, model: Any, tokenizer: Any, meta: dict) -> Pa
     return folder
 
 
-# ------------------------------------------------------------------------------ shared by the training loops
-
-
-def warmup_linear(optimizer: Any, total_steps: int, warmup_fraction: float) -> Any:
-    """Linear warm-up over `warmup_fraction` of the steps, then linear decay to zero at `total_steps`."""
-    import torch
-
-    warmup = max(1, int(warmup_fraction * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
-
-
-def optimizer_step(loss: Any, params: Any, optimizer: Any, scheduler: Any, bar: Any) -> None:
-    """One update: backward, gradient norm clipped to 1, step, schedule, reset; the loss goes on the bar."""
-    import torch
-
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    bar.update()
-    bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-
-
-class EarlyStopping:
-    """Validation history, the best weights so far and the patience count of one training run."""
-
-    def __init__(self, model: Any, patience: int, name: str) -> None:
-        self.model, self.patience, self.name = model, patience, name
-        self.history: list[dict] = []
-        self.best = float("inf")
-        self.best_state: dict | None = None
-        self.bad_evals = 0
-        self.started = time.perf_counter()
-
-    def record(self, step: int, validation_loss: float) -> bool:
-        """Note one validation; keep the weights when they are the best. True once patience is used up."""
-        self.history.append({"step": step, "validation_loss": round(validation_loss, 5)})
-        log.info("%s step %d: validation loss %.4f", self.name, step, validation_loss)
-        if not validation_loss >= self.best:  # NaN (no validation split) counts as better: keep the last weights
-            self.best, self.bad_evals = validation_loss, 0
-            # kept in host memory: on a GPU a second copy of the weights would take memory that training needs
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-            return False
-        self.bad_evals += 1
-        if self.bad_evals > self.patience:
-            log.info("%s: early stop at step %d (best validation loss %.4f)", self.name, step, self.best)
-            return True
-        return False
-
-    def restore_best(self) -> None:
-        """Load the best weights seen (if any validation ran) and switch to eval mode."""
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        self.model.eval()
-
-    def meta(self, base: str, config: Any, steps: int, max_length: int, n_train: int, n_val: int,
-             td: Any, **extra: Any) -> dict:
-        """meta.json of the checkpoint: what was trained, on what, and how the validation loss went."""
-        return {"router": self.name, "base": base, "max_length": max_length, "config": asdict(config),
-                "steps": steps, "train_seconds": round(time.perf_counter() - self.started, 1),
-                "validation": self.history, "prompts": {"train": int(n_train), "validation": int(n_val)},
-                "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", ""),
-                "pair": {"strong": config.strong, "weak": config.weak,
-                         "tiers": [td.tiers[config.strong], td.tiers[config.weak]]}, **extra}
+def checkpoint_meta(name: str, base: str, config: Any, report: Any, max_length: int, n_train: int, n_val: int,
+                    td: Any, **extra: Any) -> dict:
+    """meta.json of a classifier checkpoint: what was trained, on what, and how the run went (models/finetune.py)."""
+    return {"router": name, "base": base, "max_length": max_length, "config": asdict(config), **report.meta(),
+            "prompts": {"train": int(n_train), "validation": int(n_val)},
+            "tiers": dict(td.tiers), "data_hash": td.report.get("data_hash", ""),
+            "pair": {"strong": config.strong, "weak": config.weak,
+                     "tiers": [td.tiers[config.strong], td.tiers[config.weak]]}, **extra}

@@ -9,7 +9,7 @@ from index.errors import ArtifactError, ConfigError
 from models.labels import prompt_outcomes, split_prompts
 from tests.models.test_sw_ranking import _training_data
 
-TINY = dict(strong="strong-1", weak="weak-1", max_length=32, epochs=40, batch_size=16, lr=2e-3, warmup_fraction=0.0, val_fraction=0.1, patience=100,
+TINY = dict(strong="strong-1", weak="weak-1", label_neighbours=0, max_length=32, epochs=40, batch_size=16, lr=2e-3, warmup_fraction=0.0, val_fraction=0.1, patience=100,
             evals_per_epoch=1, seed=0)
 
 

@@ -9,7 +9,7 @@ from tests.models.test_sw_ranking import _training_data
 
 # fp32 training: under bf16 autocast this 64-wide random model's label logits differ by less than bf16's
 # resolution, so the run learned nothing on some CPUs (math 0.5804 vs chat 0.5804) and the test flipped.
-TINY = dict(strong="strong-1", weak="weak-1", max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
+TINY = dict(strong="strong-1", weak="weak-1", label_neighbours=0, max_length=112, max_train_prompts=0, epochs=12, batch_size=8, lr=5e-3, train_layers=-1,
             val_fraction=0.1, evals=3, patience=100, seed=0, bf16=False)
 
 
