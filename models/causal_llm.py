@@ -443,6 +443,9 @@ def _load_for_training(base: str) -> tuple[Any, Any]:
             model = PeftModel.from_pretrained(model, base).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot load causal base {base!r} as a causal LM: {str(exc).splitlines()[0]}") from exc
+    if getattr(getattr(model, "model", None), "layers", None) is None:
+        raise ConfigError(f"cannot load causal base {base!r} as a causal LM: {type(model).__name__} is not a "
+                          "decoder-only LM with a block stack (Llama, Mistral, Qwen, SmolLM, ...)")
     return tokenizer, model
 
 
@@ -474,6 +477,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
 
     config = config or CausalLLMConfig()
     device = pick_device(config.device)  # before any loading: a bad value or a missing GPU fails at once
+    if config.lora and config.lora_r < 1:
+        raise ConfigError(f"lora_r must be at least 1, got {config.lora_r}")
     base = resolve_base(config)
     torch.manual_seed(config.seed)
     tokenizer, model = _load_for_training(base)  # a bad base fails before the labels are computed
@@ -524,6 +529,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
         warmup_fraction=config.warmup_fraction, max_steps=config.max_steps, evals=config.evals,
         patience=config.patience, max_minutes=config.max_minutes, bf16=config.bf16 and (device == "cpu" or native_bf16(device)),
         device=device, seed=config.seed, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        lora_targets=sorted({n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)}),
         lora_layers=top, progress=progress)
     model, report = fit(model, NAME, subset(train_idx), subset(val_idx), pad_id, logits, settings, lora_task="CAUSAL_LM")
 

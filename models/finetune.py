@@ -52,8 +52,8 @@ class FitSettings:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_targets: str | list[str] = "all-linear"
-    lora_layers: list[int] | None = None  # the blocks that get adapters (peft's layers_to_transform); None: all
+    lora_targets: str | list[str] = "all-linear"  # module names (peft's target_modules)
+    lora_layers: list[int] | None = None  # the blocks whose target modules get adapters (peft's layers_to_transform)
     progress: bool = True
 
 
@@ -204,7 +204,7 @@ def fit(model: Any, name: str, train_set: SoftTargetSet, val_set: SoftTargetSet 
     """Train `model` on the soft targets; returns the model with the best validation weights (LoRA merged), and
     the report. `logits(model, batch)` gives (B, K) label logits for a collated batch; only parameters with
     requires_grad move (the router freezes what it does not train before calling)."""
-    from transformers import TrainingArguments
+    from transformers import PrinterCallback, TrainingArguments
 
     if settings.lora:
         if lora_task is None:
@@ -231,6 +231,8 @@ def fit(model: Any, name: str, train_set: SoftTargetSet, val_set: SoftTargetSet 
         run = _run_callback(name, settings)
         trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set if has_val else None,
                                    data_collator=collate(pad_id), logits=logits, callbacks=[run])
+        if not settings.progress:
+            trainer.remove_callback(PrinterCallback)  # quiet means quiet: no per-log dicts on stdout either
         started = time.perf_counter()
         baseline = trainer.evaluate()["eval_loss"] if has_val else None  # the untrained loss, for the record
         loop_started = time.perf_counter()

@@ -70,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--strong", help="bert, causal_llm: strong model whose tier the labels are read for "
                        "(default gpt-4-1106-preview); serving checks it against routers.strong_model")
     train.add_argument("--weak", help="bert, causal_llm: weak model (default Mixtral-8x7B-Instruct-v0.1)")
+    train.add_argument("--lora", action="store_true", default=None,
+                       help="causal_llm: LoRA adapters (peft) on the trained blocks instead of training them in full, "
+                       "merged into the saved checkpoint (how an 8B base fits one GPU)")
+    train.add_argument("--lora-r", type=int, help="causal_llm with --lora: adapter rank (default 16)")
+    train.add_argument("--label-neighbours", type=int,
+                       help="bert, causal_llm: average each prompt's label over this many neighbours (0: its own "
+                       "label; default in models/labels.py)")
 
     ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation: the dev benchmarks, MT-Bench, MMLU, GSM8K, "
                         "your own held-out files, and the obvious-prompts check")
@@ -268,7 +275,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     flags = {"factory": args.factory, "epochs": args.epochs, "seed": args.seed, "max_steps": args.max_steps,
              "base": args.base, "strong": args.strong, "weak": args.weak, "balance_sources": args.balance_sources,
-             "balance_prompts": args.balance_prompts}
+             "balance_prompts": args.balance_prompts, "lora": args.lora, "lora_r": args.lora_r,
+             "label_neighbours": args.label_neighbours}
     given = {k: v for k, v in flags.items() if v is not None}
     trainer_config(args.router, given)  # an option the router does not take fails before the embedder loads
     folder = train(_context(args), args.router, given)

@@ -1,4 +1,5 @@
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,14 @@ def trained(tiny_base, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def lora_trained(tiny_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora-routers")
+    cl.train(_training_data(n_battles=3000), None, root,
+             cl.CausalLLMConfig(base=tiny_base, **{**TINY, "lora": True, "lora_r": 8, "train_layers": 1}), progress=False)
+    return root
+
+
 def _router(root, backend="transformers", **kw):
     return cl.CausalLLMRouter.from_artifacts(root, strong="strong-1", weak="weak-1", backend=backend, **kw)
 
@@ -77,6 +86,66 @@ def test_learns_a_separable_signal(trained):
     probs = router.predict(["math equation algebra item 3"])
     assert probs.shape == (1, 5)
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-6)
+
+
+def test_lora_trains_the_top_blocks_and_saves_a_merged_checkpoint(tiny_base, lora_trained):
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = lora_trained / cl.NAME
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["lora"] == {"r": 8, "alpha": 32, "dropout": 0.05, "merged": True,
+                            "targets": ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]}
+    assert meta["steps"] > 0 and meta["step_seconds"] > 0 and meta["train_loss"] and meta["validation"]
+    assert not (folder / "adapter_config.json").exists()  # a plain checkpoint: what vLLM's classify runner loads
+    trained, base = load_file(folder / "model.safetensors"), load_file(f"{tiny_base}/model.safetensors")
+    assert not any("lora" in name for name in trained)
+    moved = {name for name in base if "layers." in name and not np.array_equal(trained[name].numpy(), base[name].numpy())}
+    assert moved and all(name.startswith("model.layers.1.") for name in moved), sorted(moved)  # the top block only
+    router = _router(lora_trained, batch_size=4)
+    math = router.score([f"math equation algebra item {i}" for i in range(1, 20, 2)])
+    chat = router.score([f"chat greeting hello item {i}" for i in range(0, 20, 2)])
+    assert math.min() > chat.max(), (math.min(), chat.max())
+
+
+def test_bad_bases_are_one_line_errors_and_leave_the_artifact(tiny_base, trained, tmp_path):
+    import json
+    import shutil
+
+    import transformers
+
+    td = _training_data(n_battles=200)
+    root = tmp_path / "routers"
+    shutil.copytree(trained, root)
+    before = (root / cl.NAME / "model.safetensors").read_bytes()
+
+    def refused(base, fragment, **options):
+        with pytest.raises(ConfigError, match=fragment):
+            cl.train(td, None, root, cl.CausalLLMConfig(base=str(base), **{**TINY, "max_steps": 1, **options}),
+                     progress=False)
+
+    plain = tmp_path / "no-template"
+    shutil.copytree(tiny_base, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    refused(plain, "has no chat template")
+    encoder = tmp_path / "encoder"
+    transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=64)).save_pretrained(encoder)
+    for f in Path(tiny_base).iterdir():  # SmolLM2's tokenizer, chat template included, over an encoder
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, encoder)
+    refused(encoder, "as a causal LM")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone"),
+                                                             "peft_type": "LORA"}))
+    refused(adapter, "names base .*gone")
+    refused(tiny_base, "lora_r must be", lora=True, lora_r=0)
+    assert (root / cl.NAME / "model.safetensors").read_bytes() == before
 
 
 def test_long_query_is_cut_instruction_kept(trained):
@@ -113,7 +182,10 @@ def test_missing_base_model_is_a_clear_error(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
-def test_vllm_classify_equals_transformers_forward(trained):
+@pytest.mark.parametrize("fixture", ["trained", "lora_trained"])
+def test_vllm_classify_equals_transformers_forward(fixture, request):
+    """vLLM's classify runner serves a fully fine-tuned and a LoRA-trained (merged) checkpoint alike."""
+    trained = request.getfixturevalue(fixture)
     prompts = ["math equation algebra item 3", "chat greeting hello item 4", "something else entirely " * 3,
                "chat greeting hello " * 100]
     want = _router(trained).predict(prompts)
