@@ -19,7 +19,10 @@ any choice of issue 22 and never chosen on: it is read once per issue, at its en
 file shows generalises. Its balanced subset's easy prompts are all longer than its hard ones.
 
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
-balanced subset. Measured figures belong in BENCHMARKS.md, not here.
+balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`. Every
+trained artifact carries its own check (`record_check`, run by `models.pipeline.train`), and `turnout serve` warns
+when it enables a router whose check is below those (`below_target`). Measured figures belong in BENCHMARKS.md,
+not here.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ LABELS = ("hard", "easy")
 COLUMNS = ("prompt", "label", "kind", "balanced")
 TARGET_AUC = 0.8
 TARGET_AUC_BALANCED = 0.7
+ROUTER_TARGET_AUC = 0.75
+ROUTER_TARGET_AUC_BALANCED = 0.65
+CHECK_FILE = "obvious.json"  # in a trained router's artifact folder
 # The length baseline is computed here (p_strong = characters), so the report always shows the floor.
 LENGTH = "length"
 
@@ -208,3 +214,27 @@ def format_obvious(report: dict[str, dict[str, Any]]) -> str:
 
 def _interval(bounds: tuple[float, float]) -> str:
     return f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
+def record_check(name: str, router: Router, folder: Path) -> dict[str, Any]:
+    """Score the committed obvious file with a freshly trained router and keep the AUCs beside its artifact."""
+    entry = obvious_report({name: router}, n_bootstrap=200)[name]
+    check = {"file": OBVIOUS_PATH.name, "auc": round(entry["auc"], 4), "auc_balanced": round(entry["auc_balanced"], 4)}
+    (Path(folder) / CHECK_FILE).write_text(json.dumps(check) + "\n")
+    return check
+
+
+def below_target(name: str, folder: Path) -> str | None:
+    """A one-line warning when the artifact's recorded check misses the router targets; None when it meets them
+    or when no check was recorded (an artifact trained before checks were kept)."""
+    try:
+        check = json.loads((Path(folder) / CHECK_FILE).read_text())
+        whole, balanced = float(check["auc"]), float(check["auc_balanced"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if whole >= ROUTER_TARGET_AUC and balanced >= ROUTER_TARGET_AUC_BALANCED:
+        return None
+    return (f"{name} ranks a clearly hard prompt above a clearly easy one with AUC {whole:.2f} (length-balanced "
+            f"{balanced:.2f}; targets {ROUTER_TARGET_AUC} and {ROUTER_TARGET_AUC_BALANCED}): its decisions will look "
+            "close to random or backwards; BENCHMARKS.md, 'Why the classifiers routed backwards'")
+

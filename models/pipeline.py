@@ -125,12 +125,20 @@ def trainer_config(name: str, options: dict[str, Any] | None = None, home: Path 
 
 
 def train(ws: Workspace, name: str, options: dict[str, Any] | None = None) -> Path:
-    """Train `name` on <home>/data (built first if absent) and write its artifact; returns the folder."""
+    """Train `name` on <home>/data (built first if absent) and write its artifact with its obvious-prompt check
+    (models/obvious.py); returns the folder."""
+    from models.obvious import record_check
+
     spec = entry(name)
     config = trainer_config(name, options, ws.home)  # options checked before any slow step
     td = training_data(ws)
     ws.on_status(f"training {name} ...")
-    return spec.trainer_function()(td, ws.embedder, ws.routers, config, progress=True)
+    folder = spec.trainer_function()(td, ws.embedder, ws.routers, config, progress=True)
+    ws.on_status(f"{name}: scoring the obvious-prompt check ...")
+    options = {"backend": "transformers"} if spec.backend == "classifier" else {}  # no engine start for 160 prompts
+    pair = {"strong": config.strong, "weak": config.weak} if hasattr(config, "strong") else {}
+    record_check(name, load_trained(spec, ws.routers, ws.embedder, **pair, **options), folder)
+    return folder
 
 
 def artifact_state(ws: Workspace, name: str) -> tuple[str, str]:

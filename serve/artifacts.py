@@ -170,6 +170,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     """Train what the staleness rule says, check what exists, write reference scores; returns the resolved config."""
     from models import pipeline
     from models.calibration import reference_prompts, save_reference
+    from models.obvious import below_target
 
     config = resolved(config)
     check_classifier(config)  # seconds, before anything slow: a missing checkpoint is not built here
@@ -182,6 +183,10 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     # A broken artifact fails here, before Ray. causal_llm was checked above; its weights load only to score.
     names = [n for n in config.routers.enabled if entries[n].backend != "classifier" or n in todo]
     routers = load_routers(config, names, ws.embedder)
+    for name in config.routers.enabled:
+        warning = below_target(name, ws.routers / name) if entries[name].trained else None
+        if warning:
+            on_status(f"warning: {warning}")
     overlay = serving_overlay(config, ws.embedder.name)  # a mismatched overlay fails here, before Ray
     if not todo:
         return config

@@ -25,18 +25,18 @@ class KeywordRouter(Router):
         return np.array([0.9 if HARD_WORDS.search(p) else 0.1 for p in prompts])
 
 
-@pytest.fixture(scope="module")
-def frame():
-    return obvious.load_obvious()
+@pytest.fixture(scope="module", params=[obvious.OBVIOUS_PATH, obvious.OBVIOUS_HELDOUT_PATH], ids=["dev", "heldout"])
+def frame(request):
+    return obvious.load_obvious(request.param)
 
 
 def test_file_loads_with_both_labels_and_a_balanced_subset(frame):
-    assert len(frame) >= 150
+    assert len(frame) >= 120
     counts = frame["label"].value_counts()
     assert set(counts.index) == {"hard", "easy"}
     assert abs(counts["hard"] - counts["easy"]) <= 0.1 * len(frame)
     balanced = frame[frame["balanced"]]
-    assert len(balanced) >= 60
+    assert len(balanced) >= 40
     assert set(balanced["label"]) == {"hard", "easy"}
     assert abs(balanced["is_hard"].sum() - (~balanced["is_hard"]).sum()) <= 2
     assert not frame["prompt"].duplicated().any()
@@ -135,3 +135,19 @@ def test_load_rejects_missing_and_malformed_files(tmp_path):
         path.write_text(text, encoding="utf-8")
         with pytest.raises(DataNotFoundError):
             obvious.load_obvious(path)
+
+
+def test_trained_artifacts_carry_their_check_and_low_ones_are_named(tmp_path):
+    check = obvious.record_check("keyword", KeywordRouter(), tmp_path)
+    assert json.loads((tmp_path / obvious.CHECK_FILE).read_text()) == check
+    assert check["file"] == obvious.OBVIOUS_PATH.name and 0.5 < check["auc"] <= 1.0 and 0.5 < check["auc_balanced"] <= 1.0
+    for whole, balanced, warned in ((0.9, 0.8, False), (0.38, 0.18, True), (0.9, 0.5, True), (0.7, 0.9, True)):
+        (tmp_path / obvious.CHECK_FILE).write_text(json.dumps({"file": "x", "auc": whole, "auc_balanced": balanced}))
+        message = obvious.below_target("causal_llm", tmp_path)
+        assert (message is not None) == warned
+        if warned:
+            assert message.startswith(f"causal_llm ranks") and f"AUC {whole:.2f}" in message and "\n" not in message
+    (tmp_path / obvious.CHECK_FILE).write_text("{")
+    assert obvious.below_target("mf", tmp_path) is None  # unreadable: an old artifact, nothing to say
+    assert obvious.below_target("mf", tmp_path / "missing") is None
+

@@ -1,5 +1,6 @@
 """`turnout serve`: config checks as one-line errors, artifact preparation, and a real start/stop in a subprocess."""
 
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,24 @@ def test_prepare_builds_only_missing_artifacts(artifacts, tmp_path, monkeypatch)
         assert serve_artifacts.load_reference(config, router) is not None
     serve_artifacts.prepare(parse_app_args(args))
     assert trained == ["mf"]  # nothing missing the second time
+
+
+def test_prepare_warns_about_a_router_below_the_obvious_targets(artifacts, tmp_path):
+    import shutil
+
+    from models.obvious import CHECK_FILE
+    from serve import artifacts as serve_artifacts
+
+    home, reference = artifacts
+    copy = tmp_path / "home"
+    shutil.copytree(home / "routers", copy / "routers")
+    (copy / "routers" / "mf" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.42, "auc_balanced": 0.35}))
+    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.82, "auc_balanced": 0.87}))
+    lines: list[str] = []
+    serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
+                            lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: mf ranks") and "AUC 0.42" in warnings[0]
 
 
 def test_serve_starts_prints_url_answers_and_stops(artifacts, upstream, tmp_path):
