@@ -4,7 +4,7 @@
         [--minilm auto|packaged|random] [--search auto|faiss|torch] [--gpu-memory-utilization 0.9] [--budget-s 280]
 
 Run it from the repository root on a GPU machine: a copy of the repo is enough, with torch (CUDA) and
-transformers (plus numpy and pandas, which `models` imports); vllm, faiss and the MiniLM package are used when
+transformers and peft (plus numpy and pandas, which `models` imports); vllm, faiss and the MiniLM package are used when
 they are installed and replaced by stand-ins when they are not. After warm-up calls it records p50/p90 latency
 over repeated calls, each call with fresh inputs (so no cache of the engine or the OS answers a repeat), of:
 
@@ -19,6 +19,11 @@ over repeated calls, each call with fresh inputs (so no cache of the engine or t
 - search: exact inner-product top-10 of 1 and 32 queries over 100k x 384 unit vectors, through
   `index.store.VectorStore` (a faiss Flat index, moved to the GPU) when faiss sees a GPU, else a torch matmul
   and top-k on the GPU. `search.backend` says which.
+
+- train_lora: LoRA fine-tuning of the same random-init Llama for `train_steps` steps through the one training
+  path (`models.finetune.fit`, as `turnout train causal_llm --lora` runs it): step time, tokens per second, peak
+  GPU memory, the loss curve. The classify figures above are of a random-init model of the same shapes: a trained
+  checkpoint (LoRA merged) has the same shapes, so the same cost per prompt.
 
 It also records the device name, torch / CUDA / driver versions, package versions and the date. The JSON is
 rewritten after every section; a section that fails records its error under `errors` and the others still run
@@ -84,6 +89,8 @@ class Plan:
     warmup: int = 3
     repeats: int = 30
     case_budget_s: float = 10.0  # per measured case: fewer repeats (at least 3) when calls are slow
+    train_steps: int = 30  # the LoRA training leg's optimiser steps
+    train_batch: int = 8
 
     @classmethod
     def for_run(cls, tiny: bool) -> Plan:
@@ -92,7 +99,8 @@ class Plan:
         if not tiny:
             return cls(tiny=False, device=pick_device("cuda"))  # ConfigError without a GPU: this is a GPU check
         return cls(tiny=True, device="cpu", llama=dict(TINY_LLAMA), minilm=dict(TINY_MINILM), prompt_tokens=24,
-                   context=64, minilm_tokens=24, vectors=2_000, warmup=1, repeats=3, case_budget_s=2.0)
+                   context=64, minilm_tokens=24, vectors=2_000, warmup=1, repeats=3, case_budget_s=2.0,
+                   train_steps=3, train_batch=4)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -275,23 +283,73 @@ def _causal_vllm(plan: Plan, gpu_memory_utilization: float) -> dict[str, Any]:
             "batches": batches}
 
 
-def _causal_transformers(plan: Plan) -> dict[str, Any]:
+def _random_llama(plan: Plan, dtype: Any) -> Any:
+    """A random-init Llama of the plan's shapes, made in `dtype` on the device directly (no fp32 copy, no host
+    round trip)."""
     import torch
     import transformers
+
+    config = transformers.LlamaConfig(**plan.llama, max_position_embeddings=plan.context, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(plan.device):
+            return transformers.LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def train_section(plan: Plan) -> dict[str, Any]:
+    """LoRA fine-tuning of the random-init Llama through the path `turnout train causal_llm --lora` takes
+    (`models.causal_llm.trainable_parts`, `models.finetune.fit`): adapters on every block, the five label rows of
+    the head, bf16 autocast on the GPU, random soft targets over `train_steps` batches of `train_batch` prompts.
+    Records the step time, tokens per second and the peak GPU memory of the run."""
+    import torch
+
+    from models.causal_llm import label_logits, trainable_parts
+    from models.finetune import FitSettings, SoftTargetSet, fit
+
+    cuda = plan.device == "cuda"
+    started = time.perf_counter()
+    model = _random_llama(plan, torch.bfloat16 if cuda else torch.float32)
+    build_s = time.perf_counter() - started
+    ids = list(range(3, 8))
+    placement = trainable_parts(model, ids, train_layers=-1, lora=True)
+    rng = np.random.default_rng(0)
+    n = plan.train_steps * plan.train_batch
+    token_ids = rng.integers(8, plan.llama["vocab_size"], size=(n + plan.train_batch, plan.prompt_tokens)).tolist()
+    targets = rng.dirichlet(np.ones(len(ids)), size=n + plan.train_batch)
+    settings = FitSettings(epochs=1, batch_size=plan.train_batch, lr=1e-4, max_steps=plan.train_steps, evals=1,
+                           bf16=cuda, device=plan.device, lora=True, progress=False, **placement)
+    lm = model
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    log.info("train: LoRA on %s, %d steps of %d prompts x %d tokens", plan.device, plan.train_steps, plan.train_batch,
+             plan.prompt_tokens)
+    model, report = fit(model, "gpu-check", SoftTargetSet(token_ids[:n], targets[:n]),
+                        SoftTargetSet(token_ids[n:], targets[n:]), 0,
+                        lambda _, b: label_logits(lm, b["input_ids"], b["attention_mask"], ids), settings,
+                        lora_task="CAUSAL_LM")
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+    del model
+    return {"shapes": plan.llama, "weights": "random init" + (" (tiny)" if plan.tiny else ", Llama-3-8B shapes"),
+            "dtype": "bfloat16 weights, bf16 autocast" if cuda else "float32", "build_s": round(build_s, 1),
+            "steps": report.steps, "batch": plan.train_batch, "prompt_tokens": plan.prompt_tokens,
+            "step_s": round(report.step_seconds, 4),
+            "tokens_per_s": round(plan.train_batch * plan.prompt_tokens / report.step_seconds, 1),
+            "peak_gpu_memory_gib": peak, "trainable_parameters": report.trainable_parameters, "lora": report.lora,
+            "loss": report.history}
+
+
+def _causal_transformers(plan: Plan) -> dict[str, Any]:
+    import torch
 
     from models.causal_llm import label_logits
 
     dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
-    config = transformers.LlamaConfig(**plan.llama, max_position_embeddings=plan.context, tie_word_embeddings=False)
     started = time.perf_counter()
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # made in bf16 on the GPU directly: no fp32 copy, no host round trip
-    try:
-        with torch.device(plan.device):
-            model = transformers.LlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    model = _random_llama(plan, dtype).eval()
     build_s = time.perf_counter() - started
     ids = list(range(3, 8))  # any five rows of the head: what the label tokens are in a trained checkpoint
 
@@ -507,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("search", lambda: search_section(plan, args.search)),
         ("minilm", lambda: minilm_section(plan, args.minilm)),
+        ("train_lora", lambda: train_section(plan)),
         ("causal_llm", lambda: causal_section(plan, args.backend, args.gpu_memory_utilization)),
     ]
     for name, run in sections:

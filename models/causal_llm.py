@@ -467,6 +467,32 @@ def add_label_tokens(tokenizer: Any, model: Any) -> list[int]:
     return ids
 
 
+def trainable_parts(model: Any, ids: list[int], train_layers: int, lora: bool) -> dict[str, Any]:
+    """Mark what trains: the top `train_layers` blocks (-1: all) in full with the final norm, or (lora) nothing of
+    them, their adapters being added by models/finetune.py; and always the five label rows of the head (a gradient
+    mask keeps the rest of the vocabulary still). Returns the LoRA placement for FitSettings."""
+    import torch
+
+    layers = model.model.layers
+    n_train = len(layers) if train_layers < 0 else min(train_layers, len(layers))
+    top = list(range(len(layers) - n_train, len(layers)))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if not lora:
+        for i in top:
+            for p in layers[i].parameters():
+                p.requires_grad_(True)
+        for p in model.model.norm.parameters():
+            p.requires_grad_(True)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    row_mask = torch.zeros(head.shape[0], 1, device=head.device, dtype=head.dtype)
+    row_mask[ids] = 1.0
+    head.register_hook(lambda g: g * row_mask.to(g.device, g.dtype))
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)})
+    return {"lora_targets": linear, "lora_layers": top}
+
+
 def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None = None, progress: bool = True) -> Path:
     """Fine-tune the causal LM to put the label distribution on [[1]]..[[5]] (models/finetune.py): in full on the
     top `train_layers` blocks, or with LoRA adapters on them (`lora`), merged before saving; the five label rows of
@@ -499,23 +525,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     if cut:
         log.warning("causal_llm: %d of %d training queries cut to fit %d tokens", cut, len(rows), config.max_length)
 
-    # Only the top blocks train (in full, or through their LoRA adapters), and of the head only the label rows.
-    layers = model.model.layers
-    n_train = len(layers) if config.train_layers < 0 else min(config.train_layers, len(layers))
-    top = list(range(len(layers) - n_train, len(layers)))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if not config.lora:
-        for i in top:
-            for p in layers[i].parameters():
-                p.requires_grad_(True)
-        for p in model.model.norm.parameters():
-            p.requires_grad_(True)
-    head = model.get_output_embeddings().weight
-    head.requires_grad_(True)
-    row_mask = torch.zeros(head.shape[0], 1)
-    row_mask[ids] = 1.0
-    head.register_hook(lambda g: g * row_mask.to(g.device))  # only the five label rows move
+    lora = trainable_parts(model, ids, config.train_layers, config.lora)
     lm = model  # the causal LM itself: peft wraps it for training, its modules (adapters included) stay its own
 
     def logits(_: Any, batch: dict) -> Any:
@@ -529,8 +539,7 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
         warmup_fraction=config.warmup_fraction, max_steps=config.max_steps, evals=config.evals,
         patience=config.patience, max_minutes=config.max_minutes, bf16=config.bf16 and (device == "cpu" or native_bf16(device)),
         device=device, seed=config.seed, lora=config.lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
-        lora_targets=sorted({n.rsplit(".", 1)[-1] for n, m in layers[0].named_modules() if isinstance(m, torch.nn.Linear)}),
-        lora_layers=top, progress=progress)
+        **lora, progress=progress)
     model, report = fit(model, NAME, subset(train_idx), subset(val_idx), pad_id, logits, settings, lora_task="CAUSAL_LM")
 
     folder = Path(out_root) / NAME

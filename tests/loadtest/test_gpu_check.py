@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("search", "minilm", "causal_llm")
+SECTIONS = ("search", "minilm", "train_lora", "causal_llm")
 
 
 def _check_batches(section: dict, batches=(1, 32)) -> None:
@@ -39,7 +39,7 @@ def test_tiny_run_writes_every_section(tmp_path):
     assert env["device"] == "cpu" and env["torch"] and env["date"].startswith("20") and "torch" in env["packages"]
     assert "cuda" in env  # null on a CPU build; the CUDA version on a GPU machine
 
-    for name in SECTIONS:
+    for name in ("search", "minilm", "causal_llm"):
         _check_batches(report[name])
         assert report[name]["section_s"] >= 0
     causal = report["causal_llm"]
@@ -47,6 +47,11 @@ def test_tiny_run_writes_every_section(tmp_path):
     assert causal["shapes"] == gpu_check.TINY_LLAMA and causal["prompt_tokens"] == report["plan"]["prompt_tokens"]
     assert causal["parameters"] > 0 and causal["dtype"] == "float32"
     assert report["minilm"]["backend"] == "random-init" and report["minilm"]["shapes"] == gpu_check.TINY_MINILM
+    train = report["train_lora"]
+    assert train["steps"] == report["plan"]["train_steps"] == 3 and train["batch"] == 4
+    assert train["step_s"] > 0 and train["tokens_per_s"] > 0 and train["trainable_parameters"] > 0
+    assert train["lora"]["merged"] and train["peak_gpu_memory_gib"] is None  # no GPU here
+    assert [h["step"] for h in train["loss"] if "validation_loss" in h] == [0, 3]
     search = report["search"]
     assert search["backend"] == "torch-matmul-topk" and search["self_match"] is True
     assert (search["vectors"], search["dim"], search["k"]) == (report["plan"]["vectors"], 384, 10)
