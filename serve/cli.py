@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                     "deploy/causal.yaml serves on CPUs with AVX512-BF16)")
     ev.add_argument("--no-obvious", action="store_true",
                     help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
+    ev.add_argument("--obvious-heldout", action="store_true",
+                    help="also score the held-out obvious file (models/obvious_prompts_heldout.jsonl, never chosen on: "
+                    "read it once, at the end of a piece of work) into obvious_heldout.json")
+    ev.add_argument("--retrain", action="store_true",
+                    help="first retrain every trained router in --router on <home>/data with its default settings "
+                    "(bert and causal_llm too: a long run on a CPU), so no figure is older than the data")
     ev.add_argument("--strong", default=DEFAULT_STRONG, help=f"strong model of --bench files (default {DEFAULT_STRONG})")
     ev.add_argument("--weak", default=DEFAULT_WEAK, help=f"weak model of --bench files (default {DEFAULT_WEAK})")
     ev.add_argument("--out", help="folder for results.json and one PNG per benchmark (default: <home>/eval)")
@@ -296,6 +302,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data_path = ws.data() if any(isinstance(b, str) for b in benches) else None  # user files need no shared data
     warn_trained_on(benches, ws.home)
     out = Path(args.out) if args.out else ws.home / "eval"
+    if args.retrain:
+        from models.pipeline import train
+        from models.registry import entry
+
+        for name in names:
+            if entry(name).trained:
+                train(ws, name)
     options = {"causal_llm": {"dtype": args.causal_dtype}}
     routers_for, scored_pairs = routers_by_pair(names, ws, pair, options)
     results = evaluate(routers_for, benches, data_path, out, bootstrap=args.bootstrap)
@@ -305,6 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     write_results(results, out / "results.json")  # again, now with the pairs classifiers were scored for
     if not args.no_obvious:
         print(format_obvious(obvious_check(routers_for, out, args.bootstrap)))
+    if args.obvious_heldout:
+        print(format_obvious(obvious_check(routers_for, out, args.bootstrap, heldout=True)))
     write_results(quality_summary(results), out / "quality.json")
     print(format_table(results))
     print(f"wrote {out / 'results.json'}, {out / 'quality.json'} and {len(benches)} plots")

@@ -76,6 +76,8 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
 
     assert _run(capsys, "train", "sw_ranking", *home)[0] == 0
     assert _run(capsys, "train", "mf", "--epochs", "1", *home)[0] == 0
+    check = json.loads((tmp_path / "routers" / "mf" / "obvious.json").read_text())  # every trained artifact's own
+    assert check["file"] == "obvious_prompts.jsonl" and 0.0 <= check["auc"] <= 1.0
     code, out, err = _run(capsys, "eval", "--router", "sw_ranking,mf,length,random", "--bench", "gsm8k", "--out", str(tmp_path / "eval"), *home)
     assert code == 0, err
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -89,6 +91,14 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
     code, _, err = _run(capsys, "eval", "--router", "sw_ranking", "--bench", "gsm8k", "--out", str(tmp_path / "eval2"), *home)
     assert code == 0, err
     assert json.loads((tmp_path / "routers" / "sw_ranking" / "manifest.json").read_text())["n_tiers"] == 8
+    # --retrain: every trained router again from the current data, whatever its state; --obvious-heldout beside
+    trained_at = (tmp_path / "routers" / "mf" / "meta.json").stat().st_mtime_ns
+    code, out, err = _run(capsys, "eval", "--router", "mf,length", "--bench", "gsm8k", "--retrain", "--obvious-heldout",
+                          "--out", str(tmp_path / "eval3"), *home)
+    assert code == 0, err
+    assert (tmp_path / "routers" / "mf" / "meta.json").stat().st_mtime_ns > trained_at
+    heldout = json.loads((tmp_path / "eval3" / "obvious_heldout.json").read_text())
+    assert set(heldout) == {"mf", "length"} and heldout["length"]["auc_balanced"] == 0.0
 
     code, out, err = _run(capsys, "calibrate", "--router", "sw_ranking", "--strong-ratio", "0.3", "--reference", "gsm8k", *home)
     assert code == 0, err
