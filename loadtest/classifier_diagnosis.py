@@ -10,6 +10,8 @@ frozen (cached) embeddings of the served embedder:
   classifier can learn from topic alone);
 - the most a per-prompt classifier can gain over a constant prediction, in the soft cross-entropy it is trained
   on (the targets' entropy against the cross-entropy of their mean);
+- causal_llm's prompt: the instruction and chat template's token count, the query budget left at the configured
+  `max_length`, and how many training queries are cut to fit it;
 - label variants, each through the same ridge probe from the embedding to the target, scored on the four dev
   benchmarks (APGR, each benchmark for its own pair) and on the committed obvious-prompt file (AUC, whole and
   length-balanced): `pair` (models/labels.py, what bert and causal_llm learn today), `pair − source mean`
@@ -90,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     constant = np.broadcast_to(targets.mean(axis=0), targets.shape)
     report["soft_ce"] = {"constant_prediction": round(soft_ce(targets, constant), 5),
                          "perfect_prediction": round(soft_ce(targets, targets), 5)}
+
+    from models.causal_llm import CausalLLMConfig, PromptBuilder, default_base
+    from transformers import AutoTokenizer
+
+    causal = CausalLLMConfig()
+    builder = PromptBuilder(AutoTokenizer.from_pretrained(str(default_base(home / "base_models"))), causal.max_length)
+    lengths = np.array([len(ids) for ids in builder.tokenizer(prompts, add_special_tokens=False)["input_ids"]])
+    report["causal_prompt"] = {"max_length": causal.max_length, "template_tokens": len(builder.prefix) + len(builder.suffix),
+                               "query_budget": builder.budget, "median_query_tokens": float(np.median(lengths)),
+                               "queries_cut": int((lengths > builder.budget).sum())}
 
     x = embedder.embed(prompts, progress=True, what="labelled training prompts")
     variants = {"pair": y, "pair - source mean": y - source_mean + y.mean()}

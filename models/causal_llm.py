@@ -97,7 +97,7 @@ class CausalLLMConfig:
     evals: int = 3  # validation passes over the run (early stopping keeps the best)
     patience: int = 1
     max_steps: int | None = None
-    max_minutes: float | None = 16.0  # wall-clock cap on the optimiser loop: with load, validation and save ≤ 20 min
+    max_minutes: float | None = 45.0  # wall-clock cap on the optimiser loop: with labels, validation and save ≤ 1 hour
     # bf16 autocast for training forward/backward (AVX512-BF16 CPUs; on CUDA only GPUs with native bf16, else fp32);
     # scoring stays fp32
     bf16: bool = True

@@ -170,7 +170,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     """Train what the staleness rule says, check what exists, write reference scores; returns the resolved config."""
     from models import pipeline
     from models.calibration import reference_prompts, save_reference
-    from models.obvious import below_target
+    from models.obvious import CHECK_FILE, below_target, record_check
 
     config = resolved(config)
     check_classifier(config)  # seconds, before anything slow: a missing checkpoint is not built here
@@ -184,7 +184,12 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     names = [n for n in config.routers.enabled if entries[n].backend != "classifier" or n in todo]
     routers = load_routers(config, names, ws.embedder)
     for name in config.routers.enabled:
-        warning = below_target(name, ws.routers / name) if entries[name].trained else None
+        if not entries[name].trained:
+            continue
+        if name in routers and not (ws.routers / name / CHECK_FILE).exists():  # trained before checks were kept
+            on_status(f"{name}: scoring the obvious-prompt check ...")
+            record_check(name, routers[name], ws.routers / name)
+        warning = below_target(name, ws.routers / name)
         if warning:
             on_status(f"warning: {warning}")
     overlay = serving_overlay(config, ws.embedder.name)  # a mismatched overlay fails here, before Ray

@@ -137,6 +137,11 @@ def test_prepare_warns_about_a_router_below_the_obvious_targets(artifacts, tmp_p
                             lines.append)
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: mf ranks") and "AUC 0.42" in warnings[0]
+    (copy / "routers" / "sw_ranking" / CHECK_FILE).unlink()  # an artifact from before checks: scored once, kept
+    serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
+                            lines.append)
+    assert "sw_ranking: scoring the obvious-prompt check ..." in lines
+    assert 0.0 <= json.loads((copy / "routers" / "sw_ranking" / CHECK_FILE).read_text())["auc"] <= 1.0
 
 
 def test_serve_starts_prints_url_answers_and_stops(artifacts, upstream, tmp_path):
