@@ -52,7 +52,7 @@ class BertConfig:
     weak: str = DEFAULT_WEAK
     base: str | None = None  # HF encoder id or path; None = the packaged all-MiniLM-L6-v2
     max_length: int = 128  # tokens; median training prompt is ~40 tokens, long MT-Bench turns are cut here
-    epochs: int = 4
+    epochs: int = 1  # the recipe measured with the current labels (BENCHMARKS.md, issue 22); early stopping beyond
     batch_size: int = 32
     lr: float = 5e-5
     weight_decay: float = 0.01

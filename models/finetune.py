@@ -9,11 +9,11 @@ clipping, length-grouped batches, evaluation every `eval_steps`, early stopping 
 best weights restored, an optional wall-clock budget, bf16 autocast where asked, progress bars, and one report
 of the step time and the loss curves (train and validation) that goes into the checkpoint's meta.json.
 
-LoRA (`lora=True`, through peft): low-rank adapters on every linear layer of the base, the way a Llama-3-8B is
-fine-tuned on one GPU; weights the router marks trainable itself (causal_llm's five label rows, bert's head) keep
-training in full beside them. `fit` merges the adapters into the base before it returns, so what is saved and
-served is a plain checkpoint: vLLM's classify runner loads it like any other (its LoRA support is for generation,
-not for the pooling runner that scores here).
+LoRA (`lora=True`, through peft): low-rank adapters on the linear layers the router names, the way a Llama-3-8B is
+fine-tuned on one GPU; weights the router marks trainable itself (causal_llm's five label rows) keep training in
+full beside them. `fit` merges the adapters into the base before it returns, so what is saved and served is a plain
+checkpoint: vLLM's classify runner loads it like any other, with no adapter to configure
+(tests/models/test_causal_llm.py checks its scores against a transformers forward pass).
 """
 
 from __future__ import annotations

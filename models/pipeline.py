@@ -93,11 +93,16 @@ def training_data(ws: Workspace, *, rebuild: bool = False, arena: str | None = N
     return td
 
 
-def _data_hash(path: Path) -> str | None:
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text()).get("data_hash")
-    except (OSError, ValueError, AttributeError):
-        return None  # absent or unreadable: the loader that needs it reports it properly
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: the loader that needs it reports it properly
+    return value if isinstance(value, dict) else {}
+
+
+def _data_hash(path: Path) -> str | None:
+    return _read_json(path).get("data_hash")
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -134,6 +139,11 @@ def train(ws: Workspace, name: str, options: dict[str, Any] | None = None) -> Pa
     td = training_data(ws)
     ws.on_status(f"training {name} ...")
     folder = spec.trainer_function()(td, ws.embedder, ws.routers, config, progress=True)
+    run = _read_json(folder / "meta.json")
+    if run.get("step_seconds"):  # the fine-tuned classifiers (models/finetune.py): the same summary for each
+        curve = [h["validation_loss"] for h in run.get("validation", [])]
+        ws.on_status(f"{name}: {run['steps']} steps, {run['step_seconds']:.2f} s per step, validation loss "
+                     + (f"{curve[0]:.4f} -> best {run['best_validation_loss']:.4f}" if curve and run.get("best_validation_loss") is not None else "not measured"))
     ws.on_status(f"{name}: scoring the obvious-prompt check ...")
     options = {"backend": "transformers"} if spec.backend == "classifier" else {}  # no engine start for 160 prompts
     pair = {"strong": config.strong, "weak": config.weak} if hasattr(config, "strong") else {}
