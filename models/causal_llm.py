@@ -237,18 +237,6 @@ def label_logits(model: Any, input_ids: Any, attention_mask: Any, ids: list[int]
     return h.float() @ weight.float().T
 
 
-def _pad(batch: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    return ids, mask
-
-
 class TransformersScorer:
     """Reference/fallback scorer: a transformers forward pass, label softmax at the last position.
 
@@ -268,12 +256,14 @@ class TransformersScorer:
     def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
         import torch
 
+        from models.finetune import pad
+
         out = np.empty((len(token_ids), len(ids)))
         order = np.argsort([len(x) for x in token_ids], kind="stable")
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 idx = order[start: start + self.batch_size]
-                input_ids, mask = (t.to(self.device) for t in _pad([token_ids[i] for i in idx], pad_id))
+                input_ids, mask = (t.to(self.device) for t in pad([token_ids[i] for i in idx], pad_id))
                 out[idx] = torch.softmax(label_logits(self.model, input_ids, mask, ids), dim=-1).cpu().numpy()
         return out
 

@@ -92,17 +92,25 @@ class SoftTargetSet:
         return {"input_ids": self.token_ids[i], "targets": self.targets[i]}
 
 
+def pad(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded input_ids and their attention_mask, as (B, longest) tensors."""
+    import torch
+
+    width = max(len(x) for x in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, x in enumerate(sequences):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return ids, mask
+
+
 def collate(pad_id: int) -> Callable[[list[dict]], dict[str, Any]]:
-    """Right-padded input_ids and attention_mask, stacked targets."""
+    """A batch of examples: right-padded input_ids and attention_mask, stacked targets."""
     import torch
 
     def batch(examples: list[dict]) -> dict[str, Any]:
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            mask[i, : len(e["input_ids"])] = 1
+        ids, mask = pad([e["input_ids"] for e in examples], pad_id)
         return {"input_ids": ids, "attention_mask": mask,
                 "targets": torch.tensor(np.stack([e["targets"] for e in examples]))}
 

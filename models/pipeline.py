@@ -144,10 +144,13 @@ def train(ws: Workspace, name: str, options: dict[str, Any] | None = None) -> Pa
         curve = [h["validation_loss"] for h in run.get("validation", [])]
         ws.on_status(f"{name}: {run['steps']} steps, {run['step_seconds']:.2f} s per step, validation loss "
                      + (f"{curve[0]:.4f} -> best {run['best_validation_loss']:.4f}" if curve and run.get("best_validation_loss") is not None else "not measured"))
+    strong, weak = (config.strong, config.weak) if hasattr(config, "strong") else (DEFAULT_STRONG, DEFAULT_WEAK)
+    if strong not in td.tiers or weak not in td.tiers:
+        ws.on_status(f"{name}: obvious-prompt check skipped ({strong} and {weak} are not both in this data's tiers)")
+        return folder
     ws.on_status(f"{name}: scoring the obvious-prompt check ...")
     options = {"backend": "transformers"} if spec.backend == "classifier" else {}  # no engine start for 160 prompts
-    pair = {"strong": config.strong, "weak": config.weak} if hasattr(config, "strong") else {}
-    record_check(name, load_trained(spec, ws.routers, ws.embedder, **pair, **options), folder)
+    record_check(name, load_trained(spec, ws.routers, ws.embedder, strong=strong, weak=weak, **options), folder)
     return folder
 
 
