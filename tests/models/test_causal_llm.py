@@ -301,3 +301,25 @@ def test_transformers_scorer_runs_where_it_is_told(trained, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
         _router(trained, device="cuda")
+
+
+def test_lora_on_the_packaged_smollm2(tmp_path):
+    """The default base itself (SmolLM2-135M-Instruct, converted from the packaged GGUF) through --lora: a short run
+    whose merged checkpoint loads and scores."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("peft")
+    try:
+        cl.smollm2_gguf()
+    except DataNotFoundError as exc:
+        pytest.skip(str(exc))
+    config = cl.CausalLLMConfig(strong="strong-1", weak="weak-1", label_neighbours=0, cache_dir=str(tmp_path / "base"),
+                                max_length=96, max_train_prompts=16, max_val_prompts=8, batch_size=4, max_steps=2,
+                                evals=1, lora=True, lora_r=4, train_layers=2, bf16=False)
+    folder = cl.train(_training_data(n_battles=400), None, tmp_path / "routers", config, progress=False)
+    import json
+
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["steps"] == 2 and meta["lora"]["merged"] and meta["base"].endswith(cl.SMOLLM2_NAME)
+    router = _router(tmp_path / "routers", batch_size=4)
+    probs = router.predict(["What is 2 + 2?", "Prove that there are infinitely many primes."])
+    assert probs.shape == (2, 5) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
