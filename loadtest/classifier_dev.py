@@ -21,13 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-DEV = ("mmlu-pro-dev", "faithful-cot-dev", "routerbench-dev", "routerdc-dev")
-
-
 def main(argv: list[str] | None = None) -> int:
     from index.paths import data_dir
     from models import pipeline
-    from models.benchmarks import load_benchmark
+    from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
     from models.obvious import obvious_report
     from models.registry import entry
@@ -43,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ws = pipeline.workspace(args.home)
     td = pipeline.training_data(ws)
-    benches = [load_benchmark(name, data_dir(None)) for name in DEV]
+    benches = [load_benchmark(name, data_dir(None)) for name in DEV_BENCHMARKS]
     spec = entry(args.router)
     report = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "command": " ".join(["python -m loadtest.classifier_dev", *argv]), "variants": {}}

@@ -33,16 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEV = ("mmlu-pro-dev", "faithful-cot-dev", "routerbench-dev", "routerdc-dev")
-
-
-def ridge(x: np.ndarray, y: np.ndarray, lam: float = 1.0) -> np.ndarray:
-    """Coefficients of a ridge regression with an unpenalised intercept (last)."""
-    xa = np.hstack([x, np.ones((len(x), 1))])
-    penalty = lam * np.eye(xa.shape[1])
-    penalty[-1, -1] = 0.0
-    return np.linalg.solve(xa.T @ xa + penalty, xa.T @ y)
-
 
 def soft_ce(targets: np.ndarray, probs: np.ndarray) -> float:
     return float(-(targets * np.log(np.clip(probs, 1e-12, 1))).sum(axis=1).mean())
@@ -53,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from index.paths import artifacts_dir, data_dir
     from models import data as training
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
-    from models.benchmarks import load_benchmark
+    from loadtest.label_probe import ridge
+    from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.labels import OUTCOMES, informative_prompts, neighbour_mean, p_strong_from_outcomes, prompt_outcomes
     from models.metrics import summarize
     from models.obvious import auc, load_obvious
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.k:
         variants[f"knn-{k}"] = neighbour_mean(x, y, k)
         variants[f"knn-{k} informative"] = neighbour_mean(x, y, k, informative)
-    benches = {name: load_benchmark(name, data_dir(None)) for name in DEV}
+    benches = {name: load_benchmark(name, data_dir(None)) for name in DEV_BENCHMARKS}
     bench_x = {name: embedder.embed(list(b.prompts), progress=True, what=f"{name} prompts") for name, b in benches.items()}
     obvious = load_obvious()
     obvious_x = embedder.embed(obvious["prompt"].tolist(), what="obvious prompts")

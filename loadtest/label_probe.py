@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, lam: float = 1.0) -> np.ndarray:
+def ridge(x: np.ndarray, y: np.ndarray, lam: float = 1.0) -> np.ndarray:
     """Coefficients (with an unpenalised intercept, last) of a ridge regression."""
     xa = np.hstack([x, np.ones((len(x), 1))])
     penalty = lam * np.eye(xa.shape[1])
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     print(f"{'label':36s} " + " ".join(f"{name:>9s}" for name in benches))
     for name, y in labels.items():
-        coef = _ridge(x, y)
+        coef = ridge(x, y)
         results[name] = {}
         for bench_name, bench in benches.items():
             scores = bench_x[bench_name] @ coef[:-1] + coef[-1]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     y = labels[f"pair, prior {args.prior[0]:g}"]
     train_idx, val_idx = split_prompts(len(y), 0.1, seed=0)
-    coef = _ridge(x[train_idx], y[train_idx])
+    coef = ridge(x[train_idx], y[train_idx])
     predicted = x[val_idx] @ coef[:-1] + coef[-1]
     source = td.battles.groupby("prompt")["source"].first().loc[prompts].to_numpy()[val_idx]
     held_out: dict[str, dict[str, float]] = {}

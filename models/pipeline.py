@@ -141,9 +141,9 @@ def train(ws: Workspace, name: str, options: dict[str, Any] | None = None) -> Pa
     folder = spec.trainer_function()(td, ws.embedder, ws.routers, config, progress=True)
     run = _read_json(folder / "meta.json")
     if run.get("step_seconds"):  # the fine-tuned classifiers (models/finetune.py): the same summary for each
-        curve = [h["validation_loss"] for h in run.get("validation", [])]
-        ws.on_status(f"{name}: {run['steps']} steps, {run['step_seconds']:.2f} s per step, validation loss "
-                     + (f"{curve[0]:.4f} -> best {run['best_validation_loss']:.4f}" if curve and run.get("best_validation_loss") is not None else "not measured"))
+        curve, best = [h["validation_loss"] for h in run.get("validation", [])], run.get("best_validation_loss")
+        loss = f"{curve[0]:.4f} -> best {best:.4f}" if curve and best is not None else "not measured"
+        ws.on_status(f"{name}: {run['steps']} steps, {run['step_seconds']:.2f} s per step, validation loss {loss}")
     strong, weak = (config.strong, config.weak) if hasattr(config, "strong") else (DEFAULT_STRONG, DEFAULT_WEAK)
     if strong not in td.tiers or weak not in td.tiers:
         ws.on_status(f"{name}: obvious-prompt check skipped ({strong} and {weak} are not both in this data's tiers)")
