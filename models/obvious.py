@@ -15,8 +15,11 @@ for training. Each line is {"prompt", "label": "hard"|"easy", "kind", "balanced"
 
 `obvious_prompts_heldout.jsonl` (same schema) is a second file written later, in other styles and kinds (long chatty
 easy requests with pasted text, terse hard questions from systems, medicine, law and physics), committed before
-any choice of issue 22 and never chosen on: it is read once per issue, at its end, to say whether what the first
-file shows generalises. Its balanced subset's easy prompts are all longer than its hard ones.
+any choice of issue 22 and read once at the end of its first round; from then on it is a dev file like the first.
+`obvious_prompts_heldout2.jsonl` is a third, written independently (by a helper session that read neither other
+file) before the second round's choices, to break the link between topic and difficulty (easy arithmetic, one-line
+code and textbook definitions; hard writing under many constraints, casual-sounding puzzles and probability). It
+is never chosen on and read once, at the end. Each balanced subset's easy prompts are all longer than its hard ones.
 
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
 balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`. Every
@@ -42,7 +45,8 @@ from models.metrics import percentile_interval
 log = logging.getLogger(__name__)
 
 OBVIOUS_PATH = Path(__file__).with_name("obvious_prompts.jsonl")
-OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")  # never chosen on (docstring)
+OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")  # a dev file since issue 22's first read
+OBVIOUS_HELDOUT2_PATH = Path(__file__).with_name("obvious_prompts_heldout2.jsonl")  # never chosen on (docstring)
 LABELS = ("hard", "easy")
 COLUMNS = ("prompt", "label", "kind", "balanced")
 TARGET_AUC = 0.8
