@@ -50,7 +50,8 @@ def sw_routers(td, embedder, pairs: list[tuple[str, str]], ties: str = "half") -
         # Battle-weighted counts over every tier: the SW these choices were made with (the prompt weighting and
         # tier window came after them, `loadtest.dev_sw_variants`), so the committed rows stay reproducible.
         routers[(strong, weak)] = SWRankingRouter(store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers,
-                                                  embedder, strong=strong, weak=weak, tier_window=None) if ok else None
+                                                  embedder, strong=strong, weak=weak, tier_window=None,
+                                                  difficulty_k=0) if ok else None
     return routers
 
 

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs = {name: (b.strong_model, b.weak_model) for name, b in benches.items()}
     pairs["obvious"] = (DEFAULT_STRONG, DEFAULT_WEAK)
     routers = {name: SWVariant(store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers, ws.embedder,
-                               strong=strong, weak=weak, prompt_log_words=log_words(prompts))
+                               strong=strong, weak=weak, prompt_log_words=log_words(prompts), difficulty_k=0)
                for name, (strong, weak) in pairs.items()}
     family = td.battles.drop_duplicates("prompt").set_index("prompt")["source"].str.split("/").str[0]
     weighted = {w: PROMPT_WEIGHTINGS[w](counts).astype(np.float32) for w in args.prompt_weightings}

@@ -147,7 +147,7 @@ def export(home: Path, data: Path, out: Path, pool: int, seed: int) -> tuple[obj
 
     td = training.load(home / "data")
     # The paper's fit, which is what RouteLLM computes: every tier in it (served: the pair's window only).
-    router = SWRankingRouter.from_artifacts(home / "routers", gamma=ROUTELLM_GAMMA, k=None, tier_window=None)
+    router = SWRankingRouter.from_artifacts(home / "routers", gamma=ROUTELLM_GAMMA, k=None, tier_window=None, difficulty_k=0)
     if router.tiers != td.tiers:
         raise ArtifactError("the SW artifact's tiers differ from artifacts/data; "
                             "rebuild with `turnout train sw_ranking`")

@@ -464,7 +464,9 @@ def build(data: Path, eval_prompts: list[str], embed: Callable[..., np.ndarray] 
         ae = load_alpaca_eval(data)
         first = ae[ae["source"] == "alpaca-eval-1"]
         if "alpaca-eval-1" in sources:
-            battles.append(alpaca_pass_fail(first)[0])
+            b, sc = alpaca_pass_fail(first)
+            battles.append(b)
+            scores.append(sc)
         if "alpaca-eval-1-raw" in sources:
             battles.append(first.assign(source="alpaca-eval-1-raw"))
         if "alpaca-eval-2" in sources:

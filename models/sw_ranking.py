@@ -25,6 +25,18 @@ easy prompts went strong. `train` scales each prompt's tier counts to the mean b
 mean / (its prompt's battle count). The choice was made on the dev benchmarks (`loadtest/dev_sw_variants.py
 --prompt-weightings`, BENCHMARKS.md).
 
+Difficulty (issue 22). The Bradley–Terry fit says how far apart the pair's tiers are near a query, not whether
+the query is easy: on correctness data "both right" and "both wrong" are the same tie, and on an easy prompt
+that both models answer the strong one is wasted however large the gap. So the gap ξ_strong − ξ_weak is read as
+the ability gap of the Rasch model (models/irt.py), the query's difficulty b is the mean fitted difficulty of its
+`difficulty_k` nearest training prompts that have correctness scores, and
+
+    p_strong = 1/2 + (σ(θ_weak + ξ_strong − ξ_weak − b) − σ(θ_weak − b)) / 2
+
+with θ_weak the weak model's fitted ability: P(strong wins) + P(tie)/2 with the two answers independent given
+the prompt. `difficulty_k` = 0 is the paper's p_strong = σ(ξ_strong − ξ_weak). The neighbour count was chosen on
+the dev benchmarks and the first two obvious-prompt files (`loadtest/dev_sw_difficulty.py`, BENCHMARKS.md).
+
 The exact mode follows the paper, not RouteLLM's released code, and the two differ on same-tier battles.
 turnout leaves them out (`bradley_terry.tier_battles`): a battle inside one tier says nothing about the gap
 between tiers. RouteLLM's code keeps them in its logistic regression, and because it writes model_a's +ln10
@@ -43,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models import bradley_terry
+from models import bradley_terry, irt
 from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
 from index.errors import ArtifactError, ConfigError
 from index.paths import atomic_dir
@@ -61,6 +73,10 @@ GAMMA = 1e3
 TIER_WINDOW: int | None = 0
 # How `train` weights the per-prompt counts (module docstring), recorded in the manifest and checked on load.
 PROMPT_WEIGHTING = "equal"
+# Neighbours whose mean difficulty is the query's (module docstring, "Difficulty"); 0 turns it off.
+DIFFICULTY_K = 64
+# How `train` fits difficulties, recorded in the manifest and checked on load.
+DIFFICULTY = "rasch-1pl"
 # Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
 DENSE_FRACTION = 8
 
@@ -69,8 +85,10 @@ class SWRankingRouter(Router):
     name = "sw_ranking"
 
     def __init__(self, store, counts: np.ndarray, embedding_sum: np.ndarray, tiers: dict[str, int], embedder=None, *,
+                 difficulty: np.ndarray | None = None, abilities: dict[str, float] | None = None,
                  strong: str = DEFAULT_STRONG, weak: str = DEFAULT_WEAK, gamma: float = GAMMA, k: int | None = None,
-                 tier_window: int | None = TIER_WINDOW, l2: float = 1e-2, n_steps: int = 8, batch_size: int = 64) -> None:
+                 tier_window: int | None = TIER_WINDOW, difficulty_k: int = DIFFICULTY_K, l2: float = 1e-2,
+                 n_steps: int = 8, batch_size: int = 64) -> None:
         self.store = store
         self.embedder = embedder
         self.counts = counts.astype(np.float32)  # float32 halves the gather traffic; sums stay float64
@@ -85,6 +103,19 @@ class SWRankingRouter(Router):
         if tier_window is not None and (not isinstance(tier_window, int) or tier_window < 0):
             raise ConfigError(f"tier_window must be a whole number ≥ 0 or null (every tier), got {tier_window}")
         self.gamma, self.k, self.tier_window = gamma, k, tier_window
+        if not isinstance(difficulty_k, int) or difficulty_k < 0:
+            raise ConfigError(f"difficulty_k must be a whole number ≥ 0 (0: no difficulty), got {difficulty_k}")
+        self.difficulty_k = difficulty_k
+        if difficulty_k:
+            if difficulty is None or abilities is None:
+                raise ConfigError("difficulty_k > 0 needs the fitted difficulties and abilities (set it to 0 for the "
+                                  "paper's p_strong)")
+            self.difficulty = np.asarray(difficulty, dtype=np.float64)
+            if weak not in abilities:
+                raise ConfigError(f"weak model {weak!r} has no correctness data to fit its ability on; set "
+                                  "routers.options.sw_ranking.difficulty_k to 0 for the paper's p_strong")
+            self.ability_weak = float(abilities[weak])
+            self.mean_difficulty = float(np.nanmean(self.difficulty)) if np.isfinite(self.difficulty).any() else 0.0
         self.l2, self.n_steps, self.batch_size = l2, n_steps, batch_size
         # Σ of all indexed prompt embeddings: gives the exact mean similarity of the prompts outside the top-k.
         self.embedding_sum = np.asarray(embedding_sum, dtype=np.float64)
@@ -134,8 +165,23 @@ class SWRankingRouter(Router):
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))
         for start in range(0, len(queries), self.batch_size):
-            out[start: start + self.batch_size] = self.pair_p_strong(self.win_matrices(queries[start: start + self.batch_size]))
+            batch = queries[start: start + self.batch_size]
+            p = self.pair_p_strong(self.win_matrices(batch))
+            if self.difficulty_k:
+                p = np.clip(p, 1e-12, 1 - 1e-12)
+                gap = np.log(p) - np.log1p(-p)
+                p = irt.pair_p_strong(self.ability_weak, gap, self.query_difficulty(batch))
+            out[start: start + self.batch_size] = p
         return out
+
+    def query_difficulty(self, queries: np.ndarray) -> np.ndarray:
+        """Mean difficulty of each query's `difficulty_k` nearest training prompts that have one (their overall
+        mean where none of them has)."""
+        _, ids = self.store.search(queries, self.difficulty_k)
+        near = np.where(ids >= 0, self.difficulty[np.maximum(ids, 0)], np.nan)
+        known = np.isfinite(near)
+        total = np.where(known, near, 0.0).sum(axis=1)
+        return np.where(known.any(axis=1), total / np.maximum(known.sum(axis=1), 1), self.mean_difficulty)
 
     def pair_p_strong(self, wins: np.ndarray) -> np.ndarray:
         """p_strong from weighted tier win matrices (B, T, T): Bradley–Terry over the pair's tier window only."""
@@ -160,16 +206,21 @@ class SWRankingRouter(Router):
 
         folder = Path(root) / "sw_ranking"
         store = VectorStore.load(folder, embedder=getattr(embedder, "name", None))
-        if store.manifest.get("prompt_weighting") != PROMPT_WEIGHTING:  # an older turnout's battle-weighted counts
-            raise ArtifactError(f"SW artifact at {folder} was built without per-prompt weighting by an older turnout; "
-                                "rebuild with `turnout train sw_ranking`")
+        for key, value, what in (("prompt_weighting", PROMPT_WEIGHTING, "per-prompt weighting"),
+                                 ("difficulty", DIFFICULTY, "item difficulties")):
+            if store.manifest.get(key) != value:  # built by an older turnout
+                raise ArtifactError(f"SW artifact at {folder} was built without {what} by an older turnout; "
+                                    "rebuild with `turnout train sw_ranking`")
         try:
             counts = np.load(folder / "counts.npy")
             embedding_sum = np.load(folder / "embedding_sum.npy")
             tiers = json.loads((folder / "tiers.json").read_text())
+            options = {"difficulty": np.load(folder / "difficulty.npy"),
+                       "abilities": json.loads((folder / "abilities.json").read_text()), **options}
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"SW artifact at {folder} is incomplete or corrupted ({type(exc).__name__}); rebuild with `turnout train sw_ranking`") from exc
-        if counts.ndim != 3 or len(counts) != store.ntotal or embedding_sum.shape != (store.dim,):
+        if (counts.ndim != 3 or len(counts) != store.ntotal or embedding_sum.shape != (store.dim,)
+                or options["difficulty"].shape != (store.ntotal,)):
             raise ArtifactError(f"SW artifact at {folder} is inconsistent (counts {counts.shape}, index {store.ntotal}); rebuild it")
         return cls(store, counts, embedding_sum, tiers, embedder, **options)
 
@@ -191,14 +242,20 @@ def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress
     counts = bradley_terry.equal_prompt_weight(counts)
     log.info("SW: %d battles across tiers on %d unique prompts", n_battles, len(prompts))
     vectors = embedder.embed(list(prompts), progress=progress, what="training prompts for sw_ranking's index")
+    rasch = irt.fit(td.scores)
+    difficulty = rasch.difficulty.reindex(prompts).to_numpy(dtype=np.float64)  # NaN: no correctness scores
+    log.info("SW: item difficulties for %d of %d prompts, abilities of %d models", np.isfinite(difficulty).sum(),
+             len(prompts), len(rasch.ability))
     store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,
                               data_hash=td.report.get("data_hash", ""),
                               extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers,
-                                     "prompt_weighting": PROMPT_WEIGHTING})
+                                     "prompt_weighting": PROMPT_WEIGHTING, "difficulty": DIFFICULTY})
     folder = Path(out_root) / "sw_ranking"
     with atomic_dir(folder) as tmp:
         np.save(tmp / "counts.npy", counts.astype(np.float32))
         np.save(tmp / "embedding_sum.npy", vectors.astype(np.float64).sum(axis=0))
         (tmp / "tiers.json").write_text(json.dumps(td.tiers, indent=1))
+        np.save(tmp / "difficulty.npy", difficulty)
+        (tmp / "abilities.json").write_text(json.dumps({m: round(float(v), 4) for m, v in rasch.ability.items()}, indent=1))
         store.save(tmp)  # the manifest, written last by the store, marks the folder complete
     return folder

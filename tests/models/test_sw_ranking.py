@@ -12,8 +12,13 @@ TIERS = {"strong-1": 0, "strong-2": 0, "mid": 1, "weak-1": 2, "weak-2": 2, "tiny
 MODELS = list(TIERS)
 
 
+ABILITY = {0: 2.0, 1: 1.0, 2: 0.0, 3: -1.0}  # by tier, for the correctness scores
+
+
 def _training_data(seed=0, n_prompts=64, n_battles=1500):
-    """Two topics: on 'math' prompts strong models win, on 'chat' prompts weak ones hold their own."""
+    """Two topics: on 'math' prompts strong models win, on 'chat' prompts weak ones hold their own. Every model
+    also has a correctness score on every prompt, from the Rasch model (models/irt.py): chat prompts are easy
+    (difficulty −2), math ones in between the pair's abilities (difficulty 1)."""
     rng = np.random.default_rng(seed)
     prompts = [f"{'math equation algebra' if i % 2 else 'chat greeting hello'} item {i} variant {i * 7 % 13}" for i in range(n_prompts)]
     rows = []
@@ -26,7 +31,10 @@ def _training_data(seed=0, n_prompts=64, n_battles=1500):
         winner = "tie" if u < 0.1 else ("model_a" if u < 0.1 + 0.9 / (1 + np.exp(-edge)) else "model_b")
         rows.append((prompts[p], MODELS[a], MODELS[b], winner, "synthetic"))
     battles = pd.DataFrame(rows, columns=["prompt", "model_a", "model_b", "winner", "source"])
-    return TrainingData(battles, pd.DataFrame(), pd.Series(dtype=float), dict(TIERS), {"data_hash": "test"})
+    scores = pd.DataFrame([(prompt, model, float(rng.random() < 1 / (1 + np.exp((1.0 if i % 2 else -2.0) - ABILITY[TIERS[model]]))),
+                            "synthetic") for i, prompt in enumerate(prompts) for model in MODELS],
+                          columns=["prompt", "model", "score", "source"])
+    return TrainingData(battles, scores, pd.Series(dtype=float), dict(TIERS), {"data_hash": "test"})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +72,7 @@ def _brute_force(td, embedder, query, gamma=10.0, l2=1e-2, last_tier=3):
 @pytest.mark.parametrize("tier_window, last_tier", [(None, 3), (0, 2), (1, 3)])
 def test_k_all_equals_brute_force(trained, gamma, tier_window, last_tier):
     td, embedder, _ = trained
-    router = _router(trained, k=10_000, gamma=gamma, tier_window=tier_window)
+    router = _router(trained, k=10_000, gamma=gamma, tier_window=tier_window, difficulty_k=0)
     queries = ["math equation algebra item 5", "chat greeting hello item 8", "something else entirely"]
     got = router.score(queries)
     want = [_brute_force(td, embedder, q, gamma=gamma, last_tier=last_tier) for q in queries]
@@ -80,14 +88,15 @@ def test_the_tier_window_leaves_far_tiers_out_of_the_fit(trained):
             _router(trained, tier_window=bad)
 
 
-def test_an_artifact_without_prompt_weighting_is_refused(trained, tmp_path):
+@pytest.mark.parametrize("key", ["prompt_weighting", "difficulty"])
+def test_an_artifact_of_an_older_turnout_is_refused(trained, tmp_path, key):
     import json
     import shutil
 
     shutil.copytree(trained[2] / "sw_ranking", tmp_path / "sw_ranking")
     manifest = tmp_path / "sw_ranking" / "manifest.json"
     meta = json.loads(manifest.read_text())
-    del meta["prompt_weighting"]
+    del meta[key]
     manifest.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="rebuild with `turnout train sw_ranking`"):
         sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=trained[1])
@@ -106,7 +115,7 @@ def test_a_prompt_weighs_once_however_often_it_was_fought_over(trained, tmp_path
 
 
 def test_top_k_approximates_exact_and_keeps_the_signal(trained):
-    exact, approx, coarse = _router(trained, k=10_000), _router(trained, k=32), _router(trained, k=8)
+    exact, approx, coarse = (_router(trained, k=k, difficulty_k=0) for k in (10_000, 32, 8))
     queries = ["math equation algebra item 3 variant 8", "chat greeting hello item 4 variant 2"]
     p_exact, p_approx, p_coarse = exact.score(queries), approx.score(queries), coarse.score(queries)
     # half the prompts as neighbours: the mean-similarity stand-in for the rest is close to exact
@@ -135,8 +144,8 @@ def test_empty_slots_of_an_approximate_index_count_with_the_rest(trained, monkey
     queries = HashEmbedder(32).embed(["math equation algebra item 3", "chat greeting hello item 4", "unrelated words"])
     if dense:
         monkeypatch.setattr(sw_ranking, "DENSE_FRACTION", 10**9)
-    found = _router(trained, k=6)
-    padded = _router(trained, k=8)
+    found = _router(trained, k=6, difficulty_k=0)
+    padded = _router(trained, k=8, difficulty_k=0)
     real_search = padded.store.search
 
     def search_with_empty_slots(q, k):
@@ -186,3 +195,52 @@ def test_failed_retrain_keeps_previous_artifact(trained, tmp_path, monkeypatch):
         sw_ranking.train(td, embedder, tmp_path)
     assert (tmp_path / "sw_ranking" / "counts.npy").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sw_ranking"]  # no temp folders left behind
+
+
+def test_difficulty_keeps_easy_prompts_at_the_weak_model_and_turns_off_with_zero(trained):
+    """Chat prompts are easy (every model mostly right): with difficulty, p_strong there moves toward 1/2; math
+    prompts sit between the pair's abilities and stay above; difficulty_k 0 gives the paper's σ(ξ_strong − ξ_weak)."""
+    from models import irt
+
+    queries = ["math equation algebra item 3 variant 8", "chat greeting hello item 4 variant 2"]
+    paper, aware = _router(trained, difficulty_k=0), _router(trained)
+    p_paper, p_aware = paper.score(queries), aware.score(queries)
+    assert aware.difficulty_k == sw_ranking.DIFFICULTY_K
+    difficulty = aware.query_difficulty(HashEmbedder(32).embed(queries))
+    assert difficulty[0] > difficulty[1]
+    gap = np.log(p_paper / (1 - p_paper))
+    np.testing.assert_allclose(p_aware, irt.pair_p_strong(aware.ability_weak, gap, difficulty), rtol=1e-9)
+    assert abs(p_aware[1] - 0.5) < abs(p_paper[1] - 0.5)
+    assert p_aware[0] > p_aware[1]
+
+
+def test_query_difficulty_skips_prompts_without_scores(trained, tmp_path):
+    """Prompts with no correctness scores (preference data) have no difficulty: a query's difficulty is the mean
+    over its neighbours that have one, and the overall mean when none has."""
+    td, embedder, _ = trained
+    chat = [p for p in td.battles["prompt"].unique() if p.startswith("chat")]
+    scores = td.scores[~td.scores["prompt"].isin(chat)]
+    sw_ranking.train(TrainingData(td.battles, scores, td.ratings, td.tiers, td.report), embedder, tmp_path, progress=False)
+    router = sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1", weak="weak-1",
+                                                       difficulty_k=4)
+    assert np.isnan(router.difficulty).sum() == len(chat)
+    queries = embedder.embed(["math equation algebra item 3 variant 8"])
+    _, ids = router.store.search(queries, 4)
+    near = router.difficulty[ids[0]]
+    np.testing.assert_allclose(router.query_difficulty(queries), [np.nanmean(near)] if np.isfinite(near).any()
+                               else [router.mean_difficulty])
+    router.difficulty[:] = np.nan
+    np.testing.assert_allclose(router.query_difficulty(queries), [router.mean_difficulty])
+
+
+def test_a_weak_model_without_correctness_data_is_a_config_error(trained, tmp_path):
+    td, embedder, _ = trained
+    scores = td.scores[td.scores["model"] != "weak-1"]
+    sw_ranking.train(TrainingData(td.battles, scores, td.ratings, td.tiers, td.report), embedder, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="weak model 'weak-1' has no correctness data.*difficulty_k to 0"):
+        sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1", weak="weak-1")
+    paper = sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1", weak="weak-1",
+                                                      difficulty_k=0)
+    assert np.all(np.isfinite(paper.score(["chat greeting hello item 4"])))
+    with pytest.raises(ConfigError, match="difficulty_k must be"):
+        _router(trained, difficulty_k=-1)
