@@ -431,14 +431,14 @@ def routers_by_pair(names: list[str], ws, pair: dict[str, str], options: dict[st
     return routers_for, scored_pairs
 
 
-def obvious_check(routers_for, out: Path, bootstrap: int, heldout: bool = False) -> dict:
-    """AUC of every router on the obvious-prompts file (served pair); writes and returns `<out>/obvious.json`, or
-    with `heldout` the held-out file's `<out>/obvious_heldout.json` (models/obvious.py)."""
-    from models.obvious import OBVIOUS_HELDOUT_PATH, OBVIOUS_PATH, obvious_report
+def obvious_check(routers_for, out: Path, bootstrap: int, path: Path | None = None) -> dict:
+    """AUC of every router on an obvious-prompts file (served pair; the committed one by default); writes and
+    returns `<out>/<file>.json`, named as the file less its `_prompts` (obvious.json, obvious_heldout.json, ...)."""
+    from models.obvious import OBVIOUS_PATH, obvious_report
 
     served = Benchmark("obvious", [], None, None)  # only the pair matters: the default one, as served
-    path, name = (OBVIOUS_HELDOUT_PATH, "obvious_heldout.json") if heldout else (OBVIOUS_PATH, "obvious.json")
+    path = path or OBVIOUS_PATH
     report = obvious_report(routers_for(served), path, n_bootstrap=max(bootstrap, 1))
-    with atomic_path(out / name) as tmp:
+    with atomic_path(out / (path.stem.replace("_prompts", "") + ".json")) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     return report

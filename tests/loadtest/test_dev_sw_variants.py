@@ -15,7 +15,7 @@ def _routers():
     vectors = embedder.embed(list(prompts))
     store = VectorStore.build(vectors, embedder=embedder.name)
     args = (store, counts, vectors.astype(np.float64).sum(axis=0), td.tiers, embedder)
-    pair = {"strong": "strong-1", "weak": "mid"}
+    pair = {"strong": "strong-1", "weak": "mid", "difficulty_k": 0}  # the variants are of the paper's p_strong
     variant = SWVariant(*args, prompt_log_words=log_words(list(prompts)), **pair)
     return SWRankingRouter(*args, **pair), variant
 
