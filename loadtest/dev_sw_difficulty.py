@@ -6,7 +6,8 @@ Scores the served sw_ranking artifact (nothing is retrained) with each `difficul
 p_strong) on the four dev benchmarks, each for its own pair, with a 95 % bootstrap interval and paired P(> k = 0),
 P(> length) and P(> random) from the same resamples, and on the two dev obvious-prompt files (the committed one and
 the first held-out one, read once at the end of issue 22's first round and a dev file since). Never the paper's
-benchmarks or `obvious_prompts_heldout2.jsonl`.
+benchmarks or `obvious_prompts_heldout2.jsonl`. After the choice, `--bench mt-bench mmlu gsm8k --no-obvious` reports
+the same paired comparison on the paper's benchmarks (`benchmarks/sw_difficulty_paper.json`), never to choose on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[0, 16, 64, 256])
     parser.add_argument("--home")
+    parser.add_argument("--bench", nargs="+", default=list(DEV_BENCHMARKS))
+    parser.add_argument("--no-obvious", action="store_true")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--out", required=True)
     argv = sys.argv[1:] if argv is None else argv
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = {"strong": strong, "weak": weak} if strong else {}
         return SWRankingRouter.from_artifacts(ws.routers, embedder=ws.embedder, difficulty_k=k, **pair)
 
-    for name in DEV_BENCHMARKS:
+    for name in args.bench:
         bench = load_benchmark(name, data_dir(None))
         vectors = np.asarray(ws.embedder.embed(list(bench.prompts), what=f"{name} prompts"), dtype=np.float32)
         scores = [router(k, bench.strong_model, bench.weak_model).score_embeddings(vectors) for k in args.k]
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                               "p_above_random": round(p_greater(boot.apgr[i], boot.random_apgr), 3)}
         report["benchmarks"][name] = {"pair": [bench.strong_model, bench.weak_model], "prompts": len(bench.prompts), **rows}
         print(name, json.dumps(rows), flush=True)
-    for path in (OBVIOUS_PATH, OBVIOUS_HELDOUT_PATH):
+    for path in () if args.no_obvious else (OBVIOUS_PATH, OBVIOUS_HELDOUT_PATH):
         entries = obvious_report({f"k={k}": router(k) for k in args.k}, path, n_bootstrap=args.bootstrap)
         report["obvious"][path.name] = {name: {key: entries[name][key] for key in ("auc", "auc_ci95", "auc_balanced",
                                                                                   "auc_balanced_ci95")}
