@@ -18,8 +18,11 @@ easy requests with pasted text, terse hard questions from systems, medicine, law
 any choice of issue 22 and read once at the end of its first round; from then on it is a dev file like the first.
 `obvious_prompts_heldout2.jsonl` is a third, written independently (by a helper session that read neither other
 file) before the second round's choices, to break the link between topic and difficulty (easy arithmetic, one-line
-code and textbook definitions; hard writing under many constraints, casual-sounding puzzles and probability). It
-is never chosen on and read once, at the end. Each balanced subset's easy prompts are all longer than its hard ones.
+code and textbook definitions; hard writing under many constraints, casual-sounding puzzles and probability), read
+once at the end of that round and a dev file since. `obvious_prompts_heldout3.jsonl`, written the same way before
+the third round, looks like a company gateway's traffic (support replies, pasted context, SQL, compliance, finance,
+design reviews) with easy and hard prompts in every domain; it is never chosen on and read once, at the end. Each
+balanced subset's easy prompts are all longer than its hard ones.
 
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
 balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`. Every
@@ -46,7 +49,10 @@ log = logging.getLogger(__name__)
 
 OBVIOUS_PATH = Path(__file__).with_name("obvious_prompts.jsonl")
 OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")  # a dev file since issue 22's first read
-OBVIOUS_HELDOUT2_PATH = Path(__file__).with_name("obvious_prompts_heldout2.jsonl")  # never chosen on (docstring)
+OBVIOUS_HELDOUT2_PATH = Path(__file__).with_name("obvious_prompts_heldout2.jsonl")  # a dev file since round 2's end
+OBVIOUS_HELDOUT3_PATH = Path(__file__).with_name("obvious_prompts_heldout3.jsonl")  # never chosen on (docstring)
+# Every file after the committed one, in the order written: `turnout eval --obvious-heldout` scores them all.
+OBVIOUS_LATER_PATHS = (OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT3_PATH)
 LABELS = ("hard", "easy")
 COLUMNS = ("prompt", "label", "kind", "balanced")
 TARGET_AUC = 0.8

@@ -34,7 +34,8 @@ the ability gap of the Rasch model (models/irt.py), the query's difficulty b is 
     p_strong = 1/2 + (σ(θ_weak + ξ_strong − ξ_weak − b) − σ(θ_weak − b)) / 2
 
 with θ_weak the weak model's fitted ability: P(strong wins) + P(tie)/2 with the two answers independent given
-the prompt. `difficulty_k` = 0 is the paper's p_strong = σ(ξ_strong − ξ_weak). The neighbour count was chosen on
+the prompt. `difficulty_k` = 0 is the paper's p_strong = σ(ξ_strong − ξ_weak), which is also what an artifact trained on
+preference battles alone serves (its manifest says `difficulty: none`). The neighbour count was chosen on
 the dev benchmarks and the first two obvious-prompt files (`loadtest/dev_sw_difficulty.py`, BENCHMARKS.md).
 
 The exact mode follows the paper, not RouteLLM's released code, and the two differ on same-tier battles.
@@ -75,8 +76,10 @@ TIER_WINDOW: int | None = 0
 PROMPT_WEIGHTING = "equal"
 # Neighbours whose mean difficulty is the query's (module docstring, "Difficulty"); 0 turns it off.
 DIFFICULTY_K = 64
-# How `train` fits difficulties, recorded in the manifest and checked on load.
+# How `train` fits difficulties, recorded in the manifest and checked on load; NO_DIFFICULTY when the training data
+# has no correctness scores (preference battles only), and the artifact then serves the paper's p_strong.
 DIFFICULTY = "rasch-1pl"
+NO_DIFFICULTY = "none"
 # Past k ≥ P / DENSE_FRACTION neighbours a dense (B × P) weight matrix and one matmul beat gathering k count rows.
 DENSE_FRACTION = 8
 
@@ -206,11 +209,13 @@ class SWRankingRouter(Router):
 
         folder = Path(root) / "sw_ranking"
         store = VectorStore.load(folder, embedder=getattr(embedder, "name", None))
-        for key, value, what in (("prompt_weighting", PROMPT_WEIGHTING, "per-prompt weighting"),
-                                 ("difficulty", DIFFICULTY, "item difficulties")):
-            if store.manifest.get(key) != value:  # built by an older turnout
+        for key, values, what in (("prompt_weighting", (PROMPT_WEIGHTING,), "per-prompt weighting"),
+                                  ("difficulty", (DIFFICULTY, NO_DIFFICULTY), "item difficulties")):
+            if store.manifest.get(key) not in values:  # built by an older turnout
                 raise ArtifactError(f"SW artifact at {folder} was built without {what} by an older turnout; "
                                     "rebuild with `turnout train sw_ranking`")
+        if store.manifest["difficulty"] == NO_DIFFICULTY:  # trained on preference data alone (`train`)
+            options.setdefault("difficulty_k", 0)
         try:
             counts = np.load(folder / "counts.npy")
             embedding_sum = np.load(folder / "embedding_sum.npy")
@@ -244,12 +249,17 @@ def train(td, embedder, out_root: Path, config: SWConfig | None = None, progress
     vectors = embedder.embed(list(prompts), progress=progress, what="training prompts for sw_ranking's index")
     rasch = irt.fit(td.scores)
     difficulty = rasch.difficulty.reindex(prompts).to_numpy(dtype=np.float64)  # NaN: no correctness scores
-    log.info("SW: item difficulties for %d of %d prompts, abilities of %d models", np.isfinite(difficulty).sum(),
-             len(prompts), len(rasch.ability))
+    if rasch.ability.empty:
+        log.warning("SW: the training data has no correctness scores, so no prompt has a difficulty: the artifact "
+                    "serves the paper's p_strong (manifest difficulty: %s)", NO_DIFFICULTY)
+    else:
+        log.info("SW: item difficulties for %d of %d prompts, abilities of %d models", np.isfinite(difficulty).sum(),
+                 len(prompts), len(rasch.ability))
     store = VectorStore.build(vectors, embedder=embedder.name, factory=config.factory,
                               data_hash=td.report.get("data_hash", ""),
                               extra={"router": "sw_ranking", "battles": n_battles, "n_tiers": td.n_tiers,
-                                     "prompt_weighting": PROMPT_WEIGHTING, "difficulty": DIFFICULTY})
+                                     "prompt_weighting": PROMPT_WEIGHTING,
+                                     "difficulty": NO_DIFFICULTY if rasch.ability.empty else DIFFICULTY})
     folder = Path(out_root) / "sw_ranking"
     with atomic_dir(folder) as tmp:
         np.save(tmp / "counts.npy", counts.astype(np.float32))

@@ -92,9 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-obvious", action="store_true",
                     help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
     ev.add_argument("--obvious-heldout", action="store_true",
-                    help="also score the later obvious files: models/obvious_prompts_heldout.jsonl (a dev file since "
-                    "its first read) into obvious_heldout.json and models/obvious_prompts_heldout2.jsonl (never chosen "
-                    "on: read it once, at the end of a piece of work) into obvious_heldout2.json")
+                    help="also score the later obvious files, each into its own json: models/obvious_prompts_heldout"
+                    ".jsonl and _heldout2 (dev files since their first read) and _heldout3 (never chosen on: read it "
+                    "once, at the end of a piece of work)")
     ev.add_argument("--retrain", action="store_true",
                     help="first retrain every trained router in --router on <home>/data with its default settings "
                     "(bert and causal_llm too: a long run on a CPU), so no figure is older than the data")
@@ -320,9 +320,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.no_obvious:
         print(format_obvious(obvious_check(routers_for, out, args.bootstrap)))
     if args.obvious_heldout:
-        from models.obvious import OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT_PATH
+        from models.obvious import OBVIOUS_LATER_PATHS
 
-        for path in (OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH):
+        for path in OBVIOUS_LATER_PATHS:
             print(f"{path.name}:")
             print(format_obvious(obvious_check(routers_for, out, args.bootstrap, path)))
     write_results(quality_summary(results), out / "quality.json")

@@ -25,8 +25,8 @@ class KeywordRouter(Router):
         return np.array([0.9 if HARD_WORDS.search(p) else 0.1 for p in prompts])
 
 
-@pytest.fixture(scope="module", params=[obvious.OBVIOUS_PATH, obvious.OBVIOUS_HELDOUT_PATH, obvious.OBVIOUS_HELDOUT2_PATH],
-                ids=["dev", "heldout", "heldout2"])
+@pytest.fixture(scope="module", params=[obvious.OBVIOUS_PATH, *obvious.OBVIOUS_LATER_PATHS],
+                ids=["dev", "heldout", "heldout2", "heldout3"])
 def frame(request):
     return obvious.load_obvious(request.param)
 

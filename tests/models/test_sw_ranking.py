@@ -244,3 +244,18 @@ def test_a_weak_model_without_correctness_data_is_a_config_error(trained, tmp_pa
     assert np.all(np.isfinite(paper.score(["chat greeting hello item 4"])))
     with pytest.raises(ConfigError, match="difficulty_k must be"):
         _router(trained, difficulty_k=-1)
+
+
+def test_preference_data_alone_serves_the_papers_p_strong(trained, tmp_path):
+    """No correctness scores at all (Arena battles only): the artifact says so in its manifest and serves
+    σ(ξ_strong − ξ_weak) unless asked for difficulty, which is then a one-line error."""
+    td, embedder, _ = trained
+    sw_ranking.train(TrainingData(td.battles, td.scores.iloc[:0], td.ratings, td.tiers, td.report), embedder, tmp_path,
+                     progress=False)
+    load = lambda **o: sw_ranking.SWRankingRouter.from_artifacts(tmp_path, embedder=embedder, strong="strong-1",
+                                                                 weak="weak-1", **o)
+    assert load().store.manifest["difficulty"] == sw_ranking.NO_DIFFICULTY and load().difficulty_k == 0
+    queries = ["math equation algebra item 5", "chat greeting hello item 8"]
+    np.testing.assert_allclose(load().score(queries), _router(trained, difficulty_k=0).score(queries), rtol=1e-5)
+    with pytest.raises(ConfigError, match="no correctness data"):
+        load(difficulty_k=8)
