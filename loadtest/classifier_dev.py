@@ -3,10 +3,11 @@
     python -m loadtest.classifier_dev --router bert --variants "0,false" "128,false" "128,true" \
         --options '{"epochs": 1}' --out benchmarks/classifier_dev_bert.json
 
-A variant is "label_neighbours,label_stretch" (models/labels.py, `classifier_outcomes`). Each is trained into its
+A variant is "label_neighbours,label_stretch[,label_source]" (models/labels.py, `classifier_outcomes`). Each is trained into its
 own folder under --work and scored on the four dev benchmarks (APGR with a 95 % bootstrap interval, each benchmark
-read for the default pair, as `turnout eval` scores a classifier trained for it) and on the committed
-obvious-prompt file (AUC, whole and length-balanced). Never the paper's benchmarks or the held-out obvious file.
+read for the default pair, as `turnout eval` scores a classifier trained for it) and on the dev obvious-prompt files
+(AUC, whole and length-balanced): the committed one and the later ones already read once. Never the paper's
+benchmarks or the never-chosen-on obvious file (models/obvious.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from models import pipeline
     from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.metrics import bootstrap_curves, p_greater, percentile_interval, summarize
-    from models.obvious import obvious_report
+    from models.obvious import OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT_PATH, OBVIOUS_PATH, obvious_report
     from models.registry import entry
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "command": " ".join(["python -m loadtest.classifier_dev", *argv]), "variants": {}}
     for variant in args.variants:
-        neighbours, stretch = variant.split(",")
+        neighbours, stretch, *source = variant.split(",")
         options = {**json.loads(args.options), "label_neighbours": int(neighbours),
-                   "label_stretch": stretch.strip().lower() == "true"}
+                   "label_stretch": stretch.strip().lower() == "true", "label_source": (source or ["battles"])[0]}
         config = pipeline.trainer_config(args.router, options, ws.home)
         root = Path(args.work) / variant.replace(",", "_")
         started = time.perf_counter()
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "ci95": [round(v, 4) for v in percentile_interval(boot.apgr[0])],
                                   "p_above_random": round(p_greater(boot.apgr[0], boot.random_apgr), 3),
                                   "p_above_length": round(p_greater(boot.apgr[0], boot.apgr[1]), 3)}
-        obvious = obvious_report({args.router: router}, n_bootstrap=200)[args.router]
-        entry_["obvious_auc"] = round(obvious["auc"], 3)
-        entry_["obvious_auc_balanced"] = round(obvious["auc_balanced"], 3)
+        for path in (OBVIOUS_PATH, OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH):
+            obvious = obvious_report({args.router: router}, path, n_bootstrap=200)[args.router]
+            entry_[f"{path.stem}_auc"] = [round(obvious["auc"], 3), round(obvious["auc_balanced"], 3)]
         report["variants"][variant] = entry_
         print(variant, json.dumps(entry_), flush=True)
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

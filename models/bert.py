@@ -65,6 +65,8 @@ class BertConfig:
     # prompt's own label), then spread by rank with label_stretch
     label_neighbours: int = 128
     label_stretch: bool = True
+    # "battles" (the pair's tiers' battles) or "difficulty" (P(weak model wrong) from the Rasch fit; models/labels.py)
+    label_source: str = "battles"
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     # bf16 autocast for training. None: on CUDA where the GPU has native bf16; the CPU trains in fp32, as it always has
     bf16: bool | None = None
@@ -155,7 +157,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: BertConfig | None = No
     base = config.base or default_base()
     torch.manual_seed(config.seed)  # before the head is initialised
     tokenizer, model = _load_base(base, len(OUTCOMES))  # a bad base fails before the labels are computed
-    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch)
+    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch,
+                               config.label_source)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     targets = rows[list(OUTCOMES)].to_numpy(dtype=np.float32)
     log.info("bert: %d labelled prompts (%d train, %d validation) from %d battles; base %s on %s",

@@ -105,6 +105,8 @@ class CausalLLMConfig:
     # prompt's own label), then spread by rank with label_stretch
     label_neighbours: int = 128
     label_stretch: bool = True
+    # "battles" (the pair's tiers' battles) or "difficulty" (P(weak model wrong) from the Rasch fit; models/labels.py)
+    label_source: str = "battles"
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     seed: int = 0
     # LoRA adapters (peft) on the trained blocks instead of training them in full: how an 8B base is fine-tuned on
@@ -500,7 +502,8 @@ def train(td: Any, embedder: Any, out_root: Path, config: CausalLLMConfig | None
     base = resolve_base(config)
     torch.manual_seed(config.seed)
     tokenizer, model = _load_for_training(base)  # a bad base fails before the labels are computed
-    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch)
+    rows = classifier_outcomes(td, embedder, config.strong, config.weak, config.label_neighbours, config.label_stretch,
+                               config.label_source)
     rng = np.random.default_rng(config.seed)
     train_idx, val_idx = split_prompts(len(rows), config.val_fraction, config.seed)
     if config.max_train_prompts and len(train_idx) > config.max_train_prompts:

@@ -29,6 +29,13 @@ learn are not a few thousandths of a probability; only the ranking matters to ro
 on the ranking, models/calibration.py). Measured and chosen on dev data: BENCHMARKS.md, 'Why the classifiers
 routed backwards'.
 
+Difficulty labels (`label_source: difficulty`, `difficulty_outcomes`). Battles hide how hard a prompt is: on
+correctness data "both right" and "both wrong" are one tie (models/irt.py). The Rasch fit over every model's scores
+gives each prompt a difficulty b and the weak model an ability θ_weak, and the label is q = P(the weak model's
+answer is wrong) = 1 − σ(θ_weak − b), with no ties: "will the weak answer do?", the routing question itself, asked
+of every model's answers to the prompt instead of the few battles between the pair's tiers. It ranks prompts by
+difficulty alone; prompts without correctness scores have none and are left out.
+
 An earlier version read every battle from its stronger-tier side and averaged over all tier pairs. That label
 is pair-agnostic and dominated by whichever pairs a source holds (AlpacaEval-1 is every model against
 text-davinci-003); with it both classifiers ranked MT-Bench below random. Comparisons (linear probes,
@@ -46,12 +53,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models import bradley_terry
+from models import bradley_terry, irt
 from index.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("strong", "tie", "weak")
+LABEL_SOURCES = ("battles", "difficulty")
 
 
 def prompt_outcomes(battles: pd.DataFrame, tiers: dict[str, int], strong: str, weak: str,
@@ -71,6 +79,19 @@ def prompt_outcomes(battles: pd.DataFrame, tiers: dict[str, int], strong: str, w
     tie = float(np.mean(battles["winner"].to_numpy()[labelled] == "tie"))
     return pd.DataFrame({"prompt": prompts, "strong": (1.0 - tie) * q, "tie": np.full(len(q), tie),
                          "weak": (1.0 - tie) * (1.0 - q), "n": np.round(n).astype(int)})
+
+
+def difficulty_outcomes(td: Any, strong: str, weak: str) -> pd.DataFrame:
+    """`prompt_outcomes`' columns from the Rasch fit: q = P(weak model wrong), no ties (module docstring)."""
+    check_pair(td.tiers, strong, weak)
+    rasch = irt.fit(td.scores)
+    if weak not in rasch.ability.index:
+        raise ConfigError(f"weak model {weak!r} has no correctness data to fit its ability on; difficulty labels "
+                          "need it (label_source: battles does not)")
+    q = 1.0 - irt.sigmoid(float(rasch.ability[weak]) - rasch.difficulty.to_numpy())
+    answers = td.scores.groupby("prompt").size().reindex(rasch.difficulty.index).to_numpy()
+    return pd.DataFrame({"prompt": rasch.difficulty.index.to_numpy(dtype=object), "strong": q, "tie": 0.0,
+                         "weak": 1.0 - q, "n": answers.astype(int)})
 
 
 STRETCH = 0.05
@@ -100,10 +121,15 @@ def neighbour_mean(x: np.ndarray, y: np.ndarray, k: int, pool: np.ndarray | None
     return out
 
 
-def classifier_outcomes(td: Any, embedder: Any, strong: str, weak: str, neighbours: int, stretch: bool) -> pd.DataFrame:
-    """The classifiers' training rows: `prompt_outcomes`, with q averaged over `neighbours` informative neighbours
-    (0: each prompt's own label) and, with `stretch`, spread by rank (the module docstring)."""
-    rows = prompt_outcomes(td.battles, td.tiers, strong, weak)
+def classifier_outcomes(td: Any, embedder: Any, strong: str, weak: str, neighbours: int, stretch: bool,
+                        source: str = "battles") -> pd.DataFrame:
+    """The classifiers' training rows: `prompt_outcomes` (or with `source` "difficulty", `difficulty_outcomes`), with
+    q averaged over `neighbours` informative neighbours (0: each prompt's own label) and, with `stretch`, spread by
+    rank (the module docstring)."""
+    if source not in LABEL_SOURCES:
+        raise ConfigError(f"unknown label source {source!r}; known: {', '.join(LABEL_SOURCES)}")
+    battles = source == "battles"
+    rows = prompt_outcomes(td.battles, td.tiers, strong, weak) if battles else difficulty_outcomes(td, strong, weak)
     if neighbours <= 0 and not stretch:
         return rows
     tie = rows["tie"].to_numpy()
@@ -113,8 +139,8 @@ def classifier_outcomes(td: Any, embedder: Any, strong: str, weak: str, neighbou
             raise ConfigError("neighbour-averaged labels need the embedder; set label_neighbours to 0 to train on "
                               "each prompt's own label")
         x = embedder.embed(rows["prompt"].tolist(), progress=True, what="labelled prompts for neighbour-averaged labels")
-        q = neighbour_mean(np.asarray(x, dtype=np.float32), q,
-                           neighbours, informative_prompts(td.battles, td.tiers, rows["prompt"], strong, weak))
+        pool = informative_prompts(td.battles, td.tiers, rows["prompt"], strong, weak) if battles else None
+        q = neighbour_mean(np.asarray(x, dtype=np.float32), q, neighbours, pool)
     if stretch:
         ranks = pd.Series(q).rank(method="average").to_numpy()
         q = STRETCH + (1 - 2 * STRETCH) * (ranks - 1) / max(1, len(q) - 1)

@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--label-neighbours", type=int,
                        help="bert, causal_llm: average each prompt's label over this many neighbours (0: its own "
                        "label; default in models/labels.py)")
+    train.add_argument("--label-source", choices=("battles", "difficulty"),
+                       help="bert, causal_llm: learn the pair's battles or P(weak model wrong) from every model's "
+                       "correctness (models/labels.py)")
 
     ev = sub.add_parser("eval", help="RouteLLM-protocol evaluation: the dev benchmarks, MT-Bench, MMLU, GSM8K, "
                         "your own held-out files, and the obvious-prompts check")
@@ -283,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     flags = {"factory": args.factory, "epochs": args.epochs, "seed": args.seed, "max_steps": args.max_steps,
              "base": args.base, "strong": args.strong, "weak": args.weak, "balance_sources": args.balance_sources,
              "balance_prompts": args.balance_prompts, "lora": args.lora, "lora_r": args.lora_r,
-             "label_neighbours": args.label_neighbours}
+             "label_neighbours": args.label_neighbours, "label_source": args.label_source}
     given = {k: v for k, v in flags.items() if v is not None}
     trainer_config(args.router, given)  # an option the router does not take fails before the embedder loads
     folder = train(_context(args), args.router, given)

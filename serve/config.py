@@ -40,8 +40,10 @@ OPENAI_CHAT_FIELDS = (
     "top_logprobs", "user", "seed", "tools", "tool_choice", "parallel_tool_calls", "response_format", "functions",
     "function_call", "reasoning_effort", "modalities", "audio", "prediction",
 )
-# Enabled when a config names none: everything `turnout serve` can build on a fresh machine by itself.
-DEFAULT_ROUTERS = ("sw_ranking", "mf", "length", "random")
+# Enabled when a config names none: the routers `turnout serve` can build on a fresh machine by itself that rank a
+# clearly hard prompt above a clearly easy one at all. mf ranks them backwards on every obvious-prompt file
+# (BENCHMARKS.md, issue 22): it is trained and served only when a config enables it.
+DEFAULT_ROUTERS = ("sw_ranking", "length", "random")
 
 # The deployments `build_app` binds, with the Ray options they get unless the file's `deployments:` list overrides
 # them (Ray's own per-application overrides, applied the same under `turnout serve`, `serve run` and KubeRay).

@@ -1,4 +1,4 @@
-# turnout-cpu: the embedded default service (sw_ranking, mf, length, random; MiniLM and FAISS on the CPU) on a Ray
+# turnout-cpu: the embedded default service (sw_ranking, length, random; MiniLM and FAISS on the CPU) on a Ray
 # image, the image deploy/k8s runs as `turnout-cpu`. From the repository root:
 #   docker build -f deploy/docker/cpu.Dockerfile -t turnout-cpu:0.1.0 .
 # Smoke test: docker run --rm --network=none turnout-cpu:0.1.0 turnout serve --check

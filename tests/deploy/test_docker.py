@@ -257,7 +257,7 @@ def test_cpu_image_builds_offline_and_passes_its_smoke_check(docker, request):
     start = time.monotonic()
     check = docker_run("turnout", "serve", "--check")
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.startswith("default config: valid; routers sw_ranking, mf, length, random "
+    assert check.stdout.startswith("default config: valid; routers sw_ranking, length, random "
                                    "(default sw_ranking); http://127.0.0.1:8000/"), check.stdout
     broken = docker_run("turnout", "serve", "--check", "--port", "70000")
     assert broken.returncode == 2, broken.stdout + broken.stderr

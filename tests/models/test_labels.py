@@ -67,3 +67,29 @@ def test_neighbour_labels_average_over_similar_informative_prompts():
     assert np.ptp(p) < np.ptp(p_own)  # averaging pulls labels together
     with pytest.raises(ConfigError, match="need the embedder"):
         classifier_outcomes(td, None, "strong-1", "weak-1", neighbours=8, stretch=True)
+
+
+def test_difficulty_labels_rank_prompts_by_how_often_models_fail_them():
+    """label_source "difficulty": q = P(weak model wrong) from the Rasch fit, no ties; the synthetic data's math
+    prompts (difficulty 1) get higher labels than its chat prompts (difficulty −2)."""
+    td = _training_data()
+    rows = classifier_outcomes(td, None, "strong-1", "weak-1", 0, False, source="difficulty")
+    assert set(rows["prompt"]) == set(td.scores["prompt"]) and (rows["tie"] == 0).all()
+    np.testing.assert_allclose(rows["strong"] + rows["weak"], 1.0)
+    math = rows["prompt"].str.startswith("math")
+    assert rows.loc[math, "strong"].mean() > rows.loc[~math, "strong"].mean() + 0.2
+    wrong = 1 - td.scores[td.scores["model"] == "weak-1"].set_index("prompt")["score"]
+    assert np.corrcoef(rows.set_index("prompt")["strong"], wrong.loc[rows["prompt"]])[0, 1] > 0.3
+    stretched = classifier_outcomes(td, HashEmbedder(32), "strong-1", "weak-1", 4, True, source="difficulty")
+    assert stretched["strong"].between(STRETCH, 1 - STRETCH).all()
+    math = stretched["prompt"].str.startswith("math")
+    assert stretched.loc[math, "strong"].mean() > stretched.loc[~math, "strong"].mean() + 0.2
+
+
+def test_difficulty_labels_need_the_weak_models_scores_and_a_known_source():
+    td = _training_data()
+    no_weak = TrainingData(td.battles, td.scores[td.scores["model"] != "weak-1"], td.ratings, td.tiers, td.report)
+    with pytest.raises(ConfigError, match="weak model 'weak-1' has no correctness data"):
+        classifier_outcomes(no_weak, None, "strong-1", "weak-1", 0, False, source="difficulty")
+    with pytest.raises(ConfigError, match="unknown label source 'votes'"):
+        classifier_outcomes(td, None, "strong-1", "weak-1", 0, False, source="votes")

@@ -69,7 +69,8 @@ def app_args(home, reference, strong_url, weak_url, **overrides) -> dict:
 
     args = TurnoutConfig().model_dump(mode="json")
     # the tests pin their default router rather than follow the shipped one
-    args["routers"].update(strong_model="strong-1", weak_model="weak-1", default="mf")
+    args["routers"].update(strong_model="strong-1", weak_model="weak-1", enabled=["sw_ranking", "mf", "length", "random"],
+                           default="mf")
     args["artifacts"].update(home=str(home), embedder=EMBEDDER, build_missing=False)
     args["calibration"].update(reference=str(reference), max_prompts=100)
     args["routing"]["controller"].update(window=50, min_live=10)
