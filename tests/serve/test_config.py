@@ -32,8 +32,8 @@ def test_default_config_is_valid_and_offline():
     served = load_serve_file()
     config = served.config
     assert served.host == "127.0.0.1" and served.port == 8000 and served.route_prefix == "/"
-    assert config.routers.enabled == ["sw_ranking", "mf", "length", "random"] and config.routers.default == "sw_ranking"
-    assert config.embedding_routers == ["sw_ranking", "mf"] and config.local_routers == ["length", "random"]
+    assert config.routers.enabled == ["sw_ranking", "length", "random"] and config.routers.default == "sw_ranking"
+    assert config.embedding_routers == ["sw_ranking"] and config.local_routers == ["length", "random"]
     assert config.artifacts.embedder == "minilm-openvino-int8" and config.routing.strong_ratio == 0.5
     for side in ("strong", "weak"):
         assert getattr(config.upstreams, side).base_url.startswith("http://127.0.0.1")
