@@ -34,9 +34,9 @@ the ability gap of the Rasch model (models/irt.py), the query's difficulty b is 
     p_strong = 1/2 + (σ(θ_weak + ξ_strong − ξ_weak − b) − σ(θ_weak − b)) / 2
 
 with θ_weak the weak model's fitted ability: P(strong wins) + P(tie)/2 with the two answers independent given
-the prompt. `difficulty_k` = 0 is the paper's p_strong = σ(ξ_strong − ξ_weak), which is also what an artifact trained on
-preference battles alone serves (its manifest says `difficulty: none`). The neighbour count was chosen on
-the dev benchmarks and the first two obvious-prompt files (`loadtest/dev_sw_difficulty.py`, BENCHMARKS.md).
+the prompt. `difficulty_k` = 0 is the paper's p_strong = σ(ξ_strong − ξ_weak), which is also what an artifact
+trained on preference battles alone serves (its manifest says `difficulty: none`). The neighbour count was chosen
+on the dev benchmarks and the first two obvious-prompt files (`loadtest/dev_sw_difficulty.py`, BENCHMARKS.md).
 
 The exact mode follows the paper, not RouteLLM's released code, and the two differ on same-tier battles.
 turnout leaves them out (`bradley_terry.tier_battles`): a battle inside one tier says nothing about the gap
