@@ -61,12 +61,13 @@ class BertConfig:
     patience: int = 1  # evaluations without improvement before stopping
     evals_per_epoch: int = 2
     max_steps: int | None = None  # hard cap on optimiser steps (smoke runs, CI)
-    # labels (models/labels.py, classifier_outcomes): q averaged over this many informative neighbours (0: each
-    # prompt's own label), then spread by rank with label_stretch
-    label_neighbours: int = 128
+    # labels (models/labels.py, classifier_outcomes): "difficulty" (P(weak model wrong) from the Rasch fit over every
+    # model's correctness) or "battles" (the pair's tiers' battles); q averaged over label_neighbours neighbours (0:
+    # each prompt's own label), then spread by rank with label_stretch. Chosen on bert's dev runs (BENCHMARKS.md,
+    # 'Round 3'); with battles labels, 128 neighbours were round 1's choice.
+    label_source: str = "difficulty"
+    label_neighbours: int = 0
     label_stretch: bool = True
-    # "battles" (the pair's tiers' battles) or "difficulty" (P(weak model wrong) from the Rasch fit; models/labels.py)
-    label_source: str = "battles"
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     # bf16 autocast for training. None: on CUDA where the GPU has native bf16; the CPU trains in fp32, as it always has
     bf16: bool | None = None

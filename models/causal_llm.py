@@ -101,12 +101,13 @@ class CausalLLMConfig:
     # bf16 autocast for training forward/backward (AVX512-BF16 CPUs; on CUDA only GPUs with native bf16, else fp32);
     # scoring stays fp32
     bf16: bool = True
-    # labels (models/labels.py, classifier_outcomes): q averaged over this many informative neighbours (0: each
-    # prompt's own label), then spread by rank with label_stretch
-    label_neighbours: int = 128
+    # labels (models/labels.py, classifier_outcomes): "difficulty" (P(weak model wrong) from the Rasch fit over every
+    # model's correctness) or "battles" (the pair's tiers' battles); q averaged over label_neighbours neighbours (0:
+    # each prompt's own label), then spread by rank with label_stretch. Chosen on bert's dev runs (BENCHMARKS.md,
+    # 'Round 3'); with battles labels, 128 neighbours were round 1's choice.
+    label_source: str = "difficulty"
+    label_neighbours: int = 0
     label_stretch: bool = True
-    # "battles" (the pair's tiers' battles) or "difficulty" (P(weak model wrong) from the Rasch fit; models/labels.py)
-    label_source: str = "battles"
     device: str = "auto"  # auto: CUDA when torch sees a GPU, else CPU (index/device.py); or cpu / cuda
     seed: int = 0
     # LoRA adapters (peft) on the trained blocks instead of training them in full: how an 8B base is fine-tuned on

@@ -17,8 +17,8 @@ ABILITY = {0: 2.0, 1: 1.0, 2: 0.0, 3: -1.0}  # by tier, for the correctness scor
 
 def _training_data(seed=0, n_prompts=64, n_battles=1500):
     """Two topics: on 'math' prompts strong models win, on 'chat' prompts weak ones hold their own. Every model
-    also has a correctness score on every prompt, from the Rasch model (models/irt.py): chat prompts are easy
-    (difficulty −2), math ones in between the pair's abilities (difficulty 1)."""
+    also has a correctness score on every prompt, its probability of a right answer under the Rasch model
+    (models/irt.py): chat prompts are easy (difficulty −2), math ones in between the pair's abilities (difficulty 1)."""
     rng = np.random.default_rng(seed)
     prompts = [f"{'math equation algebra' if i % 2 else 'chat greeting hello'} item {i} variant {i * 7 % 13}" for i in range(n_prompts)]
     rows = []
@@ -31,8 +31,9 @@ def _training_data(seed=0, n_prompts=64, n_battles=1500):
         winner = "tie" if u < 0.1 else ("model_a" if u < 0.1 + 0.9 / (1 + np.exp(-edge)) else "model_b")
         rows.append((prompts[p], MODELS[a], MODELS[b], winner, "synthetic"))
     battles = pd.DataFrame(rows, columns=["prompt", "model_a", "model_b", "winner", "source"])
-    scores = pd.DataFrame([(prompt, model, float(rng.random() < 1 / (1 + np.exp((1.0 if i % 2 else -2.0) - ABILITY[TIERS[model]]))),
-                            "synthetic") for i, prompt in enumerate(prompts) for model in MODELS],
+    # the share of a model's sampled answers that are right (as GSM8K's scores are), at its expected value
+    scores = pd.DataFrame([(prompt, model, 1 / (1 + np.exp((1.0 if i % 2 else -2.0) - ABILITY[TIERS[model]])), "synthetic")
+                           for i, prompt in enumerate(prompts) for model in MODELS],
                           columns=["prompt", "model", "score", "source"])
     return TrainingData(battles, scores, pd.Series(dtype=float), dict(TIERS), {"data_hash": "test"})
 
@@ -203,9 +204,9 @@ def test_difficulty_keeps_easy_prompts_at_the_weak_model_and_turns_off_with_zero
     from models import irt
 
     queries = ["math equation algebra item 3 variant 8", "chat greeting hello item 4 variant 2"]
-    paper, aware = _router(trained, difficulty_k=0), _router(trained)
+    assert _router(trained).difficulty_k == sw_ranking.DIFFICULTY_K  # 64: every prompt of this data, so a local 8 here
+    paper, aware = _router(trained, difficulty_k=0), _router(trained, difficulty_k=8)
     p_paper, p_aware = paper.score(queries), aware.score(queries)
-    assert aware.difficulty_k == sw_ranking.DIFFICULTY_K
     difficulty = aware.query_difficulty(HashEmbedder(32).embed(queries))
     assert difficulty[0] > difficulty[1]
     gap = np.log(p_paper / (1 - p_paper))
