@@ -3,8 +3,8 @@
     python -m loadtest.classifier_dev --router bert --variants "0,false" "128,false" "128,true" \
         --options '{"epochs": 1}' --out benchmarks/classifier_dev_bert.json
 
-A variant is "label_neighbours,label_stretch[,label_source]" (models/labels.py, `classifier_outcomes`). Each is trained into its
-own folder under --work and scored on the four dev benchmarks (APGR with a 95 % bootstrap interval, each benchmark
+A variant is "label_neighbours,label_stretch[,label_source]" (models/labels.py, `classifier_outcomes`). Each is
+trained into its own folder under --work and scored on the four dev benchmarks (APGR with a 95 % bootstrap interval, each benchmark
 read for the default pair, as `turnout eval` scores a classifier trained for it) and on the dev obvious-prompt files
 (AUC, whole and length-balanced): the committed one and the later ones already read once. Never the paper's
 benchmarks or the never-chosen-on obvious file (models/obvious.py).

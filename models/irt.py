@@ -32,8 +32,8 @@ from scipy.optimize import minimize
 
 from index.errors import ConfigError
 
-# Ridge penalties, in pseudo-observations' worth: they keep a prompt that every model got right (or wrong) at a
-# finite difficulty and pin the scale's origin; abilities are fitted from thousands of answers and barely move.
+# Ridge penalties on the log-likelihood: they keep a prompt that every model got right (or wrong) at a finite
+# difficulty and pin the scale's origin; an ability rests on thousands of answers and barely feels its penalty.
 L2_DIFFICULTY = 0.1
 L2_ABILITY = 0.01
 

@@ -134,7 +134,7 @@ def test_overlay_is_a_valid_serve_config_with_the_override():
     embedding = next(d for d in served.filled()["applications"][0]["deployments"] if d["name"] == autoscale.DEPLOYMENT)
     assert embedding["autoscaling_config"] == scaling and "num_replicas" not in embedding
     assert embedding["max_ongoing_requests"] == 32  # the defaults stay: only the scaling is overridden
-    assert load_serve_file(text=autoscale.overlay_yaml(scaling, "mf")).config.routers.default == "mf"
+    assert load_serve_file(text=autoscale.overlay_yaml(scaling, "length")).config.routers.default == "length"
 
 
 @pytest.mark.parametrize("argv, words", [

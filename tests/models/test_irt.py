@@ -1,6 +1,9 @@
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.stats import spearmanr
+
+from index.errors import ConfigError
 
 from models import irt
 
@@ -33,6 +36,9 @@ def test_fractional_scores_and_missing_answers_fit_and_no_scores_fit_nothing():
     assert rasch.difficulty.notna().all() and len(rasch.difficulty) == 50
     empty = irt.fit(pd.DataFrame(columns=["prompt", "model", "score"]))
     assert empty.difficulty.empty and empty.ability.empty
+    scores.loc[0, "score"] = 2.0
+    with pytest.raises(ConfigError, match=r"must lie in \[0, 1\]"):
+        irt.fit(scores)
 
 
 def test_pair_p_strong_is_the_papers_p_strong_under_independence():

@@ -49,7 +49,7 @@ def test_causal_llm_is_servable_but_never_on_by_default():
     args = TurnoutConfig().model_dump(mode="json")
     args["routers"]["enabled"].append("causal_llm")
     config = parse_app_args(args)
-    assert config.classifier_routers == ["causal_llm"] and config.embedding_routers == ["sw_ranking", "mf"]
+    assert config.classifier_routers == ["causal_llm"] and config.embedding_routers == ["sw_ranking"]
     assert config.classifier.dtype == "float32" and config.classifier.max_batch_size == 32
     assert CLASSIFIER in config.deployments() and DEPLOYMENT_DEFAULTS[CLASSIFIER]["ray_actor_options"]["num_cpus"] == 1.0
 

@@ -58,7 +58,7 @@ def test_backpressure_is_overloaded_503():
 
     ingress = _ingress(BackPressureError(num_queued_requests=3, max_queued_requests=3))
     with pytest.raises(RoutingOverloaded, match="overloaded") as info:
-        asyncio.run(ingress.route("hi", "mf", None, None))
+        asyncio.run(ingress.route("hi", "sw_ranking", None, None))
     assert info.value.http_status == 503
 
 
@@ -67,10 +67,10 @@ def test_timeout_cancels_and_passes_the_budget_down():
 
     ingress = _ingress("slow", timeout_s=0.05)
     with pytest.raises(RoutingTimeout):
-        asyncio.run(ingress.route("hi", "mf", None, None))
+        asyncio.run(ingress.route("hi", "sw_ranking", None, None))
     backend = ingress.backends["embedding"]
     # the remaining budget in seconds (no wall-clock time: the backend's clock may differ)
-    assert backend.calls[0] == ("hi", "mf", 0.05, False)
+    assert backend.calls[0] == ("hi", "sw_ranking", 0.05, False)
     assert backend.response.cancelled
 
 
@@ -79,7 +79,7 @@ def test_in_flight_limit_refuses_at_the_door_and_frees_its_slots():
 
     async def main():
         ingress = _ingress("slow", timeout_s=0.2, max_in_flight=2)
-        calls = [asyncio.ensure_future(ingress.route(f"q{i}", "mf", None, None)) for i in range(3)]
+        calls = [asyncio.ensure_future(ingress.route(f"q{i}", "sw_ranking", None, None)) for i in range(3)]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         return ingress, outcomes
 
@@ -101,7 +101,7 @@ def test_a_synchronous_failure_gives_its_slot_back():
     ingress.backends["embedding"].remote = broken
     for _ in range(3):
         with pytest.raises(RoutingUnavailable):
-            asyncio.run(ingress.route("hi", "mf", None, None))
+            asyncio.run(ingress.route("hi", "sw_ranking", None, None))
     assert ingress.in_flight == 0
 
 
@@ -113,9 +113,9 @@ def test_readiness_does_not_queue_behind_scoring():
 
     ingress = _ingress(BackPressureError(num_queued_requests=3, max_queued_requests=3))
     with pytest.raises(RoutingOverloaded):
-        asyncio.run(ingress.route("hi", "mf", None, None))
+        asyncio.run(ingress.route("hi", "sw_ranking", None, None))
     ingress.backends["embedding"].ready = None  # any call to it would fail the test
-    assert asyncio.run(ingress.ready())["routers"] == ["mf", "sw_ranking"]
+    assert asyncio.run(ingress.ready())["routers"] == ["sw_ranking"]
 
 
 def test_every_error_class_has_a_stable_documented_code():
