@@ -73,7 +73,8 @@ def held_out_benchmark(name: str, data: Path):
 
 
 def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = False, naive: list[int] | None = None,
-              sources: str | None = None, rule: str = "one_se", prior: str = "router+length") -> dict:
+              sources: str | None = None, rule: str = "one_se", prior: str = "router+length",
+              targets: str = "pair,difficulty", routers: tuple[str, ...] = ROUTERS) -> dict:
     from index.errors import ConfigError
     from models import pipeline, user_overlay
     from models.benchmarks import load_benchmark, source_benchmark
@@ -100,6 +101,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
     test, pool = order[:n_test], order[n_test:]
     vectors = np.asarray(ws.embedder.embed(bench.prompts, progress=True), dtype=np.float32)
     y = outcome(bench.strong, bench.weak)
+    weak_failure = 1.0 - bench.weak if "difficulty" in targets.split(",") else None  # graded: scores in [0, 1]
     strong, weak = bench.strong[test], bench.weak[test]
     test_prompts = [bench.prompts[i] for i in test]
     length = np.asarray(LengthRouter().score(test_prompts))
@@ -108,7 +110,7 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
               "prompts": len(bench), "held_out": len(test), "pool": len(pool), "routers": {}}
     if naive:
         result["naive_add"] = naive_add(bench, ws, pool, test, naive, sources)
-    for router_name in ROUTERS:
+    for router_name in routers:
         router = pipeline.load(ws, router_name, strong=pair[0], weak=pair[1])
         public = np.asarray(router.score_embeddings(vectors))
         before = public[test]
@@ -119,17 +121,19 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
                 labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
                 try:
                     chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed, rule=rule,
-                                              log_len=None if prior == "router" else log_len[labelled])
+                                              log_len=None if prior == "router" else log_len[labelled],
+                                              weak_failure=None if weak_failure is None else weak_failure[labelled])
                 except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
                     chosen = {"prior": None, "beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None,
                               "refused": str(exc)}
-                after = user_overlay.predict(chosen, before, vectors[test], test_prompts, vectors[labelled], y[labelled])
+                after = user_overlay.predict(chosen, before, vectors[test], test_prompts, vectors[labelled], y[labelled],
+                                             None if weak_failure is None else weak_failure[labelled])
                 draws.append((chosen, after))
             chosen, after = draws[0]
             curves = bootstrap_curves([after, before, length], strong, weak, resamples, seed=0)
             apgr_new, apgr_before, apgr_length = curves.apgr
             rows.append({
-                "labels": size, "prior": chosen["prior"]["kind"] if chosen["prior"] else "router", "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
+                "labels": size, "target": chosen.get("target"), "prior": chosen["prior"]["kind"] if chosen["prior"] else "router", "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
                 "refused": chosen.get("refused"), "beta": chosen["beta"], "cv_gain": chosen.get("cv_gain"), "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
                 else chosen["kappa"], "cv_auc": chosen["cv_auc"],
                 "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
@@ -254,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rule", default="one_se", help="how the cross-validation picks (beta, kappa): max or one_se")
     parser.add_argument("--prior", default="router+length", help="the priors the cross-validation may pick: "
                         "router (the router's own p_strong only) or router+length (also recalibrated with length)")
+    parser.add_argument("--targets", default="pair,difficulty", help="what the overlay's kernel may average: pair "
+                        "(the pair's outcome only) or pair,difficulty (also the weak model's failure)")
+    parser.add_argument("--routers", default=",".join(ROUTERS), help="comma list of shared-embedding routers")
     parser.add_argument("--summarise", nargs="+", type=Path, metavar="RUN_JSON",
                         help="write no new run: the curves of these runs' records in the issue's shape (--out) and "
                         "a plot beside it")
@@ -272,12 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     naive = [int(n) for n in args.naive_add.split(",") if n]
     results = [run_bench(name, ws, [int(s) for s in args.sizes.split(",")], args.seeds, args.resamples,
-                         args.whole_source, naive, args.sources, args.rule, args.prior)
+                         args.whole_source, naive, args.sources, args.rule, args.prior, args.targets,
+                         tuple(args.routers.split(",")))
                for name in args.benches.split(",")]
     record = {"command": "python -m loadtest.learning_loop " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {_cores()} cores, no GPU",
               "seconds": round(time.time() - start, 1), "test_share": TEST_SHARE, "split_seed": SPLIT_SEED,
-              "whole_source": args.whole_source, "rule": args.rule, "prior": args.prior,
+              "whole_source": args.whole_source, "rule": args.rule, "prior": args.prior, "targets": args.targets,
               "benchmarks": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

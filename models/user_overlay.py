@@ -17,6 +17,13 @@ infinity, the public router alone, is always a candidate, so labels that do not 
 The prior may also be p_public recalibrated with the prompt's length on the labels (`fit_prior`), a candidate the
 same cross-validation weighs: on many sources difficulty follows length, which a router trained elsewhere misses.
 
+Where the labels grade each model's answer (correctness in [0, 1], what `turnout label --grader gold` writes), y
+hides how hard a prompt is: both models right and both wrong are the same tie, and on most traffic ties are most
+labels (BENCHMARKS.md, issue 22's diagnosis). The cross-validation then also weighs the difficulty target: y_i
+replaced by the weak model's failure 1 - s_weak(i) (issue 22's classifier label, here observed rather than fitted),
+blended with the router's p_strong and length recalibrated to that target. Every candidate is judged by how well it
+routes the held-out folds' real outcomes y.
+
 An overlay is a versioned artifact (`save`, `load`): the labelled prompts' embeddings and outcomes, the pair it was
 fitted for, the embedder, and per router (beta, kappa) with their cross-validation table.
 """
@@ -40,6 +47,8 @@ BETAS = (5.0, 10.0, 20.0, 40.0)
 KAPPAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, math.inf)
 FOLDS = 5
 MIN_DECISIVE = 10  # labelled prompts where one model was better, needed before the overlay can move anything
+# What the kernel averages: the pair's outcome y, or the weak model's failure (`Outcomes.weak_failure`).
+TARGETS = ("pair", "difficulty")
 
 
 @dataclass
@@ -50,6 +59,8 @@ class Outcomes:
     y: np.ndarray  # in [0, 1]: 1 strong better, 0 weak better, 0.5 tie
     strong: str
     weak: str
+    # 1 - the weak model's score per prompt where every labelled prompt has one in [0, 1] (graded answers), else None
+    weak_failure: np.ndarray | None = None
 
 
 def outcomes(user_files: list, strong: str, weak: str) -> Outcomes:
@@ -68,7 +79,20 @@ def outcomes(user_files: list, strong: str, weak: str) -> Outcomes:
     strong_side = np.where(pair["model_a"] == strong, "model_a", "model_b")
     y = np.where(pair["winner"].to_numpy() == "tie", 0.5, (pair["winner"].to_numpy() == strong_side).astype(float))
     means = pd.Series(y, index=pair["prompt"].to_numpy()).groupby(level=0, sort=True).mean()
-    return Outcomes(means.index.tolist(), means.to_numpy(dtype=np.float64), strong, weak)
+    return Outcomes(means.index.tolist(), means.to_numpy(dtype=np.float64), strong, weak,
+                    _weak_failure(user_files, weak, means.index))
+
+
+def _weak_failure(user_files: list, weak: str, prompts) -> np.ndarray | None:
+    """1 - the weak model's mean score on each of `prompts`, or None unless every one has a score in [0, 1]."""
+    import pandas as pd
+
+    scores = pd.concat([u.scores for u in user_files], ignore_index=True)
+    scores = scores[scores["model"] == weak]
+    if scores.empty:
+        return None
+    score = scores.groupby("prompt")["score"].mean().reindex(prompts).to_numpy(dtype=np.float64)
+    return 1.0 - score if np.all((score >= 0) & (score <= 1)) else None  # NaN (a prompt without one) fails too
 
 
 def split(labels: Outcomes, share: float) -> tuple[Outcomes, Any]:
@@ -83,7 +107,9 @@ def split(labels: Outcomes, share: float) -> tuple[Outcomes, Any]:
     if held.all() or not held.any():
         raise ConfigError(f"{len(labels.prompts)} labelled prompts leave none on one side of a {share} holdout share")
     prompts = np.array(labels.prompts, dtype=object)
-    fit_part = Outcomes(prompts[~held].tolist(), labels.y[~held], labels.strong, labels.weak)
+    failure = labels.weak_failure
+    fit_part = Outcomes(prompts[~held].tolist(), labels.y[~held], labels.strong, labels.weak,
+                        None if failure is None else failure[~held])
     bench = Benchmark("holdout-share", prompts[held].tolist(), labels.y[held], 1.0 - labels.y[held],
                       labels.strong, labels.weak)
     return fit_part, bench
@@ -164,59 +190,77 @@ def _prior_features(p_public: np.ndarray, log_len: np.ndarray) -> np.ndarray:
 
 
 def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, kappas=KAPPAS, folds: int = FOLDS,
-        seed: int = 0, rule: str = "one_se", log_len: np.ndarray | None = None) -> dict[str, Any]:
-    """(prior, beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are predicted
-    from the other folds' outcomes and their own prior p_strong (the prior itself fitted on the other folds), and
-    the candidate whose predictions route best (`routing_gain`, the mean over the folds) wins; ties go to the larger
-    kappa, then the
-    router's own prior (the public router, unless the labels beat it). With rule one_se, the candidate first in
-    that order of caution (then the smallest beta) whose gain is within one standard error (over the folds) of the
-    best: the usual guard against picking a candidate that only won by chance. The length prior is a candidate
-    only with `log_len`. Returns prior (None: the router's own), beta, kappa, cv_gain, cv_auc and the table."""
+        seed: int = 0, rule: str = "one_se", log_len: np.ndarray | None = None,
+        weak_failure: np.ndarray | None = None) -> dict[str, Any]:
+    """(target, prior, beta, kappa) by K-fold cross-validation over the labelled prompts: each fold's prompts are
+    predicted from the other folds' outcomes and their own prior p_strong (the prior itself fitted on the other
+    folds), and the candidate whose predictions route best (`routing_gain` of the real outcomes y, the mean over the
+    folds) wins; ties go to the larger kappa, then the router's own prior (the public router, unless the labels beat
+    it), then the pair target. With rule one_se, the candidate first in that order of caution (then the smallest
+    beta) whose gain is within one standard error (over the folds) of the best: the usual guard against picking a
+    candidate that only won by chance. The length prior is a candidate only with `log_len`, the difficulty target
+    (always over the length prior, fitted to that target) only with both `log_len` and `weak_failure`. Returns
+    target, prior (None: the router's own), beta, kappa, cv_gain, cv_auc and the table."""
     decisive = int((y != 0.5).sum())
     if decisive < MIN_DECISIVE:
         raise ConfigError(f"{decisive} labelled prompts have a winner; the overlay needs at least {MIN_DECISIVE}")
     if rule not in RULES:
         raise ConfigError(f"unknown rule {rule!r}; known: {', '.join(RULES)}")
     fold_of = np.random.default_rng(seed).permutation(len(y)) % folds
+    candidates = [("pair", kind) for kind in (PRIORS[:1] if log_len is None else PRIORS)]
+    if log_len is not None and weak_failure is not None and _both_ways(weak_failure):
+        candidates.append(("difficulty", "router+length"))
     table = []
-    for kind in PRIORS[:1] if log_len is None else PRIORS:
+    for target, kind in candidates:
+        values = weak_failure if target == "difficulty" else y
         base = np.empty(len(y))  # each fold's prior, fitted without it
         for k in range(folds):
             held, kept = fold_of == k, fold_of != k
-            prior = fit_prior(p_public[kept], log_len[kept], y[kept]) if kind != "router" else None
+            prior = fit_prior(p_public[kept], log_len[kept], values[kept]) if kind != "router" else None
             base[held] = prior_p(prior, p_public[held], None if log_len is None else log_len[held])
         for beta in betas:
             for kappa in kappas:
                 predicted = np.empty(len(y))
                 for k in range(folds):
                     held, kept = fold_of == k, fold_of != k
-                    predicted[held] = adjusted(base[held], vectors[held], vectors[kept], y[kept], beta, kappa)
+                    predicted[held] = adjusted(base[held], vectors[held], vectors[kept], values[kept], beta, kappa)
                 # per fold, then averaged: a fold's prior has its own intercept, which pooled ranks would mix in
                 per_fold = [routing_gain(predicted[fold_of == k], y[fold_of == k]) for k in range(folds)]
-                table.append({"prior": kind, "beta": beta, "kappa": kappa, "cv_gain": float(np.mean(per_fold)),
+                table.append({"target": target, "prior": kind, "beta": beta, "kappa": kappa,
+                              "cv_gain": float(np.mean(per_fold)),
                               "cv_gain_se": float(np.std(per_fold, ddof=1) / np.sqrt(folds)),
                               "cv_auc": ranking_auc(predicted, y)})
 
     def caution(row):
-        return row["kappa"], row["prior"] == "router", -row["beta"]
+        return row["kappa"], row["prior"] == "router", row["target"] == "pair", -row["beta"]
 
     best = max(table, key=lambda row: (round(row["cv_gain"], 12), *caution(row)))
     if rule == "one_se":
         best = max((row for row in table if row["cv_gain"] >= best["cv_gain"] - best["cv_gain_se"]), key=caution)
-    prior = fit_prior(p_public, log_len, y) if best["prior"] != "router" else None
+    values = weak_failure if best["target"] == "difficulty" else y
+    prior = fit_prior(p_public, log_len, values) if best["prior"] != "router" else None
     return {**best, "prior": prior, "folds": folds, "rule": rule, "table": table}
 
 
+def _both_ways(values: np.ndarray) -> bool:
+    """Enough labels on each side (the weak model right on some, wrong on others) for a logistic prior."""
+    return int((values > 0).sum()) >= MIN_DECISIVE and int((values < 1).sum()) >= MIN_DECISIVE
+
+
 def predict(params: dict[str, Any], p_public: np.ndarray, queries: np.ndarray, prompts: list[str] | None,
-            vectors: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """A fitted router's p_strong (`fit`'s prior, beta, kappa) for `queries`, their prompts (for a length prior)
-    and the labelled prompts' `vectors` and outcomes `y`."""
+            vectors: np.ndarray, y: np.ndarray, weak_failure: np.ndarray | None = None) -> np.ndarray:
+    """A fitted router's p_strong (`fit`'s target, prior, beta, kappa) for `queries`, their prompts (for a length
+    prior) and the labelled prompts' `vectors`, outcomes `y` and weak-model failures (for the difficulty target)."""
     prior = params.get("prior")
     if prior is not None and prompts is None:
         raise ValueError("a length prior needs the prompts")
+    values = y
+    if params.get("target", "pair") == "difficulty":
+        if weak_failure is None:
+            raise ArtifactError("the difficulty target needs the labels' weak-model failures, which are missing")
+        values = weak_failure
     base = prior_p(prior, p_public, log_length(prompts) if prior is not None else None)
-    return adjusted(base, queries, vectors, y, params["beta"], params["kappa"])
+    return adjusted(base, queries, vectors, values, params["beta"], params["kappa"])
 
 
 # ------------------------------------------------------------------------------------------------ artifact
@@ -233,6 +277,7 @@ class UserOverlay:
     embedder: str
     routers: dict[str, dict[str, Any]]  # name -> {"beta", "kappa", "cv_gain", ...}
     router_pair: tuple[str, str]  # the pair the routers scored as prior (a service's routers.strong/weak_model)
+    weak_failure: np.ndarray | None = None  # Outcomes.weak_failure, for routers fitted on the difficulty target
     version: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -240,7 +285,7 @@ class UserOverlay:
         params = self.routers.get(router)
         if params is None:
             return np.asarray(p_public, dtype=np.float64)
-        return predict(params, p_public, queries, prompts, self.vectors, self.y)
+        return predict(params, p_public, queries, prompts, self.vectors, self.y, self.weak_failure)
 
     def save(self, root: Path, extra: dict[str, Any] | None = None) -> Path:
         """Write a new version folder under `root` (never over an existing one); returns it."""
@@ -258,6 +303,8 @@ class UserOverlay:
         with atomic_dir(folder) as tmp:
             np.save(tmp / "vectors.npy", self.vectors.astype(np.float32))
             np.save(tmp / "y.npy", self.y.astype(np.float64))
+            if self.weak_failure is not None:
+                np.save(tmp / "weak_failure.npy", self.weak_failure.astype(np.float64))
             (tmp / "manifest.json").write_text(json.dumps(self.manifest, indent=1, default=_plain))
         return folder
 
@@ -267,14 +314,16 @@ class UserOverlay:
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
             vectors, y = np.load(folder / "vectors.npy"), np.load(folder / "y.npy")
+            routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
+            needs_failure = any(params.get("target") == "difficulty" for params in routers.values())
+            failure = np.load(folder / "weak_failure.npy") if needs_failure else None
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"overlay {folder.name} is missing or corrupted ({type(exc).__name__}); promote "
                                 "another version or retrain") from None
-        if len(vectors) != len(y):
+        if len(vectors) != len(y) or (failure is not None and len(failure) != len(y)):
             raise ArtifactError(f"overlay {folder.name} is inconsistent ({len(vectors)} vectors, {len(y)} outcomes)")
-        routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
         return cls(vectors, y, manifest["strong"], manifest["weak"], manifest["embedder"], routers,
-                   tuple(manifest["router_pair"]), manifest["version"], manifest)
+                   tuple(manifest["router_pair"]), failure, manifest["version"], manifest)
 
 
 def _plain(value: Any) -> Any:
@@ -352,10 +401,11 @@ def fit_overlay(routers: dict[str, Any], embedder, labels: Outcomes, router_pair
     params = {}
     for name, router in routers.items():
         result = fit(vectors, labels.y, np.asarray(router.score_embeddings(vectors)), seed=seed,
-                     log_len=log_length(labels.prompts))
-        params[name] = {k: result[k] for k in ("prior", "beta", "kappa", "cv_gain", "cv_auc", "folds")} | {
+                     log_len=log_length(labels.prompts), weak_failure=labels.weak_failure)
+        params[name] = {k: result[k] for k in ("target", "prior", "beta", "kappa", "cv_gain", "cv_auc", "folds")} | {
             "cv_table": result["table"]}
-    return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder.name, params, tuple(router_pair))
+    return UserOverlay(vectors, labels.y, labels.strong, labels.weak, embedder.name, params, tuple(router_pair),
+                       labels.weak_failure)
 
 
 def compare(new: UserOverlay, current: UserOverlay | None, routers: dict[str, Any], embedder, bench,

@@ -508,7 +508,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         a, i, p = r["apgr"], r["interval"], r["p_new_gt"]
         print(f"{name}: APGR new {a['new']:.3f} [{i['new'][0]:.3f}, {i['new'][1]:.3f}], {against} {a['current']:.3f}, "
               f"length {a['length']:.3f}, random {a['random']:.3f}; P(new > current) {p['current']:.2f}, "
-              f"P(new > length) {p['length']:.2f} (prior {(new.routers[name]['prior'] or {}).get('kind', 'router')}, "
+              f"P(new > length) {p['length']:.2f} (target {new.routers[name]['target']}, "
+              f"prior {(new.routers[name]['prior'] or {}).get('kind', 'router')}, "
               f"beta {new.routers[name]['beta']:g}, kappa {new.routers[name]['kappa']:g}, {len(bench)} held-out prompts)")
     if worse and not args.force:
         print(f"{new.version} written to {folder} but not promoted: worse than {against} for {', '.join(worse)} "

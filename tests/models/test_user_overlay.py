@@ -287,3 +287,69 @@ def test_a_promoted_version_is_swapped_in_live_and_a_broken_one_leaves_the_old_s
     assert asyncio.run(deployment._score_batch([("poetry verse", "sw_ranking", False)]))[0]["p_strong"] >= 0
     user_overlay.promote(home, None)
     assert settled(lambda s: s["version"] is None) == {"version": None, "failed": None}
+
+
+def test_graded_labels_carry_the_weak_models_failures(tmp_path):
+    graded = tmp_path / "graded.csv"
+    graded.write_text("prompt,model,score\np1,big,1\np1,small,0\np2,big,0\np2,small,1\np3,big,1\np3,small,1\n")
+    found = outcomes([read_user_file(graded)], "big", "small")
+    assert dict(zip(found.prompts, found.weak_failure)) == {"p1": 1.0, "p2": 0.0, "p3": 0.0}
+    judged = tmp_path / "judged.csv"  # a 1-10 score is not a failure rate
+    judged.write_text("prompt,model,score\np1,big,9\np1,small,3\n")
+    assert outcomes([read_user_file(judged)], "big", "small").weak_failure is None
+    battles = tmp_path / "battles.jsonl"  # a prompt with a verdict but no grade: the target is not offered
+    battles.write_text(json.dumps({"prompt": "p9", "model_a": "small", "model_b": "big", "winner": "model_b"}) + "\n")
+    assert outcomes([read_user_file(graded), read_user_file(battles)], "big", "small").weak_failure is None
+    fit_part, _ = user_overlay.split(found, 0.5)
+    assert len(fit_part.weak_failure) == len(fit_part.y)
+
+
+def _graded_topics(n, seed=0):
+    """Ten topics, each with its own rate r at which the weak model fails; the strong model fails a third as often
+    as that, so routing a topic to it gains 2r/3. Per prompt, each answer is right or wrong at those rates."""
+    centres = _unit(np.random.default_rng(0).normal(size=(10, 16)))  # the same topics for every sample
+    rng = np.random.default_rng(seed)
+    rate = np.linspace(0.05, 0.95, 10)
+    topic = rng.integers(0, 10, n)
+    vectors = _unit(centres[topic] + 0.2 * rng.normal(size=(n, 16)))
+    weak_right = (rng.random(n) >= rate[topic]).astype(float)
+    strong_right = (rng.random(n) >= rate[topic] / 3).astype(float)
+    y = np.where(strong_right > weak_right, 1.0, np.where(strong_right < weak_right, 0.0, 0.5))
+    return vectors, y, 1.0 - weak_right, rate[topic]
+
+
+def test_the_difficulty_target_is_weighed_and_chosen_where_it_routes_better():
+    vectors, y, failure, rate = _graded_topics(150)
+    flat, length = np.full(len(y), 0.5), np.log1p(np.arange(len(y)) % 7)  # a router and a length that know nothing
+    without = fit(vectors, y, flat, log_len=length, rule="max")
+    assert {row["target"] for row in without["table"]} == {"pair"}
+    chosen = fit(vectors, y, flat, log_len=length, weak_failure=failure, rule="max")
+    grid = len(user_overlay.BETAS) * len(user_overlay.KAPPAS)
+    assert [row["target"] for row in chosen["table"]].count("difficulty") == grid
+    assert chosen["target"] == "difficulty" and chosen["cv_gain"] > without["cv_gain"]
+    # its predictions average the failures, and rank the topics by their gain
+    queries, _, _, query_rate = _graded_topics(300, seed=1)
+    got = user_overlay.predict(chosen, np.full(300, 0.5), queries, ["x"] * 300, vectors, y, failure)
+    prior = user_overlay.prior_p(chosen["prior"], np.full(300, 0.5), np.log1p(np.ones(300)))
+    assert got == pytest.approx(adjusted(prior, queries, vectors, failure, chosen["beta"], chosen["kappa"]))
+    topic_means = [got[query_rate == r].mean() for r in np.unique(query_rate)]
+    assert np.corrcoef(topic_means, np.unique(query_rate))[0, 1] > 0.8
+    with pytest.raises(ArtifactError, match="weak-model failures"):
+        user_overlay.predict(chosen, np.full(300, 0.5), queries, ["x"] * 300, vectors, y)
+    # a weak model that is never wrong on the labels gives the logistic prior nothing to fit: not a candidate
+    never = fit(vectors, y, flat, log_len=length, weak_failure=np.zeros(len(y)))
+    assert {row["target"] for row in never["table"]} == {"pair"}
+
+
+def test_an_overlay_on_the_difficulty_target_keeps_its_failures(tmp_path):
+    vectors, y, failure, _ = _graded_topics(60)
+    params = {"sw_ranking": {"target": "difficulty", "prior": None, "beta": 10.0, "kappa": 1.0}}
+    saved = UserOverlay(vectors, y, "big", "small", "hash-16", params, ("s", "w"), failure).save(tmp_path)
+    loaded = UserOverlay.load(saved)
+    assert loaded.weak_failure == pytest.approx(failure)
+    query = vectors[:3]
+    assert loaded.adjust("sw_ranking", np.full(3, 0.5), query, ["a", "b", "c"]) == pytest.approx(
+        adjusted(np.full(3, 0.5), query, vectors, failure, 10.0, 1.0))
+    (saved / "weak_failure.npy").unlink()
+    with pytest.raises(ArtifactError, match="missing or corrupted"):
+        UserOverlay.load(saved)
