@@ -134,6 +134,11 @@ class SWRankingRouter(Router):
 
     def win_matrices(self, queries: np.ndarray) -> np.ndarray:
         """Weighted tier win matrices (B, T, T) for unit-norm query embeddings (B, d)."""
+        return self._wins_and_nearest(queries, 0)[0]
+
+    def _wins_and_nearest(self, queries: np.ndarray, n_nearest: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The win matrices and, from the same similarities where they hold them, the ids of each query's
+        `n_nearest` most similar training prompts (None for 0), so that the difficulty costs no second search."""
         n_prompts, n_tiers = len(self.counts), self.counts.shape[1]
         if self.k is None or self.k >= n_prompts:
             # Exact: every similarity, no top-k sort.
@@ -141,8 +146,15 @@ class SWRankingRouter(Router):
                 self._all_vectors = np.ascontiguousarray(self.store.vectors(), dtype=np.float32)
             sims = queries.astype(np.float32) @ self._all_vectors.T
             weights = self.gamma ** (1.0 + sims / np.maximum(sims.max(axis=1, keepdims=True), 1e-6))
-            return (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
-        sims, ids = self.store.search(queries, self.k)
+            wins = (weights @ self.counts.reshape(n_prompts, -1)).reshape(-1, n_tiers, n_tiers).astype(np.float64)
+            if not n_nearest:
+                return wins, None
+            if n_nearest >= n_prompts:
+                return wins, np.broadcast_to(np.arange(n_prompts), (len(queries), n_prompts))
+            return wins, np.argpartition(-sims, n_nearest - 1, axis=1)[:, :n_nearest]
+        sims, ids = self.store.search(queries, max(self.k, n_nearest))
+        nearest = ids[:, :n_nearest] if n_nearest else None  # the search returns them most similar first
+        sims, ids = sims[:, :self.k], ids[:, :self.k]
         # An approximate index (IVF, HNSW) may return fewer than k hits: empty slots come back as id -1 with a
         # similarity of -3.4e38. They are not neighbours: those prompts count with the rest at the shared weight.
         found = ids >= 0
@@ -163,24 +175,27 @@ class SWRankingRouter(Router):
             local = dense @ self.counts.reshape(n_prompts, -1)
         else:
             local = np.einsum("bk,bkn->bn", delta, self.counts.reshape(n_prompts, -1)[ids])
-        return w_rest[:, :, None] * self.total[None] + local.reshape(-1, n_tiers, n_tiers)
+        return w_rest[:, :, None] * self.total[None] + local.reshape(-1, n_tiers, n_tiers), nearest
 
     def score_embeddings(self, queries: np.ndarray) -> np.ndarray:
         out = np.empty(len(queries))
         for start in range(0, len(queries), self.batch_size):
             batch = queries[start: start + self.batch_size]
-            p = self.pair_p_strong(self.win_matrices(batch))
+            wins, nearest = self._wins_and_nearest(batch, self.difficulty_k)
+            p = self.pair_p_strong(wins)
             if self.difficulty_k:
                 p = np.clip(p, 1e-12, 1 - 1e-12)
                 gap = np.log(p) - np.log1p(-p)
-                p = irt.pair_p_strong(self.ability_weak, gap, self.query_difficulty(batch))
+                p = irt.pair_p_strong(self.ability_weak, gap, self._mean_difficulty(nearest))
             out[start: start + self.batch_size] = p
         return out
 
     def query_difficulty(self, queries: np.ndarray) -> np.ndarray:
         """Mean difficulty of each query's `difficulty_k` nearest training prompts that have one (their overall
-        mean where none of them has)."""
-        _, ids = self.store.search(queries, self.difficulty_k)
+        mean where none of them has), by a search of its own (`score_embeddings` takes them from its scan)."""
+        return self._mean_difficulty(self.store.search(queries, self.difficulty_k)[1])
+
+    def _mean_difficulty(self, ids: np.ndarray) -> np.ndarray:
         near = np.where(ids >= 0, self.difficulty[np.maximum(ids, 0)], np.nan)
         known = np.isfinite(near)
         total = np.where(known, near, 0.0).sum(axis=1)

@@ -260,3 +260,18 @@ def test_preference_data_alone_serves_the_papers_p_strong(trained, tmp_path):
     np.testing.assert_allclose(load().score(queries), _router(trained, difficulty_k=0).score(queries), rtol=1e-5)
     with pytest.raises(ConfigError, match="no correctness data"):
         load(difficulty_k=8)
+
+
+@pytest.mark.parametrize("k", [None, 3, 16])
+def test_scoring_takes_the_difficulty_neighbours_from_its_own_scan(trained, k):
+    """One similarity scan serves both the win matrices and the difficulty: the same neighbours, exact scan or
+    top-k (fewer or more hits than difficulty_k), as the difficulty's own index search finds them."""
+    from models import irt
+
+    router = _router(trained, difficulty_k=8)
+    router.k = k
+    queries = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)  # no tied similarities
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    p = np.clip(router.pair_p_strong(router.win_matrices(queries)), 1e-12, 1 - 1e-12)
+    expected = irt.pair_p_strong(router.ability_weak, np.log(p / (1 - p)), router.query_difficulty(queries))
+    np.testing.assert_allclose(router.score_embeddings(queries), expected, rtol=1e-9)
