@@ -254,8 +254,10 @@ def predict(params: dict[str, Any], p_public: np.ndarray, queries: np.ndarray, p
     prior = params.get("prior")
     if prior is not None and prompts is None:
         raise ValueError("a length prior needs the prompts")
-    values = y
-    if params.get("target", "pair") == "difficulty":
+    values, target = y, params.get("target", "pair")  # overlays from before the difficulty target: pair
+    if target not in TARGETS:
+        raise ArtifactError(f"unknown overlay target {target!r}; known: {', '.join(TARGETS)}")
+    if target == "difficulty":
         if weak_failure is None:
             raise ArtifactError("the difficulty target needs the labels' weak-model failures, which are missing")
         values = weak_failure
