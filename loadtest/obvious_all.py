@@ -6,7 +6,8 @@
 
 AUC (whole and length-balanced, 95 % bootstrap intervals) of each router on the committed file and on every later
 one (models/obvious.py), for the default pair. `--before NAME=ROOT` adds NAME loaded from another routers folder
-(the artifact it replaced), `--option LABEL=NAME:KEY=VALUE` NAME loaded with one option changed. It reads the
+(the artifact it replaced), `--option LABEL=NAME:KEY=VALUE` NAME loaded with one option changed, `--home-router
+LABEL=NAME:HOME:EMBEDDER` NAME from another home with its own embedder (an embedder backend's build). It reads the
 never-chosen-on file too: run it once, at the end of a piece of work, as `turnout eval --obvious-heldout` does.
 """
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--router", required=True, help="comma list of routers in <home>/routers")
     parser.add_argument("--before", action="append", default=[], help="NAME=ROUTERS_FOLDER (repeatable)")
     parser.add_argument("--option", action="append", default=[], help="LABEL=NAME:KEY=VALUE (repeatable)")
+    parser.add_argument("--home-router", action="append", default=[], help="LABEL=NAME:HOME:EMBEDDER (repeatable)")
     parser.add_argument("--home")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -45,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         name, _, setting = spec.partition(":")
         key, _, value = setting.partition("=")
         routers[label] = load(name, ws.routers, **{key: json.loads(value)})
+    for item in args.home_router:
+        label, _, spec = item.partition("=")
+        name, home, embedder = spec.split(":")
+        other = pipeline.workspace(home, embedder=embedder)
+        routers[label] = entry(name).router_class().from_artifacts(other.routers, embedder=other.embedder)
     routers["random"] = RandomRouter(0)
     report = {}
     for path in (OBVIOUS_PATH, *OBVIOUS_LATER_PATHS):

@@ -26,7 +26,7 @@ class KeywordRouter(Router):
 
 
 @pytest.fixture(scope="module", params=[obvious.OBVIOUS_PATH, *obvious.OBVIOUS_LATER_PATHS],
-                ids=["dev", "heldout", "heldout2", "heldout3"])
+                ids=["dev", "heldout", "heldout2", "heldout3", "heldout4"])
 def frame(request):
     return obvious.load_obvious(request.param)
 

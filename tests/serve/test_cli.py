@@ -97,7 +97,7 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
                           "--obvious-heldout", "--out", str(tmp_path / "eval3"), *home)
     assert code == 0, err
     assert (tmp_path / "routers" / "sw_ranking" / "manifest.json").stat().st_mtime_ns > trained_at
-    for name in ("obvious_heldout.json", "obvious_heldout2.json", "obvious_heldout3.json"):
+    for name in ("obvious_heldout.json", "obvious_heldout2.json", "obvious_heldout3.json", "obvious_heldout4.json"):
         heldout = json.loads((tmp_path / "eval3" / name).read_text())
         assert set(heldout) == {"sw_ranking", "length"} and heldout["length"]["auc_balanced"] == 0.0
 
