@@ -45,7 +45,8 @@ HELD_OUT = {"routerdc-prealgebra": ("MATH_prealgebra",), "routerdc-arc-test": ("
 # by a rule fixed before any routing was scored, so that the two models are far apart (the median rule above left
 # ARC and C-Eval with pairs a few points apart): strong the model right most often on the file, weak the one right
 # least often.
-HELD_OUT_FAR = {"routerdc-mmlu-test": ("mmlu_test",), "routerdc-gsm8k-test": ("gsm8k-test",), "routerdc-mbpp": ("mbpp",)}
+HELD_OUT_FAR = {"routerdc-mmlu-test": ("mmlu_test",), "routerdc-gsm8k-test": ("gsm8k-test",),
+                "routerdc-mbpp": ("mbpp",)}
 SIZES = (50, 100, 200, 400)
 TEST_SHARE = 0.4
 SPLIT_SEED = 20261207
@@ -89,13 +90,14 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
         if source in trained_on:
             raise ConfigError(f"--whole-source: the training data in {ws.home} holds {source}; build it without "
                               f"(turnout data build --sources ...) into another --home")
-    if name in HELD_OUT or name in HELD_OUT_FAR:
+    held_out = name in HELD_OUT or name in HELD_OUT_FAR
+    if held_out:
         bench = held_out_benchmark(name, ws.data())
     else:
         bench = source_benchmark(name, ws.data(), PAIRS.get(name)) if whole else load_benchmark(name, ws.data())
     # The dev split's pair is in the public tier table; a source left out may name models the public data never
     # saw (gpt-4o), so the routers score the served pair there, as `turnout retrain` does with the user's labels.
-    pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole or name in HELD_OUT or name in HELD_OUT_FAR else (bench.strong_model, bench.weak_model)
+    pair = (DEFAULT_STRONG, DEFAULT_WEAK) if whole or held_out else (bench.strong_model, bench.weak_model)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(bench))
     n_test = int(round(TEST_SHARE * len(bench)))
     test, pool = order[:n_test], order[n_test:]
@@ -119,23 +121,27 @@ def run_bench(name: str, ws, sizes, seeds: int, resamples: int, whole: bool = Fa
             draws = []
             for seed in range(seeds):
                 labelled = np.random.default_rng(seed).permutation(pool)[:size]  # nested: a prefix per seed
+                failure = None if weak_failure is None else weak_failure[labelled]
                 try:
                     chosen = user_overlay.fit(vectors[labelled], y[labelled], public[labelled], seed=seed, rule=rule,
                                               log_len=None if prior == "router" else log_len[labelled],
-                                              weak_failure=None if weak_failure is None else weak_failure[labelled])
+                                              weak_failure=failure)
                 except ConfigError as exc:  # too few decisive labels: retrain refuses, the routers stay as they are
                     chosen = {"prior": None, "beta": None, "kappa": float("inf"), "cv_gain": None, "cv_auc": None,
                               "refused": str(exc)}
-                after = user_overlay.predict(chosen, before, vectors[test], test_prompts, vectors[labelled], y[labelled],
-                                             None if weak_failure is None else weak_failure[labelled])
+                after = user_overlay.predict(chosen, before, vectors[test], test_prompts, vectors[labelled],
+                                             y[labelled], failure)
                 draws.append((chosen, after))
             chosen, after = draws[0]
             curves = bootstrap_curves([after, before, length], strong, weak, resamples, seed=0)
             apgr_new, apgr_before, apgr_length = curves.apgr
             rows.append({
-                "labels": size, "target": chosen.get("target"), "prior": chosen["prior"]["kind"] if chosen["prior"] else "router", "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
-                "refused": chosen.get("refused"), "beta": chosen["beta"], "cv_gain": chosen.get("cv_gain"), "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"])
-                else chosen["kappa"], "cv_auc": chosen["cv_auc"],
+                "labels": size, "target": chosen.get("target"),
+                "prior": chosen["prior"]["kind"] if chosen["prior"] else "router",
+                "decisive": int((y[np.random.default_rng(0).permutation(pool)[:size]] != 0.5).sum()),
+                "refused": chosen.get("refused"), "beta": chosen["beta"], "cv_gain": chosen.get("cv_gain"),
+                "kappa": str(chosen["kappa"]) if np.isinf(chosen["kappa"]) else chosen["kappa"],
+                "cv_auc": chosen["cv_auc"],
                 "apgr": summarize(after, strong, weak)["apgr"], "interval": percentile_interval(apgr_new),
                 "p_gt_before": p_greater(apgr_new, apgr_before), "p_gt_length": p_greater(apgr_new, apgr_length),
                 "p_gt_random": p_greater(apgr_new, curves.random_apgr),

@@ -31,12 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], help="LABEL=NAME:KEY=VALUE (repeatable)")
     parser.add_argument("--home-router", action="append", default=[], help="LABEL=NAME:HOME:EMBEDDER (repeatable)")
     parser.add_argument("--home")
+    parser.add_argument("--embedder", help="the home's embedder (default: the served one)")
+    parser.add_argument("--strong", help="with --weak: the pair to score (default: the served pair)")
+    parser.add_argument("--weak")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    ws = pipeline.workspace(args.home)
+    ws = pipeline.workspace(args.home, **({"embedder": args.embedder} if args.embedder else {}))
 
-    def load(name: str, root: Path, **options):
-        return entry(name).router_class().from_artifacts(root, embedder=ws.embedder, **options)
+    pair = {"strong": args.strong, "weak": args.weak} if args.strong else {}
+
+    def load(name: str, root: Path, embedder=ws.embedder, **options):
+        return entry(name).router_class().from_artifacts(root, embedder=embedder, **pair, **options)
 
     routers = {name: load(name, ws.routers) for name in args.router.split(",")}
     for item in args.before:
@@ -51,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         label, _, spec = item.partition("=")
         name, home, embedder = spec.split(":")
         other = pipeline.workspace(home, embedder=embedder)
-        routers[label] = entry(name).router_class().from_artifacts(other.routers, embedder=other.embedder)
+        routers[label] = load(name, other.routers, other.embedder)
     routers["random"] = RandomRouter(0)
     report = {}
     for path in (OBVIOUS_PATH, *OBVIOUS_LATER_PATHS):
