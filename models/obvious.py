@@ -23,9 +23,9 @@ once at the end of that round and a dev file since. `obvious_prompts_heldout3.js
 the third round, looks like a company gateway's traffic (support replies, pasted context, SQL, compliance, finance,
 design reviews) with easy and hard prompts in every domain, and was read once at the end of the third round (a dev
 file since). `obvious_prompts_heldout4.jsonl`, written the same way on 2026-12-07 (session 6) as consumer-assistant
-and developer-tool traffic with easy and hard prompts in the same domains, is never chosen on: it was first read at
-the end of that session, with no choice pending. Each balanced subset's easy prompts are all longer than its hard
-ones.
+and developer-tool traffic with easy and hard prompts in the same domains, was read once at the end of that session
+with no choice pending, and is a dev file since: the next choice needs a new file, written and committed before it
+and read once at the end. Each balanced subset's easy prompts are all longer than its hard ones.
 
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
 balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`. Every
@@ -54,7 +54,7 @@ OBVIOUS_PATH = Path(__file__).with_name("obvious_prompts.jsonl")
 OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")  # a dev file since issue 22's first read
 OBVIOUS_HELDOUT2_PATH = Path(__file__).with_name("obvious_prompts_heldout2.jsonl")  # a dev file since round 2's end
 OBVIOUS_HELDOUT3_PATH = Path(__file__).with_name("obvious_prompts_heldout3.jsonl")  # a dev file since round 3's end
-OBVIOUS_HELDOUT4_PATH = Path(__file__).with_name("obvious_prompts_heldout4.jsonl")  # never chosen on (docstring)
+OBVIOUS_HELDOUT4_PATH = Path(__file__).with_name("obvious_prompts_heldout4.jsonl")  # a dev file since session 6
 # Every file after the committed one, in the order written: `turnout eval --obvious-heldout` scores them all.
 OBVIOUS_LATER_PATHS = (OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT3_PATH, OBVIOUS_HELDOUT4_PATH)
 LABELS = ("hard", "easy")

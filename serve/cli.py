@@ -96,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
     ev.add_argument("--obvious-heldout", action="store_true",
                     help="also score the later obvious files, each into its own json: models/obvious_prompts_heldout"
-                    ".jsonl, _heldout2 and _heldout3 (dev files since their first read) and _heldout4 (never chosen "
-                    "on: read it once, at the end of a piece of work)")
+                    ".jsonl and _heldout2 to _heldout4 (each a dev file since its first read; a new choice needs a "
+                    "new file, read once at the end)")
     ev.add_argument("--retrain", action="store_true",
                     help="first retrain every trained router in --router on <home>/data with its default settings "
                     "(bert and causal_llm too: a long run on a CPU), so no figure is older than the data")
