@@ -345,8 +345,21 @@ class VLLMScorer:
         self.llm = LLM(**self.engine_args)
 
     def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
-        outputs = self.llm.classify([{"prompt_token_ids": x} for x in token_ids], use_tqdm=False)
+        outputs = self.llm.classify([{"prompt_token_ids": x} for x in token_ids], use_tqdm=_progress(len(token_ids)))
         return np.array([o.outputs.probs for o in outputs], dtype=np.float64)
+
+
+PROGRESS_MIN_PROMPTS = 256  # an offline scoring call this large shows vLLM's progress bar; serving batches never do
+
+
+def _progress(n: int) -> Any:
+    """False below PROGRESS_MIN_PROMPTS, else a tqdm factory for vLLM whose bars say whose prompts they count."""
+    if n < PROGRESS_MIN_PROMPTS:
+        return False
+    from tqdm.auto import tqdm
+
+    return lambda *args, **kwargs: tqdm(*args, **{**kwargs, "desc": f"causal_llm, {n:,} prompts: "
+                                                  f"{kwargs.get('desc', 'scoring')}"})
 
 
 class CausalLLMRouter(Router):

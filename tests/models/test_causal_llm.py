@@ -279,6 +279,27 @@ def test_vllm_scorer_builds_its_engine_from_the_mapping(fake_vllm):
     assert calls[-1]["enforce_eager"] is False and calls[-1]["gpu_memory_utilization"] == 0.7
 
 
+def test_a_large_offline_call_shows_vllms_progress_bar_with_what_it_counts(fake_vllm, capsys):
+    """Serving batches stay silent; an evaluation's thousands of prompts get vLLM's own bar, labelled."""
+    import types
+
+    seen = []
+
+    def classify(self, prompts, use_tqdm):
+        seen.append(use_tqdm)
+        if use_tqdm:  # as vLLM does: the factory gets its own desc and total
+            bar = use_tqdm(total=len(prompts), desc="Processed prompts")
+            bar.update(len(prompts))
+            bar.close()
+        return [types.SimpleNamespace(outputs=types.SimpleNamespace(probs=[0.2] * 5)) for _ in prompts]
+
+    scorer = cl.VLLMScorer("/ckpt", 256)
+    scorer.llm.classify = types.MethodType(classify, scorer.llm)
+    assert scorer([[1, 2]] * 32, [], 0).shape == (32, 5) and seen[-1] is False
+    assert scorer([[1, 2]] * cl.PROGRESS_MIN_PROMPTS, [], 0).shape == (cl.PROGRESS_MIN_PROMPTS, 5)
+    assert f"causal_llm, {cl.PROGRESS_MIN_PROMPTS:,} prompts: Processed prompts" in capsys.readouterr().err
+
+
 def test_router_passes_the_engine_settings_through(trained, fake_vllm):
     platform, calls = fake_vllm
     platform.device_type = "cuda"
