@@ -5,10 +5,11 @@
         --option "sw_ranking (difficulty_k 0)=sw_ranking:difficulty_k=0" --out benchmarks/issue22_round3/obvious_all.json
 
 AUC (whole and length-balanced, 95 % bootstrap intervals) of each router on the committed file and on every later
-one (models/obvious.py), for the default pair. `--before NAME=ROOT` adds NAME loaded from another routers folder
-(the artifact it replaced), `--option LABEL=NAME:KEY=VALUE` NAME loaded with one option changed, `--home-router
+one (models/obvious.py), for the default pair (or `--strong`/`--weak`). `--before NAME=ROOT` adds NAME loaded from
+another routers folder (the artifact it replaced), `--option LABEL=NAME:KEY=VALUE` NAME loaded with one option changed, `--home-router
 LABEL=NAME:HOME:EMBEDDER` NAME from another home with its own embedder (an embedder backend's build). It reads the
-never-chosen-on file too: run it once, at the end of a piece of work, as `turnout eval --obvious-heldout` does.
+newest file too, which is held out until its first read: run it at the end of a piece of work, as `turnout eval
+--obvious-heldout` does.
 """
 
 from __future__ import annotations

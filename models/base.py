@@ -17,6 +17,8 @@ from index.errors import InputError, ScoringError
 
 DEFAULT_STRONG = "gpt-4-1106-preview"
 DEFAULT_WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+# A classifier scoring call this large (an evaluation, offline) shows a progress bar; serving batches never do.
+PROGRESS_MIN_PROMPTS = 256
 
 
 class Router(ABC):

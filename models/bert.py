@@ -136,10 +136,16 @@ def predict_proba(model: Any, tokenizer: Any, prompts: list[str], max_length: in
     """Batched softmax of a sequence classifier; batches are formed by length so padding stays small."""
     import torch
 
+    from tqdm.auto import tqdm
+
+    from models.base import PROGRESS_MIN_PROMPTS
+
     order = np.argsort([len(p) for p in prompts], kind="stable")
     out = np.empty((len(prompts), model.config.num_labels), dtype=np.float64)
+    starts = tqdm(range(0, len(prompts), batch_size), desc=f"bert: scoring {len(prompts):,} prompts", unit="batch",
+                  disable=len(prompts) < PROGRESS_MIN_PROMPTS)
     with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
+        for start in starts:
             idx = order[start: start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt").to(model.device)

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import DEFAULT_STRONG, DEFAULT_WEAK, Router
+from models.base import DEFAULT_STRONG, DEFAULT_WEAK, PROGRESS_MIN_PROMPTS, Router
 from index.device import DEVICES, native_bf16, pick_device
 from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from models.labels import (
@@ -347,9 +347,6 @@ class VLLMScorer:
     def __call__(self, token_ids: list[list[int]], ids: list[int], pad_id: int) -> np.ndarray:
         outputs = self.llm.classify([{"prompt_token_ids": x} for x in token_ids], use_tqdm=_progress(len(token_ids)))
         return np.array([o.outputs.probs for o in outputs], dtype=np.float64)
-
-
-PROGRESS_MIN_PROMPTS = 256  # an offline scoring call this large shows vLLM's progress bar; serving batches never do
 
 
 def _progress(n: int) -> Any:

@@ -65,7 +65,8 @@ WINNERS = ("model_a", "model_b", "tie")
 N_TIERS = 20  # equal-count strength tiers (RouteLLM: 10); chosen on the dev benchmarks, BENCHMARKS.md
 BATTLE_COLUMNS = ["prompt", "model_a", "model_b", "winner", "source"]
 ROUTERDC_TRAIN = ["mmlu_train", "gsm8k-train", "arc_challenge_train", "arc_easy_train", "cmmlu_train", "humaneval_train"]
-FRACTION_SCORED = {"gsm8k-train", "gsm8k-test", "humaneval_train", "mbpp"}  # scores are the share of correct samples, not 0/prob
+# Files whose scores are the share of correct samples, not 0/prob (the test files: loadtest/learning_loop.py's traffic)
+FRACTION_SCORED = {"gsm8k-train", "gsm8k-test", "humaneval_train", "mbpp"}
 ROUTERBENCH_TRAIN = ["arc_challenge_train", "mbpp_train", "winograde_train"]
 DECONTAM_COSINE = 0.95
 SOURCES = ("alpaca-eval-1", "alpaca-eval-1-raw", "alpaca-eval-2", "routerdc", "routerbench", "mmlu-pro",

@@ -316,7 +316,8 @@ class UserOverlay:
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
             vectors, y = np.load(folder / "vectors.npy"), np.load(folder / "y.npy")
-            routers = {name: {**params, "kappa": float(params["kappa"])} for name, params in manifest["routers"].items()}
+            routers = {name: {**params, "kappa": float(params["kappa"])}
+                       for name, params in manifest["routers"].items()}
             needs_failure = any(params.get("target") == "difficulty" for params in routers.values())
             failure = np.load(folder / "weak_failure.npy") if needs_failure else None
         except (OSError, ValueError) as exc:

@@ -94,6 +94,17 @@ def test_save_load_round_trip_and_batching(trained):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
 
 
+def test_scoring_an_evaluation_shows_progress_and_a_serving_batch_does_not(trained, capsys):
+    from models.base import PROGRESS_MIN_PROMPTS
+
+    _, root = trained
+    router = _router(root)
+    router.score([f"math equation algebra item {i}" for i in range(32)])
+    assert "bert: scoring" not in capsys.readouterr().err
+    router.score([f"math equation algebra item {i}" for i in range(PROGRESS_MIN_PROMPTS)])
+    assert f"bert: scoring {PROGRESS_MIN_PROMPTS} prompts" in capsys.readouterr().err
+
+
 def test_training_is_seeded(tiny_base, trained, tmp_path):
     td, root = trained
     config = bert.BertConfig(base=tiny_base, **{**TINY, "epochs": 2})

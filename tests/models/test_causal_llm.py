@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from models import causal_llm as cl
+from models.base import PROGRESS_MIN_PROMPTS
 from index.errors import ArtifactError, ConfigError, DataNotFoundError
 from tests.models.test_sw_ranking import _training_data
 
@@ -296,8 +297,8 @@ def test_a_large_offline_call_shows_vllms_progress_bar_with_what_it_counts(fake_
     scorer = cl.VLLMScorer("/ckpt", 256)
     scorer.llm.classify = types.MethodType(classify, scorer.llm)
     assert scorer([[1, 2]] * 32, [], 0).shape == (32, 5) and seen[-1] is False
-    assert scorer([[1, 2]] * cl.PROGRESS_MIN_PROMPTS, [], 0).shape == (cl.PROGRESS_MIN_PROMPTS, 5)
-    assert f"causal_llm, {cl.PROGRESS_MIN_PROMPTS:,} prompts: Processed prompts" in capsys.readouterr().err
+    assert scorer([[1, 2]] * PROGRESS_MIN_PROMPTS, [], 0).shape == (PROGRESS_MIN_PROMPTS, 5)
+    assert f"causal_llm, {PROGRESS_MIN_PROMPTS:,} prompts: Processed prompts" in capsys.readouterr().err
 
 
 def test_router_passes_the_engine_settings_through(trained, fake_vllm):
