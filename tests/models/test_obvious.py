@@ -112,6 +112,18 @@ def test_report_on_toy_router_is_finite_and_includes_length():
     assert "keyword" in table and "length" in table and "meets target" in table
 
 
+def test_the_table_says_which_targets_each_router_meets():
+    def entry(whole, balanced):
+        return {"auc": whole, "auc_ci95": (0.0, 1.0), "auc_balanced": balanced, "auc_balanced_ci95": (0.0, 1.0),
+                "n": 150, "n_balanced": 60}
+
+    table = obvious.format_obvious({"best": entry(0.85, 0.75), "good": entry(0.76, 0.66), "short": entry(0.76, 0.6),
+                                    "poor": entry(0.6, 0.7)})
+    meets = {line.split()[0]: line.split()[-1] for line in table.splitlines()[2:6]}
+    assert meets == {"best": "default", "good": "router", "short": "no", "poor": "no"}
+    assert f"AUC >= {obvious.ROUTER_TARGET_AUC}" in table and f"AUC >= {obvious.TARGET_AUC}" in table
+
+
 def test_report_uses_a_given_length_router_instead_of_adding_one():
     report = obvious.obvious_report({"length": LengthRouter()}, n_bootstrap=20)
     assert list(report) == ["length"]
