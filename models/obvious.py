@@ -201,15 +201,19 @@ def obvious_report(
     return report
 
 
+def targets_met(whole: float, balanced: float) -> str:
+    """"default" (the served default router's targets, which include the per-router ones), "router" (those of any
+    router the service serves) or "no"."""
+    if whole >= TARGET_AUC and balanced >= TARGET_AUC_BALANCED:
+        return "default"
+    return "router" if whole >= ROUTER_TARGET_AUC and balanced >= ROUTER_TARGET_AUC_BALANCED else "no"
+
+
 def format_obvious(report: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table of `obvious_report`, one row per router, with the targets it meets: "default" (the served
-    default router's, which include the per-router ones), "router" (any served router's) or "no"."""
+    """A plain-text table of `obvious_report`, one row per router, with the targets it meets (`targets_met`)."""
     header = ("router", "AUC", "95% CI", "AUC balanced", "95% CI", "n", "n_bal", "meets target")
     rows = [header]
     for name, entry in report.items():
-        whole, balanced = entry["auc"], entry["auc_balanced"]
-        meets = ("default" if whole >= TARGET_AUC and balanced >= TARGET_AUC_BALANCED else
-                 "router" if whole >= ROUTER_TARGET_AUC and balanced >= ROUTER_TARGET_AUC_BALANCED else "no")
         rows.append(
             (
                 name,
@@ -219,7 +223,7 @@ def format_obvious(report: dict[str, dict[str, Any]]) -> str:
                 _interval(entry["auc_balanced_ci95"]),
                 str(entry["n"]),
                 str(entry["n_balanced"]),
-                meets,
+                targets_met(entry["auc"], entry["auc_balanced"]),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -254,7 +258,7 @@ def below_target(name: str, folder: Path) -> str | None:
         whole, balanced = float(check["auc"]), float(check["auc_balanced"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if whole >= ROUTER_TARGET_AUC and balanced >= ROUTER_TARGET_AUC_BALANCED:
+    if targets_met(whole, balanced) != "no":
         return None
     return (f"{name} ranks a clearly hard prompt above a clearly easy one with AUC {whole:.2f} (length-balanced "
             f"{balanced:.2f}; targets {ROUTER_TARGET_AUC} and {ROUTER_TARGET_AUC_BALANCED}): its decisions will look "

@@ -212,7 +212,7 @@ def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, k
         candidates.append(("difficulty", "router+length"))
     table = []
     for target, kind in candidates:
-        values = weak_failure if target == "difficulty" else y
+        values = _target_values(target, y, weak_failure)
         base = np.empty(len(y))  # each fold's prior, fitted without it
         for k in range(folds):
             held, kept = fold_of == k, fold_of != k
@@ -237,14 +237,25 @@ def fit(vectors: np.ndarray, y: np.ndarray, p_public: np.ndarray, betas=BETAS, k
     best = max(table, key=lambda row: (round(row["cv_gain"], 12), *caution(row)))
     if rule == "one_se":
         best = max((row for row in table if row["cv_gain"] >= best["cv_gain"] - best["cv_gain_se"]), key=caution)
-    values = weak_failure if best["target"] == "difficulty" else y
-    prior = fit_prior(p_public, log_len, values) if best["prior"] != "router" else None
+    prior = (fit_prior(p_public, log_len, _target_values(best["target"], y, weak_failure))
+             if best["prior"] != "router" else None)
     return {**best, "prior": prior, "folds": folds, "rule": rule, "table": table}
 
 
 def _both_ways(values: np.ndarray) -> bool:
     """Enough labels on each side (the weak model right on some, wrong on others) for a logistic prior."""
     return int((values > 0).sum()) >= MIN_DECISIVE and int((values < 1).sum()) >= MIN_DECISIVE
+
+
+def _target_values(target: str, y: np.ndarray, weak_failure: np.ndarray | None) -> np.ndarray:
+    """What the kernel averages for `target`: the outcomes y, or the weak model's failures."""
+    if target not in TARGETS:
+        raise ArtifactError(f"unknown overlay target {target!r}; known: {', '.join(TARGETS)}")
+    if target == "pair":
+        return y
+    if weak_failure is None:
+        raise ArtifactError("the difficulty target needs the labels' weak-model failures, which are missing")
+    return weak_failure
 
 
 def predict(params: dict[str, Any], p_public: np.ndarray, queries: np.ndarray, prompts: list[str] | None,
@@ -254,13 +265,7 @@ def predict(params: dict[str, Any], p_public: np.ndarray, queries: np.ndarray, p
     prior = params.get("prior")
     if prior is not None and prompts is None:
         raise ValueError("a length prior needs the prompts")
-    values, target = y, params.get("target", "pair")  # overlays from before the difficulty target: pair
-    if target not in TARGETS:
-        raise ArtifactError(f"unknown overlay target {target!r}; known: {', '.join(TARGETS)}")
-    if target == "difficulty":
-        if weak_failure is None:
-            raise ArtifactError("the difficulty target needs the labels' weak-model failures, which are missing")
-        values = weak_failure
+    values = _target_values(params.get("target", "pair"), y, weak_failure)  # older overlays: pair
     base = prior_p(prior, p_public, log_length(prompts) if prior is not None else None)
     return adjusted(base, queries, vectors, values, params["beta"], params["kappa"])
 
