@@ -427,10 +427,11 @@ class EmbeddingConfig(_Strict):
     threads: int | None = Field(
         None,
         ge=1,
-        description="threads of the embedder on the CPU (torch, ONNX Runtime or OpenVINO). null: the replica's "
-        "reserved CPUs rounded up (Ray's "
-        "OMP_NUM_THREADS). More threads than reserved CPUs shortens a lone request's forward pass when the other "
-        "replicas are idle, and competes with them under load (BENCHMARKS.md, 'One hop')",
+        description="threads of the embedder on the CPU (torch, ONNX Runtime or OpenVINO). null: OpenVINO's own "
+        "choice (the machine's cores), else the replica's reserved CPUs rounded up (Ray's OMP_NUM_THREADS). More "
+        "torch threads than reserved CPUs shorten a lone request's forward pass when the other replicas are idle, "
+        "and compete with them under load (BENCHMARKS.md, 'One hop'); OpenVINO's do not on one machine "
+        "('Embedder threads'). Where several replicas share a node, name the reserved CPUs (the KubeRay overlays do)",
     )
 
 

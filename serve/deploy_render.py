@@ -22,6 +22,7 @@ Ray. It works on a manifest as `kubectl kustomize` builds it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,10 @@ def serve_document(overlay: str, config: str | Path | None = None) -> dict[str, 
         if "ray_actor_options" in user:  # one unit, as Ray applies it: a partial one would keep a stale num_gpus
             options["ray_actor_options"] = user.pop("ray_actor_options")
         deployments.append(_merge(options, user))
+    embedding = next((d for d in deployments if d["name"] == EMBEDDING), None)
+    if embedding is not None and "threads" not in (args.get("embedding") or {}):
+        # Autoscaled embedding replicas share a worker pod's cores: each keeps to the CPUs it reserves.
+        turnout.embedding.threads = math.ceil((embedding.get("ray_actor_options") or {}).get("num_cpus", 1))
     # Names this config does not bind stay in the list, so that check_deployments names them in its error.
     app["deployments"] = deployments + list(user_deployments.values())
     app["args"] = with_deployments(turnout, deployments).model_dump(mode="json")

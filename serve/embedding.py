@@ -25,6 +25,18 @@ from serve.config import TurnoutConfig
 log = logging.getLogger(__name__)
 
 
+def embedder_threads(config: TurnoutConfig) -> int | None:
+    """The embedder's CPU threads: the config's, else the runtime's own choice where it makes a good one
+    (`index.backends.OWN_THREADS`), else the CPUs Ray reserved for the replica (its OMP_NUM_THREADS)."""
+    from index.backends import OWN_THREADS
+
+    if config.embedding.threads is not None:
+        return config.embedding.threads
+    if config.artifacts.embedder.removeprefix("minilm-") in OWN_THREADS:
+        return None
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+
+
 class EmbeddingDeployment:
     def __init__(self, config: TurnoutConfig):
         from index.embedder import load_embedder
@@ -42,9 +54,8 @@ class EmbeddingDeployment:
         self.shared = {name for name in config.embedding_routers if entries[name].shares_embedding}
         # No on-disk cache here: live prompts rarely repeat, and a cache write per request would cost more. A
         # backend's build (minilm-<backend>) comes from the home, where `turnout prepare` made it.
-        threads = config.embedding.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
         self.embedder = load_embedder(config.artifacts.embedder, models_dir=home_dir(config) / "embedders",
-                                      threads=threads) if self.shared else None
+                                      threads=embedder_threads(config)) if self.shared else None
         self.routers = load_routers(config, config.embedding_routers, self.embedder)
         self.metrics = ServeMetrics()
         self.overlay = None  # the user's labels over the shared-embedding routers (models/user_overlay.py)

@@ -465,3 +465,20 @@ def test_user_settings_merge_over_the_overlay(tmp_path):
     assert deployments[EMBEDDING]["autoscaling_config"]["max_replicas"] == 3
     assert deployments[EMBEDDING]["autoscaling_config"]["min_replicas"] == 1  # the rest of the overlay's stays
     assert deployments[INGRESS]["num_replicas"] == 2 and "autoscaling_config" not in deployments[INGRESS]
+
+
+def test_embedding_replicas_keep_to_the_cpus_they_reserve_unless_the_args_say(tmp_path):
+    """Autoscaled replicas share a worker pod: the overlay names their threads, which OpenVINO would otherwise
+    take from the whole machine."""
+    def threads(text: str | None) -> int | None:
+        settings = None
+        if text is not None:
+            settings = tmp_path / "mine.yaml"
+            settings.write_text(text)
+        patch = yaml.safe_load(render("cpu", settings)["overlays/cpu/serve-config.yaml"])
+        return load_serve_file(text=patch["spec"]["serveConfigV2"]).config.embedding.threads
+
+    assert threads(None) == 1  # 0.5 CPU reserved
+    assert threads("applications:\n  - deployments:\n      - {name: EmbeddingDeployment, "
+                   "ray_actor_options: {num_cpus: 2}}\n") == 2
+    assert threads("applications:\n  - args:\n      embedding: {threads: 3}\n") == 3

@@ -73,6 +73,20 @@ def test_an_embedding_deployment_on_a_gpu_embeds_with_torch_unless_the_args_say_
     assert with_deployments(named, on_gpu).artifacts.embedder == "minilm-onnx"
 
 
+def test_the_embedder_threads_are_the_configs_else_openvinos_own_else_the_reserved_cpus(monkeypatch):
+    from serve.embedding import embedder_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what Ray sets from the replica's reserved CPUs
+    assert embedder_threads(parse_app_args({"artifacts": {"embedder": "minilm-openvino-int8"}})) is None
+    assert embedder_threads(parse_app_args({"artifacts": {"embedder": "minilm-openvino"}})) is None
+    for embedder in ("minilm", "minilm-onnx-int8", "hash-64"):
+        assert embedder_threads(parse_app_args({"artifacts": {"embedder": embedder}})) == 3
+    named = {"artifacts": {"embedder": "minilm-openvino-int8"}, "embedding": {"threads": 1}}
+    assert embedder_threads(parse_app_args(named)) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert embedder_threads(parse_app_args({"artifacts": {"embedder": "minilm"}})) is None
+
+
 def test_an_overlay_gets_every_other_default(tmp_path):
     """deploy/causal.yaml names only what differs; the rest comes from the models, as under `serve run`."""
     from pathlib import Path
