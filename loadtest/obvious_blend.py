@@ -1,0 +1,144 @@
+"""Blends of the served routers and prompt length on the obvious-prompt files (issue 22, session 7).
+
+    python -m loadtest.obvious_blend grid --out benchmarks/issue22_session7/blends_dev.json
+    python -m loadtest.obvious_blend read models/obvious_prompts_heldout5.jsonl \
+        --blend benchmarks/issue22_session7/preregistered_blend.json --out benchmarks/issue22_session7/obvious_heldout5.json
+
+No single router reaches the per-router targets on every obvious file; this asks whether a fixed blend of them does.
+A blend's score is sum_r w_r * z_r: each router's logit(p_strong) and log(1 + prompt characters), standardised by
+their mean and spread over the four dev benchmarks' prompts. `grid` scores sw_ranking, bert and causal_llm (the
+classifiers' scores come from the evaluation cache, `models.evaluation.CachedScores`) on the dev benchmarks and the
+dev obvious files (`OBVIOUS_PATH` and `OBVIOUS_LATER_PATHS`) and tries every weight in {0, 0.5, 1} per router and
+{0, 0.25, 0.5, 1} for length: dev APGR per benchmark, AUC whole and length-balanced per file, and the worst margin
+to the per-router targets over the files. `read` scores one held-out file once with every router, mf, length,
+random and the blend fixed before it (its weights and standardisation in `--blend`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROUTERS = ("sw_ranking", "bert", "causal_llm")
+LENGTH = "log1p_chars"
+ROUTER_WEIGHTS = (0.0, 0.5, 1.0)
+LENGTH_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+
+
+def logit(p_strong: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p_strong, dtype=float), 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def features(routers: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Each router's logit(p_strong) on `prompts`, and their log length."""
+    return {**{name: logit(routers[name].score(prompts)) for name in ROUTERS},
+            LENGTH: np.log1p([len(p) for p in prompts])}
+
+
+def blend(weights: dict[str, float], standardisation: dict[str, list[float]], feats: dict[str, np.ndarray]) -> np.ndarray:
+    return sum(w * (feats[n] - standardisation[n][0]) / standardisation[n][1] for n, w in weights.items() if w)
+
+
+def worst_margin(obvious: dict[str, dict[str, float]]) -> float:
+    from models.obvious import ROUTER_TARGET_AUC, ROUTER_TARGET_AUC_BALANCED
+
+    return min(min(e["auc"] - ROUTER_TARGET_AUC, e["auc_balanced"] - ROUTER_TARGET_AUC_BALANCED) for e in obvious.values())
+
+
+def default_pair_routers(ws, names: list[str]) -> dict:
+    from models.base import DEFAULT_STRONG, DEFAULT_WEAK
+    from models.benchmarks import Benchmark
+    from models.evaluation import routers_by_pair
+
+    routers_for, _ = routers_by_pair(names, ws, {})
+    return routers_for(Benchmark("obvious", [], np.empty(0), np.empty(0), DEFAULT_STRONG, DEFAULT_WEAK))
+
+
+def grid(ws) -> dict:
+    from models.benchmarks import DEV_BENCHMARKS, load_benchmark
+    from models.evaluation import routers_by_pair
+    from models.metrics import summarize
+    from models.obvious import OBVIOUS_LATER_PATHS, OBVIOUS_PATH, auc, load_obvious
+
+    routers_for, _ = routers_by_pair(list(ROUTERS), ws, {})
+    benches = {}
+    for name in DEV_BENCHMARKS:  # each for its own pair; a classifier trained for another is scored for its own
+        bench = load_benchmark(name, ws.data())
+        benches[name] = (bench, features(routers_for(bench), bench.prompts))
+    standardisation = {n: [float(np.mean(pool)), float(np.std(pool))]
+                       for n in (*ROUTERS, LENGTH) for pool in [np.concatenate([f[n] for _, f in benches.values()])]}
+    routers = default_pair_routers(ws, list(ROUTERS))
+    files = {}
+    for path in (OBVIOUS_PATH, *OBVIOUS_LATER_PATHS):
+        frame = load_obvious(path)
+        files[path.name] = (frame, features(routers, frame["prompt"].tolist()))
+    rows = []
+    for values in itertools.product(*[ROUTER_WEIGHTS] * len(ROUTERS), LENGTH_WEIGHTS):
+        weights = dict(zip((*ROUTERS, LENGTH), values))
+        if not any(weights[n] for n in ROUTERS):
+            continue
+        apgr = {name: summarize(1 / (1 + np.exp(-blend(weights, standardisation, f))), b.strong, b.weak)["apgr"]
+                for name, (b, f) in benches.items()}
+        obvious = {}
+        for name, (frame, f) in files.items():
+            score, hard, balanced = blend(weights, standardisation, f), frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
+            obvious[name] = {"auc": auc(score, hard), "auc_balanced": auc(score[balanced], hard[balanced])}
+        rows.append({"weights": {n: w for n, w in weights.items() if w}, "dev_apgr": apgr, "obvious": obvious,
+                     "worst_margin": worst_margin(obvious)})
+    rows.sort(key=lambda r: -r["worst_margin"])
+    return {"standardisation": standardisation, "rows": rows}
+
+
+def read(ws, path: Path, preregistered: dict) -> dict:
+    from models.base import Router
+    from models.obvious import obvious_report
+    from models.random_router import RandomRouter
+
+    routers = dict(default_pair_routers(ws, [*ROUTERS, "mf"]))
+
+    class Blend(Router):
+        name = "blend"
+
+        def _score(self, prompts: list[str]) -> np.ndarray:
+            score = blend(preregistered["weights"], preregistered["standardisation"], features(routers, prompts))
+            return 1 / (1 + np.exp(-score))
+
+    scored = {**routers, "blend (pre-registered)": Blend(), "random": RandomRouter(0)}
+    entries = obvious_report(scored, path, n_bootstrap=1000)
+    keys = ("auc", "auc_ci95", "auc_balanced", "auc_balanced_ci95", "n", "n_balanced")
+    return {path.name: {name: {k: e[k] for k in keys} for name, e in entries.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models import pipeline
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("grid", "read"))
+    parser.add_argument("file", nargs="?", help="read: the obvious-prompt file to score once")
+    parser.add_argument("--blend", help="read: the blend fixed before the read (weights, standardisation)")
+    parser.add_argument("--home")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "read" and not (args.file and args.blend):
+        parser.error("read needs FILE and --blend")
+    ws = pipeline.workspace(args.home)
+    if args.command == "grid":
+        report = grid(ws)
+        for row in report["rows"][:8]:
+            print(f"{row['worst_margin']:+.3f}", json.dumps(row["weights"]), flush=True)
+    else:
+        report = read(ws, Path(args.file), json.loads(Path(args.blend).read_text()))
+        for name, e in next(iter(report.values())).items():
+            print(f"{name:26s} {e['auc']:.3f} {e['auc_balanced']:.3f}", flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
