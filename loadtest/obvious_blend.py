@@ -8,7 +8,7 @@ No single router reaches the per-router targets on every obvious file; this asks
 A blend's score is sum_r w_r * z_r: each router's logit(p_strong) and log(1 + prompt characters), standardised by
 their mean and spread over the four dev benchmarks' prompts. `grid` scores sw_ranking, bert and causal_llm (the
 classifiers' scores come from the evaluation cache, `models.evaluation.CachedScores`) on the dev benchmarks and the
-dev obvious files (`OBVIOUS_PATH` and `OBVIOUS_LATER_PATHS`) and tries every weight in {0, 0.5, 1} per router and
+dev obvious files (`models.obvious.CHECK_PATHS`) and tries every weight in {0, 0.5, 1} per router and
 {0, 0.25, 0.5, 1} for length: dev APGR per benchmark, AUC whole and length-balanced per file, and the worst margin
 to the per-router targets over the files. `read` scores one held-out file once with every router, mf, length,
 random and the blend fixed before it (its weights and standardisation in `--blend`).
@@ -45,12 +45,6 @@ def blend(weights: dict[str, float], standardisation: dict[str, list[float]], fe
     return sum(w * (feats[n] - standardisation[n][0]) / standardisation[n][1] for n, w in weights.items() if w)
 
 
-def worst_margin(obvious: dict[str, dict[str, float]]) -> float:
-    from models.obvious import ROUTER_TARGET_AUC, ROUTER_TARGET_AUC_BALANCED
-
-    return min(min(e["auc"] - ROUTER_TARGET_AUC, e["auc_balanced"] - ROUTER_TARGET_AUC_BALANCED) for e in obvious.values())
-
-
 def default_pair_routers(ws, names: list[str]) -> dict:
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.benchmarks import Benchmark
@@ -64,7 +58,7 @@ def grid(ws) -> dict:
     from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.evaluation import routers_by_pair
     from models.metrics import summarize
-    from models.obvious import OBVIOUS_LATER_PATHS, OBVIOUS_PATH, auc, load_obvious
+    from models.obvious import CHECK_PATHS, auc, load_obvious, worst_margin
 
     routers_for, _ = routers_by_pair(list(ROUTERS), ws, {})
     benches = {}
@@ -75,7 +69,7 @@ def grid(ws) -> dict:
                        for n in (*ROUTERS, LENGTH) for pool in [np.concatenate([f[n] for _, f in benches.values()])]}
     routers = default_pair_routers(ws, list(ROUTERS))
     files = {}
-    for path in (OBVIOUS_PATH, *OBVIOUS_LATER_PATHS):
+    for path in CHECK_PATHS:
         frame = load_obvious(path)
         files[path.name] = (frame, features(routers, frame["prompt"].tolist()))
     rows = []

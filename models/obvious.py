@@ -24,13 +24,16 @@ the third round, looks like a company gateway's traffic (support replies, pasted
 design reviews) with easy and hard prompts in every domain, and was read once at the end of the third round (a dev
 file since). `obvious_prompts_heldout4.jsonl`, written the same way on 2026-12-07 (session 6) as consumer-assistant
 and developer-tool traffic with easy and hard prompts in the same domains, was read once at the end of that session
-with no choice pending, and is a dev file since: the next choice needs a new file, written and committed before it
-and read once at the end. Each balanced subset's easy prompts are all longer than its hard ones.
+with no choice pending, and is a dev file since. `obvious_prompts_heldout5.jsonl`, written the same way on 2026-12-08
+(session 7) as support, education, analytics, DevOps, health, finance, creative and science traffic with easy and
+hard prompts in every domain, was read once at the end of that session's choice of a blend (`loadtest.obvious_blend`)
+and is a dev file since: the next choice needs a new file, written and committed before it and read once at the
+end. Each balanced subset's easy prompts are all longer than its hard ones.
 
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
-balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`. Every
-trained artifact carries its own check (`record_check`, run by `models.pipeline.train`), and `turnout serve` warns
-when it enables a router whose check is below those (`below_target`). Measured figures belong in BENCHMARKS.md,
+balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`, on every
+file. Every trained artifact carries its own check of every file (`record_check`, run by `models.pipeline.train`),
+and `turnout serve` warns when it enables a router that misses those on any file (`below_target`). Measured figures belong in BENCHMARKS.md,
 not here.
 """
 
@@ -55,8 +58,11 @@ OBVIOUS_HELDOUT_PATH = Path(__file__).with_name("obvious_prompts_heldout.jsonl")
 OBVIOUS_HELDOUT2_PATH = Path(__file__).with_name("obvious_prompts_heldout2.jsonl")  # a dev file since round 2's end
 OBVIOUS_HELDOUT3_PATH = Path(__file__).with_name("obvious_prompts_heldout3.jsonl")  # a dev file since round 3's end
 OBVIOUS_HELDOUT4_PATH = Path(__file__).with_name("obvious_prompts_heldout4.jsonl")  # a dev file since session 6
+OBVIOUS_HELDOUT5_PATH = Path(__file__).with_name("obvious_prompts_heldout5.jsonl")  # a dev file since session 7
 # Every file after the committed one, in the order written: `turnout eval --obvious-heldout` scores them all.
-OBVIOUS_LATER_PATHS = (OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT3_PATH, OBVIOUS_HELDOUT4_PATH)
+OBVIOUS_LATER_PATHS = (OBVIOUS_HELDOUT_PATH, OBVIOUS_HELDOUT2_PATH, OBVIOUS_HELDOUT3_PATH, OBVIOUS_HELDOUT4_PATH,
+                       OBVIOUS_HELDOUT5_PATH)
+CHECK_PATHS = (OBVIOUS_PATH, *OBVIOUS_LATER_PATHS)  # what a trained artifact's own check scores
 LABELS = ("hard", "easy")
 COLUMNS = ("prompt", "label", "kind", "balanced")
 TARGET_AUC = 0.8
@@ -240,27 +246,55 @@ def _interval(bounds: tuple[float, float]) -> str:
 
 
 def record_check(name: str, router: Router, folder: Path) -> dict[str, Any]:
-    """Score the committed obvious file with a freshly trained router and keep the AUCs beside its artifact."""
-    frame = load_obvious()
-    p_strong = router.score(frame["prompt"].tolist())
-    is_hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
-    check = {"file": OBVIOUS_PATH.name, "auc": round(auc(p_strong, is_hard), 4),
-             "auc_balanced": round(auc(p_strong[balanced], is_hard[balanced]), 4)}
+    """Score every obvious file (`CHECK_PATHS`) with a freshly trained router and keep the AUCs beside its
+    artifact: {"files": {file name: {"auc", "auc_balanced"}}}."""
+    frames = {path.name: load_obvious(path) for path in CHECK_PATHS}
+    p_strong = router.score([p for frame in frames.values() for p in frame["prompt"]])  # one call: one engine start
+    files, start = {}, 0
+    for file, frame in frames.items():
+        p, start = p_strong[start: start + len(frame)], start + len(frame)
+        is_hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
+        files[file] = {"auc": round(auc(p, is_hard), 4), "auc_balanced": round(auc(p[balanced], is_hard[balanced]), 4)}
+    check = {"files": files}
     (Path(folder) / CHECK_FILE).write_text(json.dumps(check) + "\n")
     return check
 
 
-def below_target(name: str, folder: Path) -> str | None:
-    """A one-line warning when the artifact's recorded check misses the router targets; None when it meets them
-    or when no check was recorded (an artifact trained before checks were kept)."""
+def recorded_check(folder: Path) -> dict[str, dict[str, float]] | None:
+    """{file name: {"auc", "auc_balanced"}} from the artifact's check (one file in a check recorded before every
+    file was scored), or None when there is none or it does not parse."""
     try:
         check = json.loads((Path(folder) / CHECK_FILE).read_text())
-        whole, balanced = float(check["auc"]), float(check["auc_balanced"])
-    except (OSError, ValueError, KeyError, TypeError):
+        files = check["files"] if "files" in check else {check["file"]: check}
+        return {file: {"auc": float(e["auc"]), "auc_balanced": float(e["auc_balanced"])} for file, e in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if targets_met(whole, balanced) != "no":
+
+
+def check_is_current(folder: Path) -> bool:
+    """Whether the artifact's check scored exactly the obvious files there are now."""
+    files = recorded_check(folder)
+    return files is not None and set(files) == {path.name for path in CHECK_PATHS}
+
+
+def worst_margin(files: dict[str, dict[str, float]]) -> float:
+    """How far the worst file is from the router targets (negative: below), whole file or balanced subset."""
+    return min(min(e["auc"] - ROUTER_TARGET_AUC, e["auc_balanced"] - ROUTER_TARGET_AUC_BALANCED) for e in files.values())
+
+
+def below_target(name: str, folder: Path) -> str | None:
+    """A one-line warning when the artifact's recorded check misses the router targets on any file; None when it
+    meets them on every one or when no check was recorded (an artifact trained before checks were kept)."""
+    files = recorded_check(folder)
+    if not files:
         return None
-    return (f"{name} ranks a clearly hard prompt above a clearly easy one with AUC {whole:.2f} (length-balanced "
-            f"{balanced:.2f}; targets {ROUTER_TARGET_AUC} and {ROUTER_TARGET_AUC_BALANCED}): its decisions will look "
-            "close to random or backwards; BENCHMARKS.md, 'Why the classifiers routed backwards'")
+    missed = [file for file, e in files.items() if targets_met(e["auc"], e["auc_balanced"]) == "no"]
+    if not missed:
+        return None
+    worst_file = min(missed, key=lambda file: worst_margin({file: files[file]}))
+    worst = files[worst_file]
+    return (f"{name} misses the obvious-prompt targets (AUC >= {ROUTER_TARGET_AUC}, length-balanced >= "
+            f"{ROUTER_TARGET_AUC_BALANCED}) on {len(missed)} of {len(files)} files; worst {worst_file}: AUC "
+            f"{worst['auc']:.2f}, balanced {worst['auc_balanced']:.2f}: on prompts like those its decisions look close "
+            "to random or backwards; BENCHMARKS.md, 'Why the classifiers routed backwards'")
 

@@ -170,7 +170,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     """Train what the staleness rule says, check what exists, write reference scores; returns the resolved config."""
     from models import pipeline
     from models.calibration import reference_prompts, save_reference
-    from models.obvious import CHECK_FILE, below_target, record_check
+    from models.obvious import below_target, check_is_current, record_check
 
     config = resolved(config)
     check_classifier(config)  # seconds, before anything slow: a missing checkpoint is not built here
@@ -186,7 +186,7 @@ def prepare(config: TurnoutConfig, on_status=log.info) -> TurnoutConfig:
     for name in config.routers.enabled:
         if not entries[name].trained:
             continue
-        if name in routers and not (ws.routers / name / CHECK_FILE).exists():  # trained before checks were kept
+        if name in routers and not check_is_current(ws.routers / name):  # trained before these files were kept
             on_status(f"{name}: scoring the obvious-prompt check ...")
             record_check(name, routers[name], ws.routers / name)
         warning = below_target(name, ws.routers / name)

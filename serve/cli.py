@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="skip the obvious-prompts check (clearly easy vs clearly hard prompts, AUC; models/obvious.py)")
     ev.add_argument("--obvious-heldout", action="store_true",
                     help="also score the later obvious files, each into its own json: models/obvious_prompts_heldout"
-                    ".jsonl and _heldout2 to _heldout4 (each a dev file since its first read; a new choice needs a "
+                    ".jsonl and _heldout2 to _heldout5 (each a dev file since its first read; a new choice needs a "
                     "new file, read once at the end)")
     ev.add_argument("--retrain", action="store_true",
                     help="first retrain every trained router in --router on <home>/data with its default settings "

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from loadtest.obvious_blend import LENGTH, blend, features, logit, worst_margin
+from loadtest.obvious_blend import LENGTH, blend, features, logit
 from models.base import Router
+from models.obvious import worst_margin
 
 
 class Fixed(Router):

@@ -26,7 +26,7 @@ class KeywordRouter(Router):
 
 
 @pytest.fixture(scope="module", params=[obvious.OBVIOUS_PATH, *obvious.OBVIOUS_LATER_PATHS],
-                ids=["dev", "heldout", "heldout2", "heldout3", "heldout4"])
+                ids=["dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5"])
 def frame(request):
     return obvious.load_obvious(request.param)
 
@@ -153,13 +153,25 @@ def test_load_rejects_missing_and_malformed_files(tmp_path):
 def test_trained_artifacts_carry_their_check_and_low_ones_are_named(tmp_path):
     check = obvious.record_check("keyword", KeywordRouter(), tmp_path)
     assert json.loads((tmp_path / obvious.CHECK_FILE).read_text()) == check
-    assert check["file"] == obvious.OBVIOUS_PATH.name and 0.5 < check["auc"] <= 1.0 and 0.5 < check["auc_balanced"] <= 1.0
+    assert list(check["files"]) == [path.name for path in obvious.CHECK_PATHS] and obvious.check_is_current(tmp_path)
+    first = check["files"][obvious.OBVIOUS_PATH.name]
+    assert 0.5 < first["auc"] <= 1.0 and 0.5 < first["auc_balanced"] <= 1.0
+    # each file scored on its own prompts: the same AUC as scoring that file alone
+    alone = obvious.obvious_report({"keyword": KeywordRouter()}, obvious.CHECK_PATHS[-1], n_bootstrap=10)["keyword"]
+    assert check["files"][obvious.CHECK_PATHS[-1].name]["auc"] == round(alone["auc"], 4)
+    others = {path.name: {"auc": 0.9, "auc_balanced": 0.8} for path in obvious.CHECK_PATHS[1:]}
     for whole, balanced, warned in ((0.9, 0.8, False), (0.38, 0.18, True), (0.9, 0.5, True), (0.7, 0.9, True)):
-        (tmp_path / obvious.CHECK_FILE).write_text(json.dumps({"file": "x", "auc": whole, "auc_balanced": balanced}))
+        files = {obvious.OBVIOUS_PATH.name: {"auc": whole, "auc_balanced": balanced}, **others}
+        (tmp_path / obvious.CHECK_FILE).write_text(json.dumps({"files": files}))
         message = obvious.below_target("causal_llm", tmp_path)
         assert (message is not None) == warned
         if warned:
-            assert message.startswith(f"causal_llm ranks") and f"AUC {whole:.2f}" in message and "\n" not in message
+            assert message.startswith(f"causal_llm misses the obvious-prompt targets") and "\n" not in message
+            assert f"on 1 of {len(files)} files; worst {obvious.OBVIOUS_PATH.name}: AUC {whole:.2f}" in message
+    # a check kept before every file was scored: read as its one file, and not current
+    (tmp_path / obvious.CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.38, "auc_balanced": 0.18}))
+    assert "on 1 of 1 files; worst x: AUC 0.38" in obvious.below_target("mf", tmp_path)
+    assert not obvious.check_is_current(tmp_path)
     (tmp_path / obvious.CHECK_FILE).write_text("{")
     assert obvious.below_target("mf", tmp_path) is None  # unreadable: an old artifact, nothing to say
     assert obvious.below_target("mf", tmp_path / "missing") is None

@@ -77,7 +77,8 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
     assert _run(capsys, "train", "sw_ranking", *home)[0] == 0
     assert _run(capsys, "train", "mf", "--epochs", "1", *home)[0] == 0
     check = json.loads((tmp_path / "routers" / "mf" / "obvious.json").read_text())  # every trained artifact's own
-    assert check["file"] == "obvious_prompts.jsonl" and 0.0 <= check["auc"] <= 1.0
+    assert set(check["files"]) >= {"obvious_prompts.jsonl", "obvious_prompts_heldout5.jsonl"}
+    assert all(0.0 <= e["auc"] <= 1.0 for e in check["files"].values())
     code, out, err = _run(capsys, "eval", "--router", "sw_ranking,mf,length,random", "--bench", "gsm8k", "--out", str(tmp_path / "eval"), *home)
     assert code == 0, err
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -97,7 +98,8 @@ def test_pipeline_on_real_data(capsys, tmp_path, real_data):
                           "--obvious-heldout", "--out", str(tmp_path / "eval3"), *home)
     assert code == 0, err
     assert (tmp_path / "routers" / "sw_ranking" / "manifest.json").stat().st_mtime_ns > trained_at
-    for name in ("obvious_heldout.json", "obvious_heldout2.json", "obvious_heldout3.json", "obvious_heldout4.json"):
+    for name in ("obvious_heldout.json", "obvious_heldout2.json", "obvious_heldout3.json", "obvious_heldout4.json",
+                 "obvious_heldout5.json"):
         heldout = json.loads((tmp_path / "eval3" / name).read_text())
         assert set(heldout) == {"sw_ranking", "length"} and heldout["length"]["auc_balanced"] == 0.0
 

@@ -124,24 +124,36 @@ def test_prepare_builds_only_missing_artifacts(artifacts, tmp_path, monkeypatch)
 def test_prepare_warns_about_a_router_below_the_obvious_targets(artifacts, tmp_path):
     import shutil
 
-    from models.obvious import CHECK_FILE
+    from models.obvious import CHECK_FILE, CHECK_PATHS
     from serve import artifacts as serve_artifacts
 
     home, reference = artifacts
     copy = tmp_path / "home"
     shutil.copytree(home / "routers", copy / "routers")
-    (copy / "routers" / "mf" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.42, "auc_balanced": 0.35}))
-    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.82, "auc_balanced": 0.87}))
+    good = {path.name: {"auc": 0.82, "auc_balanced": 0.87} for path in CHECK_PATHS}
+    one_bad = {**good, CHECK_PATHS[2].name: {"auc": 0.55, "auc_balanced": 0.70}}
+    (copy / "routers" / "mf" / CHECK_FILE).write_text(json.dumps({"files": one_bad}))
+    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps({"files": good}))
     lines: list[str] = []
-    serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
-                            lines.append)
+
+    def prepare():
+        serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
+                                lines.append)
+
+    prepare()
     warnings = [line for line in lines if line.startswith("warning:")]
-    assert len(warnings) == 1 and warnings[0].startswith("warning: mf ranks") and "AUC 0.42" in warnings[0]
-    (copy / "routers" / "sw_ranking" / CHECK_FILE).unlink()  # an artifact from before checks: scored once, kept
-    serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
-                            lines.append)
-    assert "sw_ranking: scoring the obvious-prompt check ..." in lines
-    assert 0.0 <= json.loads((copy / "routers" / "sw_ranking" / CHECK_FILE).read_text())["auc"] <= 1.0
+    assert len(warnings) == 1 and warnings[0].startswith("warning: mf misses the obvious-prompt targets"), warnings
+    assert f"on 1 of {len(CHECK_PATHS)} files; worst {CHECK_PATHS[2].name}: AUC 0.55" in warnings[0]
+    assert not any("scoring the obvious-prompt check" in line for line in lines)  # current checks are kept
+    # a check from before every file was kept (one file), or none at all: scored again, then kept
+    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.82, "auc_balanced": 0.87}))
+    (copy / "routers" / "mf" / CHECK_FILE).unlink()
+    prepare()
+    assert "sw_ranking: scoring the obvious-prompt check ..." in lines and "mf: scoring the obvious-prompt check ..." in lines
+    for name in ("sw_ranking", "mf"):
+        files = json.loads((copy / "routers" / name / CHECK_FILE).read_text())["files"]
+        assert set(files) == {path.name for path in CHECK_PATHS}
+        assert all(0.0 <= e["auc"] <= 1.0 and 0.0 <= e["auc_balanced"] <= 1.0 for e in files.values())
 
 
 def test_serve_starts_prints_url_answers_and_stops(artifacts, upstream, tmp_path):
