@@ -90,23 +90,38 @@ def grid(ws) -> dict:
 
 
 def read(ws, path: Path, preregistered: dict) -> dict:
-    from models.base import Router
-    from models.obvious import obvious_report
+    from models.obvious import LENGTH as LENGTH_ROUTER, load_obvious, obvious_report, paired_p_greater
     from models.random_router import RandomRouter
 
     routers = dict(default_pair_routers(ws, [*ROUTERS, "mf"]))
-
-    class Blend(Router):
-        name = "blend"
-
-        def _score(self, prompts: list[str]) -> np.ndarray:
-            score = blend(preregistered["weights"], preregistered["standardisation"], features(routers, prompts))
-            return 1 / (1 + np.exp(-score))
-
-    scored = {**routers, "blend (pre-registered)": Blend(), "random": RandomRouter(0)}
-    entries = obvious_report(scored, path, n_bootstrap=1000)
+    frame = load_obvious(path)
+    prompts, is_hard, balanced = frame["prompt"].tolist(), frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
+    scores = {name: router.score(prompts) for name, router in routers.items()}
+    feats = {**{n: logit(scores[n]) for n in ROUTERS}, LENGTH: np.log1p([len(p) for p in prompts])}
+    scores["blend (pre-registered)"] = blend(preregistered["weights"], preregistered["standardisation"], feats)
+    scores["random"] = RandomRouter(0).score(prompts)
+    entries = obvious_report({name: _Scored(name, prompts, p) for name, p in scores.items()}, path, n_bootstrap=1000)
     keys = ("auc", "auc_ci95", "auc_balanced", "auc_balanced_ci95", "n", "n_balanced")
-    return {path.name: {name: {k: e[k] for k in keys} for name, e in entries.items()}}
+    report = {name: {k: e[k] for k in keys} for name, e in entries.items()}
+    length = np.array([len(p) for p in prompts], dtype=float)
+    for name, p in scores.items():  # paired: whole file against length and random, balanced subset against random
+        report[name]["p_gt_length"] = paired_p_greater(p, length, is_hard)
+        report[name]["p_gt_random"] = paired_p_greater(p, scores["random"], is_hard)
+        report[name]["p_gt_random_balanced"] = paired_p_greater(p[balanced], scores["random"][balanced], is_hard[balanced])
+    report[LENGTH_ROUTER]["p_gt_random"] = paired_p_greater(length, scores["random"], is_hard)
+    return {path.name: report}
+
+
+class _Scored:
+    """Scores already computed for one prompt list, in the shape `obvious_report` takes a router."""
+
+    def __init__(self, name: str, prompts: list[str], p_strong: np.ndarray):
+        self.name, self.prompts, self.p_strong = name, prompts, p_strong
+
+    def score(self, prompts: list[str]) -> np.ndarray:
+        if list(prompts) != self.prompts:
+            raise ValueError(f"{self.name}: scored for other prompts")
+        return self.p_strong
 
 
 def main(argv: list[str] | None = None) -> int:

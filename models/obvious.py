@@ -169,6 +169,19 @@ def auc_interval(p_strong: Any, is_hard: Any, n_bootstrap: int = 1000, seed: int
     return low, high
 
 
+def paired_p_greater(p_strong: Any, other: Any, is_hard: Any, n_bootstrap: int = 1000, seed: int = 0) -> float:
+    """P(AUC of `p_strong` > AUC of `other`) over prompt resamples shared by both (drawn as `auc_interval` draws)."""
+    p_strong, is_hard = _pair(p_strong, is_hard)
+    other = np.asarray(other, dtype=np.float64)
+    hard, easy = np.flatnonzero(is_hard), np.flatnonzero(~is_hard)
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for _ in range(n_bootstrap):
+        idx = np.concatenate([rng.choice(hard, len(hard)), rng.choice(easy, len(easy))])
+        wins += _auc(p_strong[idx], is_hard[idx]) > _auc(other[idx], is_hard[idx])
+    return wins / n_bootstrap
+
+
 def _entry(p_strong: np.ndarray, frame: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
     is_hard = frame["is_hard"].to_numpy()
     balanced = frame["balanced"].to_numpy()

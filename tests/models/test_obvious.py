@@ -176,3 +176,12 @@ def test_trained_artifacts_carry_their_check_and_low_ones_are_named(tmp_path):
     assert obvious.below_target("mf", tmp_path) is None  # unreadable: an old artifact, nothing to say
     assert obvious.below_target("mf", tmp_path / "missing") is None
 
+
+
+def test_paired_p_greater_shares_the_resamples():
+    is_hard = np.array([True] * 20 + [False] * 20)
+    right = np.where(is_hard, 0.9, 0.1) + np.linspace(0, 0.01, 40)
+    assert obvious.paired_p_greater(right, -right, is_hard, n_bootstrap=200) == 1.0
+    assert obvious.paired_p_greater(right, right, is_hard, n_bootstrap=200) == 0.0  # never strictly greater
+    noisy = np.random.default_rng(1).random(40)
+    assert 0.0 < obvious.paired_p_greater(noisy, noisy[::-1], is_hard, n_bootstrap=200) < 1.0
