@@ -186,12 +186,14 @@ class BackendEmbedder(Embedder):
     """The packaged MiniLM on another runtime (`index.backends`), built under `models_dir` on first use. Its name
     carries the backend and the build's digest."""
 
-    serve_chunk = 1  # one prompt per call: no padding, and these runtimes keep no per-call overhead worth batching
-
     def __init__(self, backend: str, models_dir: Path, threads: int | None = None, on_status=None):
         from index.backends import open_backend
 
         self.backend = backend
+        # Prompts per call when a replica embeds a batch: one on one thread (no padding, and these runtimes keep no
+        # per-call overhead worth batching); two on more, where one short prompt leaves threads idle
+        # (BENCHMARKS.md, 'Embedder threads').
+        self.serve_chunk = 1 if (threads or os.cpu_count() or 1) == 1 else 2
         manifest, self._run = open_backend(backend, models_dir, threads, on_status)
         self.name = f"{MINILM_NAME}+{backend}.{manifest['digest'][:12]}"
         self.dim = int(self._run(["dimension probe"]).shape[1])

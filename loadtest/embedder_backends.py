@@ -39,19 +39,19 @@ def embedder_name(backend: str) -> str:
     return "minilm" if backend == "torch" else f"minilm-{backend}"
 
 
-def _one_thread(backends, models_dir: Path) -> dict:
-    """Each backend's embedder (built under `models_dir` if need be), torch and the runtimes on one thread."""
+def _embedders(backends, models_dir: Path, threads: int = 1) -> dict:
+    """Each backend's embedder (built under `models_dir` if need be), torch and the runtimes on `threads` threads."""
     import torch
 
     from index.embedder import load_embedder
 
-    torch.set_num_threads(1)
-    return {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=1) for b in backends}
+    torch.set_num_threads(threads)
+    return {b: load_embedder(embedder_name(b), models_dir=models_dir, threads=threads) for b in backends}
 
 
 def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
     """Per backend: single-prompt p50 (ms), batch-32 prompts/s and cosine to torch, one thread each."""
-    embedders = _one_thread(backends, models_dir)
+    embedders = _embedders(backends, models_dir)
     reference = embedders["torch"].embed(prompts) if "torch" in embedders else None
     single = {b: [] for b in backends}
     batched = {b: [] for b in backends}
@@ -81,10 +81,10 @@ def speed(backends, prompts: list[str], models_dir: Path, rounds: int) -> dict:
     return out
 
 
-def chunking(backends, prompts: list[str], models_dir: Path, chunks: list[int], rounds: int) -> dict:
+def chunking(backends, prompts: list[str], models_dir: Path, chunks: list[int], rounds: int, threads: int = 1) -> dict:
     """Per backend and chunk size: prompts/s embedding groups of 32 prompts in length-sorted chunks of that size, as
-    an embedding replica embeds a batch (EmbeddingConfig.embed_batch_size), one thread, rounds interleaved."""
-    embedders = _one_thread(backends, models_dir)
+    an embedding replica embeds a batch (EmbeddingConfig.embed_batch_size), on `threads` threads, rounds interleaved."""
+    embedders = _embedders(backends, models_dir, threads)
     rates: dict = {b: {c: [] for c in chunks} for b in backends}
     for r in range(rounds):
         for b in backends[r % 2:] + backends[:r % 2]:
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--chunks", help="comma list of chunk sizes: measure only how each backend embeds a batch "
                         "of 32 in chunks of each size")
+    parser.add_argument("--threads", type=int, default=1, help="with --chunks: threads of each embedder (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               "prompts_timed": len(prompts)}
     if args.chunks:
         record["chunks"] = chunking(backends, prompts, args.root / "embedders",
-                                    [int(c) for c in args.chunks.split(",")], args.rounds)
+                                    [int(c) for c in args.chunks.split(",")], args.rounds, args.threads)
     else:
         record["speed"] = speed(backends, prompts, args.root / "embedders", args.rounds)
     if not args.skip_quality and not args.chunks:

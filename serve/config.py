@@ -421,8 +421,8 @@ class EmbeddingConfig(_Strict):
         ge=1,
         description="a batch is sorted by length and embedded in chunks of this size: one forward pass over 32 "
         "random prompts pads all of them to the longest. null: the embedder's own (torch: 8, length-sorted chunks "
-        "of 4-8 were much faster on one core; the other runtimes: 1; see BENCHMARKS.md, 'Serving' and 'Embedder "
-        "backends')",
+        "of 4-8 were much faster on one core; the other runtimes: 1 on one thread, 2 on more; see BENCHMARKS.md, "
+        "'Serving', 'Embedder backends' and 'Embedder threads')",
     )
     threads: int | None = Field(
         None,

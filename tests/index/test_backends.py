@@ -98,3 +98,9 @@ def test_the_cli_says_an_unknown_backend_in_one_line(capsys, tmp_path):
     assert main(["train", "sw_ranking", "--home", str(tmp_path), "--embedder", "minilm-fast"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown embedder 'minilm-fast'" in err[0]
+
+
+def test_a_replica_embeds_one_prompt_per_call_on_one_thread_and_two_on_more(built):
+    root, embedders, _ = built
+    assert embedders["openvino-int8"].serve_chunk == 1  # built with threads=1
+    assert load_embedder("minilm-openvino-int8", models_dir=root, threads=2).serve_chunk == 2
