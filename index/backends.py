@@ -43,8 +43,8 @@ _NEEDS = {"onnx": ("onnxruntime", "onnx"), "onnx-int8": ("onnxruntime", "onnx"),
           "openvino-int8": ("openvino", "nncf"), "static": ("model2vec",)}
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Runtimes whose own thread count (OpenVINO's LATENCY hint: the machine's cores) an embedding replica keeps when its
-# config names none, instead of Ray's reserved CPUs: between calls their threads sleep rather than spin, so a lone
-# replica's extra threads do not take the cores from the proxy and the ingress (BENCHMARKS.md, 'Embedder threads').
+# config names none, instead of Ray's reserved CPUs. Unlike torch's extra threads, OpenVINO's served a lone replica
+# faster at every load measured, beside the proxy and the ingress (BENCHMARKS.md, 'Embedder threads').
 OWN_THREADS = ("openvino", "openvino-int8")
 
 

@@ -35,22 +35,25 @@ def logit(p_strong: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def features(routers: dict, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Each router's logit(p_strong) on `prompts`, and their log length."""
-    return {**{name: logit(routers[name].score(prompts)) for name in ROUTERS},
-            LENGTH: np.log1p([len(p) for p in prompts])}
+def features(scores: dict[str, np.ndarray], prompts: list[str]) -> dict[str, np.ndarray]:
+    """Each blended router's logit(p_strong) from its `scores` on `prompts`, and the prompts' log length."""
+    return {**{name: logit(scores[name]) for name in ROUTERS}, LENGTH: np.log1p([len(p) for p in prompts])}
 
 
-def blend(weights: dict[str, float], standardisation: dict[str, list[float]], feats: dict[str, np.ndarray]) -> np.ndarray:
+def scored(routers: dict, prompts: list[str]) -> dict[str, np.ndarray]:
+    return {name: router.score(prompts) for name, router in routers.items()}
+
+
+def blend(weights: dict[str, float], standardisation: dict[str, list[float]],
+          feats: dict[str, np.ndarray]) -> np.ndarray:
     return sum(w * (feats[n] - standardisation[n][0]) / standardisation[n][1] for n, w in weights.items() if w)
 
 
-def default_pair_routers(ws, names: list[str]) -> dict:
+def default_pair(routers_for) -> dict:
+    """The routers `models.evaluation.routers_by_pair` builds for the default pair, the obvious files' pair."""
     from models.base import DEFAULT_STRONG, DEFAULT_WEAK
     from models.benchmarks import Benchmark
-    from models.evaluation import routers_by_pair
 
-    routers_for, _ = routers_by_pair(names, ws, {})
     return routers_for(Benchmark("obvious", [], np.empty(0), np.empty(0), DEFAULT_STRONG, DEFAULT_WEAK))
 
 
@@ -64,14 +67,15 @@ def grid(ws) -> dict:
     benches = {}
     for name in DEV_BENCHMARKS:  # each for its own pair; a classifier trained for another is scored for its own
         bench = load_benchmark(name, ws.data())
-        benches[name] = (bench, features(routers_for(bench), bench.prompts))
+        benches[name] = (bench, features(scored(routers_for(bench), bench.prompts), bench.prompts))
     standardisation = {n: [float(np.mean(pool)), float(np.std(pool))]
                        for n in (*ROUTERS, LENGTH) for pool in [np.concatenate([f[n] for _, f in benches.values()])]}
-    routers = default_pair_routers(ws, list(ROUTERS))
+    routers = default_pair(routers_for)
     files = {}
     for path in CHECK_PATHS:
         frame = load_obvious(path)
-        files[path.name] = (frame, features(routers, frame["prompt"].tolist()))
+        prompts = frame["prompt"].tolist()
+        files[path.name] = (frame, features(scored(routers, prompts), prompts))
     rows = []
     for values in itertools.product(*[ROUTER_WEIGHTS] * len(ROUTERS), LENGTH_WEIGHTS):
         weights = dict(zip((*ROUTERS, LENGTH), values))
@@ -81,7 +85,8 @@ def grid(ws) -> dict:
                 for name, (b, f) in benches.items()}
         obvious = {}
         for name, (frame, f) in files.items():
-            score, hard, balanced = blend(weights, standardisation, f), frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
+            score = blend(weights, standardisation, f)
+            hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
             obvious[name] = {"auc": auc(score, hard), "auc_balanced": auc(score[balanced], hard[balanced])}
         rows.append({"weights": {n: w for n, w in weights.items() if w}, "dev_apgr": apgr, "obvious": obvious,
                      "worst_margin": worst_margin(obvious)})
@@ -90,15 +95,15 @@ def grid(ws) -> dict:
 
 
 def read(ws, path: Path, preregistered: dict) -> dict:
+    from models.evaluation import routers_by_pair
     from models.obvious import LENGTH as LENGTH_ROUTER, load_obvious, obvious_report, paired_p_greater
     from models.random_router import RandomRouter
 
-    routers = dict(default_pair_routers(ws, [*ROUTERS, "mf"]))
     frame = load_obvious(path)
     prompts, is_hard, balanced = frame["prompt"].tolist(), frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
-    scores = {name: router.score(prompts) for name, router in routers.items()}
-    feats = {**{n: logit(scores[n]) for n in ROUTERS}, LENGTH: np.log1p([len(p) for p in prompts])}
-    scores["blend (pre-registered)"] = blend(preregistered["weights"], preregistered["standardisation"], feats)
+    scores = scored(default_pair(routers_by_pair([*ROUTERS, "mf"], ws, {})[0]), prompts)
+    scores["blend (pre-registered)"] = blend(preregistered["weights"], preregistered["standardisation"],
+                                             features(scores, prompts))
     scores["random"] = RandomRouter(0).score(prompts)
     entries = obvious_report({name: _Scored(name, prompts, p) for name, p in scores.items()}, path, n_bootstrap=1000)
     keys = ("auc", "auc_ci95", "auc_balanced", "auc_balanced_ci95", "n", "n_balanced")
@@ -107,7 +112,8 @@ def read(ws, path: Path, preregistered: dict) -> dict:
     for name, p in scores.items():  # paired: whole file against length and random, balanced subset against random
         report[name]["p_gt_length"] = paired_p_greater(p, length, is_hard)
         report[name]["p_gt_random"] = paired_p_greater(p, scores["random"], is_hard)
-        report[name]["p_gt_random_balanced"] = paired_p_greater(p[balanced], scores["random"][balanced], is_hard[balanced])
+        report[name]["p_gt_random_balanced"] = paired_p_greater(p[balanced], scores["random"][balanced],
+                                                                is_hard[balanced])
     report[LENGTH_ROUTER]["p_gt_random"] = paired_p_greater(length, scores["random"], is_hard)
     return {path.name: report}
 

@@ -33,8 +33,8 @@ end. Each balanced subset's easy prompts are all longer than its hard ones.
 Targets for the served default router: AUC >= `TARGET_AUC` on the whole file and >= `TARGET_AUC_BALANCED` on the
 balanced subset; for any router the service serves, `ROUTER_TARGET_AUC` and `ROUTER_TARGET_AUC_BALANCED`, on every
 file. Every trained artifact carries its own check of every file (`record_check`, run by `models.pipeline.train`),
-and `turnout serve` warns when it enables a router that misses those on any file (`below_target`). Measured figures belong in BENCHMARKS.md,
-not here.
+and `turnout serve` warns when it enables a router that misses those on any file (`below_target`). Measured
+figures belong in BENCHMARKS.md, not here.
 """
 
 from __future__ import annotations

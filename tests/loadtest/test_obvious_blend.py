@@ -19,7 +19,8 @@ class Fixed(Router):
 
 def test_a_blend_is_the_weighted_sum_of_standardised_features():
     routers = {"sw_ranking": Fixed(0.5), "bert": Fixed(0.8), "causal_llm": Fixed(0.2)}
-    feats = features(routers, ["hi", "a much longer prompt"])
+    prompts = ["hi", "a much longer prompt"]
+    feats = features({name: router.score(prompts) for name, router in routers.items()}, prompts)
     assert np.allclose(feats["bert"], logit([0.8, 0.8])) and feats[LENGTH][1] > feats[LENGTH][0]
     standardisation = {"sw_ranking": [0.0, 1.0], "bert": [1.0, 2.0], "causal_llm": [0.0, 1.0], LENGTH: [0.0, 1.0]}
     score = blend({"bert": 1.0, "causal_llm": 0.0, LENGTH: 0.5}, standardisation, feats)

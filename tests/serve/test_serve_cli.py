@@ -137,8 +137,8 @@ def test_prepare_warns_about_a_router_below_the_obvious_targets(artifacts, tmp_p
     lines: list[str] = []
 
     def prepare():
-        serve_artifacts.prepare(parse_app_args(app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")),
-                                lines.append)
+        args = app_args(copy, reference, "http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1")
+        serve_artifacts.prepare(parse_app_args(args), lines.append)
 
     prepare()
     warnings = [line for line in lines if line.startswith("warning:")]
@@ -146,11 +146,12 @@ def test_prepare_warns_about_a_router_below_the_obvious_targets(artifacts, tmp_p
     assert f"on 1 of {len(CHECK_PATHS)} files; worst {CHECK_PATHS[2].name}: AUC 0.55" in warnings[0]
     assert not any("scoring the obvious-prompt check" in line for line in lines)  # current checks are kept
     # a check from before every file was kept (one file), or none at all: scored again, then kept
-    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps({"file": "x", "auc": 0.82, "auc_balanced": 0.87}))
+    old = {"file": "x", "auc": 0.82, "auc_balanced": 0.87}
+    (copy / "routers" / "sw_ranking" / CHECK_FILE).write_text(json.dumps(old))
     (copy / "routers" / "mf" / CHECK_FILE).unlink()
     prepare()
-    assert "sw_ranking: scoring the obvious-prompt check ..." in lines and "mf: scoring the obvious-prompt check ..." in lines
     for name in ("sw_ranking", "mf"):
+        assert f"{name}: scoring the obvious-prompt check ..." in lines
         files = json.loads((copy / "routers" / name / CHECK_FILE).read_text())["files"]
         assert set(files) == {path.name for path in CHECK_PATHS}
         assert all(0.0 <= e["auc"] <= 1.0 and 0.0 <= e["auc_balanced"] <= 1.0 for e in files.values())
