@@ -61,7 +61,7 @@ def grid(ws) -> dict:
     from models.benchmarks import DEV_BENCHMARKS, load_benchmark
     from models.evaluation import routers_by_pair
     from models.metrics import summarize
-    from models.obvious import CHECK_PATHS, auc, load_obvious, worst_margin
+    from models.obvious import CHECK_PATHS, file_aucs, load_obvious, worst_margin
 
     routers_for, _ = routers_by_pair(list(ROUTERS), ws, {})
     benches = {}
@@ -83,11 +83,7 @@ def grid(ws) -> dict:
             continue
         apgr = {name: summarize(1 / (1 + np.exp(-blend(weights, standardisation, f))), b.strong, b.weak)["apgr"]
                 for name, (b, f) in benches.items()}
-        obvious = {}
-        for name, (frame, f) in files.items():
-            score = blend(weights, standardisation, f)
-            hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
-            obvious[name] = {"auc": auc(score, hard), "auc_balanced": auc(score[balanced], hard[balanced])}
+        obvious = {name: file_aucs(blend(weights, standardisation, f), frame) for name, (frame, f) in files.items()}
         rows.append({"weights": {n: w for n, w in weights.items() if w}, "dev_apgr": apgr, "obvious": obvious,
                      "worst_margin": worst_margin(obvious)})
     rows.sort(key=lambda r: -r["worst_margin"])

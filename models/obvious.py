@@ -182,22 +182,29 @@ def paired_p_greater(p_strong: Any, other: Any, is_hard: Any, n_bootstrap: int =
     return wins / n_bootstrap
 
 
+def file_aucs(p_strong: np.ndarray, frame: pd.DataFrame) -> dict[str, float]:
+    """{"auc", "auc_balanced"} of `p_strong` on one file's prompts (`load_obvious`); the balanced AUC is NaN where
+    that subset holds one label only."""
+    p_strong = np.asarray(p_strong, dtype=np.float64)
+    is_hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
+    both = is_hard[balanced].any() and not is_hard[balanced].all()
+    return {"auc": auc(p_strong, is_hard),
+            "auc_balanced": auc(p_strong[balanced], is_hard[balanced]) if both else float("nan")}
+
+
 def _entry(p_strong: np.ndarray, frame: pd.DataFrame, n_bootstrap: int, seed: int) -> dict[str, Any]:
     is_hard = frame["is_hard"].to_numpy()
     balanced = frame["balanced"].to_numpy()
-    entry: dict[str, Any] = {
-        "auc": auc(p_strong, is_hard),
+    aucs = file_aucs(p_strong, frame)
+    return {
+        "auc": aucs["auc"],
         "auc_ci95": auc_interval(p_strong, is_hard, n_bootstrap, seed),
         "n": int(len(frame)),
         "n_balanced": int(balanced.sum()),
+        "auc_balanced": aucs["auc_balanced"],
+        "auc_balanced_ci95": (auc_interval(p_strong[balanced], is_hard[balanced], n_bootstrap, seed)
+                              if np.isfinite(aucs["auc_balanced"]) else (float("nan"), float("nan"))),
     }
-    if is_hard[balanced].any() and not is_hard[balanced].all():
-        entry["auc_balanced"] = auc(p_strong[balanced], is_hard[balanced])
-        entry["auc_balanced_ci95"] = auc_interval(p_strong[balanced], is_hard[balanced], n_bootstrap, seed)
-    else:
-        entry["auc_balanced"] = float("nan")
-        entry["auc_balanced_ci95"] = (float("nan"), float("nan"))
-    return entry
 
 
 def obvious_report(
@@ -266,8 +273,7 @@ def record_check(name: str, router: Router, folder: Path) -> dict[str, Any]:
     files, start = {}, 0
     for file, frame in frames.items():
         p, start = p_strong[start: start + len(frame)], start + len(frame)
-        is_hard, balanced = frame["is_hard"].to_numpy(), frame["balanced"].to_numpy()
-        files[file] = {"auc": round(auc(p, is_hard), 4), "auc_balanced": round(auc(p[balanced], is_hard[balanced]), 4)}
+        files[file] = {key: round(value, 4) for key, value in file_aucs(p, frame).items()}
     check = {"files": files}
     (Path(folder) / CHECK_FILE).write_text(json.dumps(check) + "\n")
     return check
